@@ -1,0 +1,3 @@
+from adaptext.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Tokenising once, grouping examples of similar length, and padding each batch only as far as it needs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from transformers import PreTrainedTokenizerBase
+
+from adaptext.data import TextData
+
+TOKENIZE_CHUNK = 2048
+
+
+@dataclass
+class Encoded(Dataset[dict[str, Any]]):
+    """Token ids per example (unpadded) and, when labelled, a label target per example.
+
+    `targets` holds a class index per example, or a multi-hot list for multi-label data.
+    """
+
+    features: dict[str, list[list[int]]]
+    targets: list[int] | list[list[float]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.features["input_ids"])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {name: values[index] for name, values in self.features.items()}
+        item["index"] = index
+        if self.targets is not None:
+            item["labels"] = self.targets[index]
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.features["input_ids"]]
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    max_length: int,
+) -> dict[str, list[list[int]]]:
+    """Tokenise in large chunks (the fast tokenizer parallelises inside a call), truncating, without padding."""
+    features: dict[str, list[list[int]]] = {}
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        stop = start + TOKENIZE_CHUNK
+        chunk = tokenizer(
+            list(texts[start:stop]),
+            list(pairs[start:stop]) if pairs is not None else None,
+            truncation="longest_first" if pairs is not None else True,
+            max_length=max_length,
+        )
+        for name in ("input_ids", "attention_mask", "token_type_ids"):
+            if name in chunk:
+                features.setdefault(name, []).extend(chunk[name])
+    return features
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    data: TextData,
+    labels: list[str],
+    max_length: int,
+    multi_label: bool,
+) -> Encoded:
+    """Tokenise `data` once and map its label names to training targets."""
+    features = tokenize(tokenizer, data.texts, data.pairs, max_length)
+    targets: list[Any] | None = None
+    if data.labels is not None:
+        index = {name: i for i, name in enumerate(labels)}
+        if multi_label:
+            targets = []
+            for row_labels in data.labels:
+                hot = [0.0] * len(labels)
+                for name in row_labels:
+                    hot[index[name]] = 1.0
+                targets.append(hot)
+        else:
+            targets = [index[name] for name in data.labels]  # type: ignore[index]
+    return Encoded(features=features, targets=targets)
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of examples with similar length, so padding stays small.
+
+    Each epoch: shuffle, cut into mega-batches of `batch_size * 50`, sort each by length, cut into batches,
+    shuffle the batches. The order is a pure function of (seed, epoch), which makes resuming exact.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        order = list(range(len(self.lengths)))
+        if not self.shuffle:
+            order.sort(key=lambda i: self.lengths[i], reverse=True)
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        rng.shuffle(order)
+        mega = self.batch_size * 50
+        batches: list[list[int]] = []
+        for start in range(0, len(order), mega):
+            group = sorted(order[start : start + mega], key=lambda i: self.lengths[i], reverse=True)
+            batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+class Collator:
+    """Pads a list of encoded examples to the longest one in the batch."""
+
+    def __init__(self, pad_token_id: int, multi_label: bool = False) -> None:
+        self.pad_token_id = pad_token_id
+        self.multi_label = multi_label
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(item["input_ids"]) for item in items)
+        batch: dict[str, torch.Tensor] = {}
+        for name, pad in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            if name in items[0]:
+                rows = [item[name] + [pad] * (width - len(item[name])) for item in items]
+                batch[name] = torch.tensor(rows, dtype=torch.long)
+        batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+        if "labels" in items[0]:
+            dtype = torch.float32 if self.multi_label else torch.long
+            batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=dtype)
+        return batch

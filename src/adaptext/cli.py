@@ -1,0 +1,154 @@
+"""The `adaptext` command: parse arguments, call one library function, print a summary.
+
+Exit codes: 0 success, 2 a user error (bad config, data or path; the message says what and where),
+1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from adaptext import __version__
+from adaptext.config import AdaptextError, load_config
+
+EXIT_USER_ERROR = 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from adaptext.train import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    metrics = result.metrics
+    print(f"run folder:  {result.run_dir}")
+    print(
+        f"model:       {result.model_dir}  (best {config.train.metric_for_best}="
+        f"{result.best_metric:.4f} at step {result.best_step} of {result.global_step})"
+    )
+    print(f"{result.eval_split} accuracy {metrics['accuracy']:.4f}, macro_f1 {metrics['macro_f1']:.4f}")
+    print(f"report:      {result.run_dir / 'report.html'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from adaptext.evaluate import evaluate_file
+
+    columns = {
+        "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column,
+        "label_column": args.label_column,
+    }
+    report = evaluate_file(args.model, args.data, args.output, columns)
+    print(
+        f"{report.n_examples} examples: accuracy {report.metrics['accuracy']:.4f}, "
+        f"macro_f1 {report.metrics['macro_f1']:.4f}"
+    )
+    print(f"report: {Path(args.output) / 'report.html'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from adaptext.predict import METADATA_FILE, Predictor, find_model_dir, predict_file
+
+    predictor = Predictor.from_dir(args.model, batch_size=args.batch_size)
+    meta_path = find_model_dir(args.model) / METADATA_FILE
+    saved = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    count = predict_file(
+        predictor,
+        args.input,
+        args.output,
+        text_column=args.text_column or saved.get("text_column") or "text",
+        text_pair_column=args.text_pair_column or saved.get("text_pair_column"),
+        label_delimiter=saved.get("label_delimiter") or "|",
+        sliding_window=args.sliding_window,
+        stride=args.stride,
+        aggregate=args.aggregate,
+    )
+    print(f"{count} predictions written to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptext", description="Fine-tune, evaluate and use text classifiers built on Hugging Face models."
+    )
+    parser.add_argument("--version", action="version", version=f"adaptext {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model from a YAML config",
+        description="Fine-tune, keep the best checkpoint, evaluate and write the run folder.",
+    )
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. train.epochs=2")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in output_dir from its checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved model on a labelled file")
+    p.add_argument("model", help="run folder or model folder")
+    p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file")
+    p.add_argument("--output", required=True, help="folder for metrics.json, report.html and plots")
+    _column_options(p, with_label=True)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict labels for every row of a file")
+    p.add_argument("model", help="run folder or model folder")
+    p.add_argument("--input", required=True, help="CSV/TSV/JSONL/Parquet file with a text column")
+    p.add_argument("--output", required=True, help="output .csv, .tsv or .jsonl (input columns + label, score)")
+    _column_options(p, with_label=False)
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    p.add_argument(
+        "--sliding-window",
+        action="store_true",
+        help="score texts longer than max_length in overlapping windows and aggregate",
+    )
+    p.add_argument("--stride", type=int, default=32, help="tokens of overlap between windows (default 32)")
+    p.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="how window scores combine")
+    p.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def _column_options(parser: argparse.ArgumentParser, *, with_label: bool) -> None:
+    parser.add_argument("--text-column", help="text column (default: as in training, else 'text')")
+    parser.add_argument("--text-pair-column", help="second text column for pair models")
+    if with_label:
+        parser.add_argument("--label-column", help="label column (default: as in training, else 'label')")
+
+
+def _quiet_libraries() -> None:
+    # Our own log lines and progress bar say what happens; the libraries' per-file chatter does not help.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    _quiet_libraries()
+    try:
+        return int(args.func(args))
+    except AdaptextError as error:
+        print(f"adaptext {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

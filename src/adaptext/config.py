@@ -1,0 +1,237 @@
+"""The run configuration: one typed, validated tree loaded from YAML plus `key.path=value` overrides.
+
+This module imports neither torch nor transformers, so `adaptext --help` and config validation stay instant.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_FORMAT_VERSION = 1
+_FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+class AdaptextError(Exception):
+    """A user error: bad config, bad data or a bad path. The CLI prints it without a traceback."""
+
+
+class ConfigError(AdaptextError):
+    """The configuration file or an override is invalid."""
+
+
+def _coerce_float(value: Any) -> Any:
+    # PyYAML reads `1e-3` (no dot) as a string; accept it as the float the user meant.
+    if isinstance(value, str) and _FLOAT_STRING.match(value.strip()):
+        return float(value)
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_coerce_float)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "minilm",
+        description="A Hugging Face model id, a local model folder, or `minilm` for the bundled offline model.",
+    )
+
+
+class DataConfig(_Section):
+    train: Path | None = Field(None, description="Training file (CSV, TSV, JSONL or Parquet).")
+    validation: Path | None = Field(
+        None, description="Validation file; when absent a stratified split of `train` is used."
+    )
+    test: Path | None = Field(
+        None, description="Test file, evaluated once after training into the run folder's report."
+    )
+    validation_fraction: Float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of `train` held out for validation when no file is given."
+    )
+    test_fraction: Float | None = Field(
+        None,
+        gt=0.0,
+        lt=0.5,
+        description="Share of `train` held out as a test split when no test file is given (stratified).",
+    )
+    text_column: str = Field("text", description="Column holding the text.")
+    text_pair_column: str | None = Field(None, description="Optional second text column for sentence-pair tasks.")
+    label_column: str = Field("label", description="Column holding the label (or labels).")
+    multi_label: bool = Field(
+        False,
+        description="Each row has any number of labels: a JSON list (JSONL/Parquet) or a delimited string.",
+    )
+    label_delimiter: str = Field("|", min_length=1, description="Separator of labels in a multi-label CSV/TSV cell.")
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
+
+
+class TrainConfig(_Section):
+    epochs: Float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides `epochs` when set)."
+    )
+    batch_size: int = Field(32, ge=1, description="Examples per forward pass.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Examples per batch when evaluating.")
+    learning_rate: Float = Field(1e-4, gt=0, description="Peak learning rate for AdamW.")
+    weight_decay: Float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases/norms).")
+    warmup_ratio: Float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up linearly.")
+    grad_accum_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    max_grad_norm: Float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables it.")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "auto", description="Mixed precision: `auto` picks bf16/fp16 on a capable GPU, fp32 otherwise."
+    )
+    class_weights: Literal["none", "auto"] | dict[str, Float] = Field(
+        "none",
+        description="Loss weights per class: `auto` (inverse frequency) or a `{label: weight}` mapping.",
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Also evaluate every N optimizer steps (always at each epoch end)."
+    )
+    checkpoint_steps: int = Field(
+        200, ge=1, description="Save a resumable checkpoint every N optimizer steps (and at each evaluation)."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    metric_for_best: str = Field(
+        "macro_f1", description="Validation metric that picks the best checkpoint (higher is better, except `loss`)."
+    )
+    threshold: Float = Field(0.5, gt=0, lt=1, description="Multi-label decision threshold on each label's probability.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class Config(_Section):
+    format_version: int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
+    output_dir: Path = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
+    seed: int = Field(42, description="Seed for data splits, initialisation, shuffling and dropout.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Config:
+        if self.format_version != CONFIG_FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is not supported (expected {CONFIG_FORMAT_VERSION})"
+            )
+        if self.data.test is not None and self.data.test_fraction is not None:
+            raise ValueError("data.test and data.test_fraction are exclusive: give a test file or a fraction")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn `key.path=value` strings into a nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_valid_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    return model
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        loc = item["loc"]
+        dotted = ".".join(str(part) for part in loc) or "(root)"
+        if item["type"] == "extra_forbidden":
+            section = _section_model(loc)
+            prefix = ".".join(str(part) for part in loc[:-1])
+            valid = ", ".join(_valid_keys(section, f"{prefix}." if prefix else ""))
+            lines.append(f"  {dotted}: unknown key; valid keys here: {valid}")
+        else:
+            lines.append(f"  {dotted}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def build_config(tree: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw config tree as a whole, raising `ConfigError` that names each bad dotted key."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config, apply `key.path=value` overrides and validate the result.
+
+    >>> cfg = load_config(None, ["data.train=train.csv", "train.learning_rate=5e-5"])
+    >>> cfg.train.learning_rate
+    5e-05
+    """
+    tree: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        tree = loaded
+    if overrides:
+        tree = _merge(tree, parse_overrides(overrides))
+        source = f"{source} + overrides" if path is not None else source
+    return build_config(tree, source)
+
+
+def config_to_yaml(config: Config) -> str:
+    """Serialise a resolved config (paths as strings) for the run folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,311 @@
+"""Reading labelled text files and checking them before any training starts.
+
+Supported: CSV, TSV, JSONL and Parquet; single-label, multi-label and text pairs; any UTF-8 text.
+Every problem is raised as `DataError` naming the file, the row and the column.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from adaptext.config import AdaptextError, Config, DataConfig
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+class DataError(AdaptextError):
+    """A data file is missing, unreadable or inconsistent with the configuration."""
+
+
+@dataclass
+class TextData:
+    """Texts (and optional pairs and labels) read from one file, in file order.
+
+    `labels` holds one string per row, or a list of strings per row for multi-label data;
+    `rows` holds each example's 1-based row number in `source`, for error messages.
+    """
+
+    texts: list[str]
+    source: str
+    pairs: list[str] | None = None
+    labels: list[str] | list[list[str]] | None = None
+    rows: list[int] = field(default_factory=list)
+    frame: pd.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: list[int], source: str | None = None) -> TextData:
+        """The examples at `indices`, in that order."""
+        return TextData(
+            texts=[self.texts[i] for i in indices],
+            source=source or self.source,
+            pairs=None if self.pairs is None else [self.pairs[i] for i in indices],
+            labels=None if self.labels is None else [self.labels[i] for i in indices],  # type: ignore[arg-type]
+            rows=[self.rows[i] for i in indices],
+            frame=None if self.frame is None else self.frame.iloc[indices].reset_index(drop=True),
+        )
+
+
+@dataclass
+class Splits:
+    """The data of one run: train, validation, optional test, and the label names in id order."""
+
+    train: TextData
+    validation: TextData
+    test: TextData | None
+    labels: list[str]
+
+
+def file_format(path: Path) -> str:
+    """The format of `path` from its suffix, or a `DataError` listing the supported ones."""
+    fmt = SUPPORTED_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}"
+        )
+    return fmt
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: bytes {raw[error.start : error.end]!r} are not valid UTF-8 "
+            f"(byte offset {error.start}); save the file as UTF-8"
+        ) from None
+
+
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    records: list[dict[str, Any]] = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: line {line_no}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {line_no}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV/TSV/JSONL/Parquet file into a frame of raw values, raising `DataError` on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a data file")
+    fmt = file_format(path)
+    if fmt == "parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises many types for a damaged file
+            raise DataError(f"{path}: cannot read Parquet: {error}") from None
+    else:
+        text = _decode(path)
+        if fmt == "jsonl":
+            frame = _read_jsonl(path, text)
+        else:
+            try:
+                frame = pd.read_csv(
+                    io.StringIO(text),
+                    sep="\t" if fmt == "tsv" else ",",
+                    dtype=str,
+                    keep_default_na=False,
+                    quoting=3 if fmt == "tsv" else 0,  # TSV has no quoting convention
+                )
+            except pd.errors.ParserError as error:
+                raise DataError(f"{path}: cannot parse {fmt.upper()}: {error}") from None
+    if len(frame) == 0:
+        raise DataError(f"{path}: the file has a header but no data rows")
+    return frame
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:  # NaN
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _require_columns(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        found = ", ".join(repr(str(c)) for c in frame.columns)
+        raise DataError(f"{path}: column {missing[0]!r} not found; the columns are: {found}")
+
+
+def _text_column(path: Path, frame: pd.DataFrame, column: str) -> list[str]:
+    values = []
+    for row, value in enumerate(frame[column].tolist(), start=1):
+        if _is_missing(value):
+            raise DataError(f"{path}: row {row}: column {column!r} is empty; every example needs text")
+        values.append(str(value))
+    return values
+
+
+def _label_value(path: Path, row: int, column: str, value: Any, cfg: DataConfig) -> str | list[str]:
+    if cfg.multi_label:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise DataError(f"{path}: row {row}: column {column!r}: bad JSON list {value!r}") from None
+            else:
+                return [part.strip() for part in value.split(cfg.label_delimiter) if part.strip()]
+        if value is None or (isinstance(value, float) and value != value):
+            return []
+        if hasattr(value, "tolist"):
+            value = value.tolist()
+        if not isinstance(value, list) or any(_is_missing(v) for v in value):
+            raise DataError(
+                f"{path}: row {row}: column {column!r}: expected a list of label names or a "
+                f"{cfg.label_delimiter!r}-separated string, got {value!r}"
+            )
+        return [str(v).strip() for v in value]
+    if _is_missing(value):
+        raise DataError(f"{path}: row {row}: column {column!r} is empty; every example needs a label")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, list | dict):
+        raise DataError(
+            f"{path}: row {row}: column {column!r}: got a list {value!r}; set data.multi_label=true "
+            "for multi-label data"
+        )
+    return str(value).strip()
+
+
+def load_examples(path: str | Path, cfg: DataConfig, *, with_labels: bool = True) -> TextData:
+    """Read one file into `TextData`, checking columns, texts and labels row by row.
+
+    >>> data = load_examples("train.csv", DataConfig())  # doctest: +SKIP
+    >>> data.texts[0], data.labels[0]  # doctest: +SKIP
+    ('I am still waiting on my card?', 'card_arrival')
+    """
+    path = Path(path)
+    frame = read_table(path)
+    columns = [cfg.text_column]
+    if cfg.text_pair_column:
+        columns.append(cfg.text_pair_column)
+    if with_labels:
+        columns.append(cfg.label_column)
+    _require_columns(path, frame, columns)
+    texts = _text_column(path, frame, cfg.text_column)
+    pairs = _text_column(path, frame, cfg.text_pair_column) if cfg.text_pair_column else None
+    labels: list[Any] | None = None
+    if with_labels:
+        labels = [
+            _label_value(path, row, cfg.label_column, value, cfg)
+            for row, value in enumerate(frame[cfg.label_column].tolist(), start=1)
+        ]
+    return TextData(
+        texts=texts,
+        source=str(path),
+        pairs=pairs,
+        labels=labels,
+        rows=list(range(1, len(texts) + 1)),
+        frame=frame,
+    )
+
+
+def label_names(data: TextData) -> list[str]:
+    """The sorted label names seen in `data`, requiring at least two."""
+    assert data.labels is not None
+    counts: Counter[str] = Counter()
+    for value in data.labels:
+        counts.update(value if isinstance(value, list) else [value])
+    if len(counts) < 2:
+        seen = ", ".join(repr(k) for k in counts) or "none"
+        raise DataError(
+            f"{data.source}: found {len(counts)} distinct label(s) ({seen}); a classifier needs at least two"
+        )
+    return sorted(counts)
+
+
+def check_known_labels(data: TextData, known: list[str]) -> None:
+    """Fail on the first label in `data` that training never saw, naming its row."""
+    assert data.labels is not None
+    known_set = set(known)
+    for row, value in zip(data.rows, data.labels, strict=True):
+        for label in value if isinstance(value, list) else [value]:
+            if label not in known_set:
+                shown = ", ".join(repr(k) for k in known[:20]) + (" ..." if len(known) > 20 else "")
+                raise DataError(
+                    f"{data.source}: row {row}: label {label!r} never appears in the training data "
+                    f"(known labels: {shown})"
+                )
+
+
+def stratified_split(data: TextData, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (kept, held out): about `fraction` of each class held out, every class kept in training.
+
+    Multi-label rows are stratified by their label combination. The result depends only on the data and seed.
+    """
+    assert data.labels is not None
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, value in enumerate(data.labels):
+        key = "\x1f".join(sorted(value)) if isinstance(value, list) else str(value)
+        groups[key].append(index)
+    rng = random.Random(seed)
+    kept: list[int] = []
+    held: list[int] = []
+    for key in sorted(groups):
+        members = groups[key][:]
+        rng.shuffle(members)
+        n_held = min(int(len(members) * fraction + 0.5), len(members) - 1)
+        held.extend(members[:n_held])
+        kept.extend(members[n_held:])
+    return sorted(kept), sorted(held)
+
+
+def load_splits(config: Config) -> Splits:
+    """Read and check every file of a run, carving validation/test splits from train where asked."""
+    cfg = config.data
+    if cfg.train is None:
+        raise DataError("data.train is not set; give the training file in the config or as data.train=PATH")
+    train = load_examples(cfg.train, cfg)
+    labels = label_names(train)
+    test = load_examples(cfg.test, cfg) if cfg.test is not None else None
+    validation = load_examples(cfg.validation, cfg) if cfg.validation is not None else None
+    if test is None and cfg.test_fraction is not None:
+        kept, held = stratified_split(train, cfg.test_fraction, config.seed)
+        test = train.subset(held, source=f"{train.source} (test split)")
+        train = train.subset(kept)
+    if validation is None:
+        kept, held = stratified_split(train, cfg.validation_fraction, config.seed + 1)
+        if not held:
+            raise DataError(f"{train.source}: too few rows to carve a validation split; give data.validation")
+        validation = train.subset(held, source=f"{train.source} (validation split)")
+        train = train.subset(kept)
+    for split in (validation, test):
+        if split is not None:
+            check_known_labels(split, labels)
+    logger.info(
+        "data: %d train, %d validation, %s test examples, %d labels",
+        len(train),
+        len(validation),
+        len(test) if test is not None else "no",
+        len(labels),
+    )
+    return Splits(train=train, validation=validation, test=test, labels=labels)

@@ -1,0 +1,264 @@
+"""Loading a saved classifier and predicting: batched, length-sorted, with optional sliding windows."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from adaptext.batching import Collator, tokenize
+from adaptext.config import AdaptextError
+
+logger = logging.getLogger(__name__)
+
+MODEL_SUBDIR = "model"
+METADATA_FILE = "adaptext.json"
+
+
+@dataclass
+class Prediction:
+    """One text's prediction.
+
+    `label` / `score`: the most probable label and its probability. `labels`: the predicted label set
+    (single-label: `[label]`; multi-label: every label whose probability reaches the threshold, best first,
+    possibly empty). `scores`: every label's probability.
+    """
+
+    label: str
+    score: float
+    labels: list[str]
+    scores: dict[str, float]
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """The model folder for `path`: a run folder (its `model/` inside) or a model folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise AdaptextError(f"{path}: no such model or run folder")
+    if (path / MODEL_SUBDIR / "config.json").is_file():
+        return path / MODEL_SUBDIR
+    if (path / "config.json").is_file():
+        return path
+    raise AdaptextError(f"{path}: not a run folder (no {MODEL_SUBDIR}/config.json) nor a model folder (no config.json)")
+
+
+class Predictor:
+    """A classifier ready to predict.
+
+    >>> predictor = Predictor.from_dir("runs/quickstart")  # doctest: +SKIP
+    >>> predictor.predict(["I lost my card"])[0].label  # doctest: +SKIP
+    'lost_or_stolen_card'
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_length: int = 128,
+        threshold: float = 0.5,
+        batch_size: int = 64,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.threshold = threshold
+        self.batch_size = batch_size
+        self.autocast_dtype = autocast_dtype
+        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        self.labels = [id2label[i] for i in range(len(id2label))]
+        self.multi_label = model.config.problem_type == "multi_label_classification"
+        pad_id = tokenizer.pad_token_id
+        self._collate = Collator(pad_token_id=0 if pad_id is None else pad_id)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, *, device: str | None = None, batch_size: int = 64) -> Predictor:
+        """Load from a run folder or a model folder saved by adaptext (or any sequence-classification folder)."""
+        model_dir = find_model_dir(path)
+        metadata: dict[str, Any] = {}
+        if (model_dir / METADATA_FILE).is_file():
+            metadata = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        except (OSError, ValueError) as error:
+            raise AdaptextError(f"{model_dir}: cannot load the model: {error}") from None
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(target).eval()
+        return cls(
+            model,
+            tokenizer,
+            max_length=int(metadata.get("max_length", min(tokenizer.model_max_length, 512))),
+            threshold=float(metadata.get("threshold", 0.5)),
+            batch_size=batch_size,
+        )
+
+    @torch.inference_mode()
+    def _logits(self, features: dict[str, list[list[int]]], progress: bool) -> np.ndarray:
+        # Longest first, so each batch pads little and a memory problem shows up at once.
+        n = len(features["input_ids"])
+        order = sorted(range(n), key=lambda i: len(features["input_ids"][i]), reverse=True)
+        out = np.zeros((n, len(self.labels)), dtype=np.float32)
+        device = next(self.model.parameters()).device
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
+        )
+        self.model.eval()
+        batches = range(0, n, self.batch_size)
+        for start in tqdm(batches, desc="predict", unit="batch", disable=not progress or None):
+            idx = order[start : start + self.batch_size]
+            items = [{name: values[i] for name, values in features.items()} | {"index": i} for i in idx]
+            batch = self._collate(items)
+            inputs = {k: v.to(device) for k, v in batch.items() if k not in ("index", "labels")}
+            with autocast:
+                logits = self.model(**inputs).logits
+            out[idx] = logits.float().cpu().numpy()
+        return out
+
+    def _to_probs(self, logits: np.ndarray) -> np.ndarray:
+        if self.multi_label:
+            return 1.0 / (1.0 + np.exp(-logits))
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict_logits(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, progress: bool = False
+    ) -> np.ndarray:
+        """Raw logits (n, num_labels), in input order, texts truncated to `max_length` tokens."""
+        _check_texts(texts, pairs)
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        features = tokenize(self.tokenizer, texts, pairs, self.max_length)
+        return self._logits(features, progress)
+
+    def predict_proba(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        *,
+        sliding_window: bool = False,
+        stride: int = 32,
+        aggregate: Literal["mean", "max"] = "mean",
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Class probabilities (n, num_labels): softmax, or per-label sigmoid for multi-label models.
+
+        With `sliding_window`, a text longer than `max_length` is cut into overlapping windows
+        (`stride` tokens of overlap), each window is scored and the window probabilities are
+        aggregated by `mean` or `max`, so the end of a long text counts too.
+        """
+        if not sliding_window:
+            return self._to_probs(self.predict_logits(texts, pairs, progress=progress))
+        _check_texts(texts, pairs)
+        if pairs is not None:
+            raise AdaptextError("sliding_window works on single texts, not text pairs")
+        if not 0 <= stride < self.max_length // 2:
+            raise AdaptextError(f"stride must be between 0 and {self.max_length // 2 - 1}, got {stride}")
+        encoded = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            stride=stride,
+            return_overflowing_tokens=True,
+        )
+        owner = np.asarray(encoded["overflow_to_sample_mapping"])
+        features = {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
+        window_probs = self._to_probs(self._logits(features, progress))
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for i in range(len(texts)):
+            mine = window_probs[owner == i]
+            probs[i] = mine.mean(axis=0) if aggregate == "mean" else mine.max(axis=0)
+        return probs
+
+    def decide(self, probs: np.ndarray) -> list[Prediction]:
+        """Turn probabilities (n, num_labels) into `Prediction`s."""
+        results = []
+        for row in probs:
+            ranked = np.argsort(-row, kind="stable")
+            top = int(ranked[0])
+            if self.multi_label:
+                chosen = [self.labels[i] for i in ranked if row[i] >= self.threshold]
+            else:
+                chosen = [self.labels[top]]
+            results.append(
+                Prediction(
+                    label=self.labels[top],
+                    score=float(row[top]),
+                    labels=chosen,
+                    scores={name: float(p) for name, p in zip(self.labels, row, strict=True)},
+                )
+            )
+        return results
+
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs: Any) -> list[Prediction]:
+        """Predict one `Prediction` per text (keyword options as in `predict_proba`)."""
+        return self.decide(self.predict_proba(texts, pairs, **kwargs))
+
+
+def _check_texts(texts: Sequence[str], pairs: Sequence[str] | None) -> None:
+    if isinstance(texts, str):
+        raise AdaptextError("texts must be a list of strings, not one string")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise AdaptextError(f"text {i} is a {type(text).__name__}, expected a string")
+    if pairs is not None and len(pairs) != len(texts):
+        raise AdaptextError(f"got {len(texts)} texts but {len(pairs)} text pairs")
+
+
+def predict_file(
+    predictor: Predictor,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_delimiter: str = "|",
+    **options: Any,
+) -> int:
+    """Predict every row of a CSV/TSV/JSONL/Parquet file and write it out with `label` and `score` added.
+
+    The output format follows `output_path`'s suffix (`.csv`, `.tsv` or `.jsonl`); the input's columns are kept.
+    Multi-label predictions are joined with `label_delimiter` in CSV/TSV and kept as lists in JSONL.
+    Returns the number of rows written.
+    """
+    from adaptext.data import DataConfig, load_examples
+
+    output_path = Path(output_path)
+    out_format = output_path.suffix.lower()
+    if out_format not in (".csv", ".tsv", ".jsonl"):
+        raise AdaptextError(f"{output_path}: write predictions to a .csv, .tsv or .jsonl file")
+    cfg = DataConfig(text_column=text_column, text_pair_column=text_pair_column)
+    data = load_examples(input_path, cfg, with_labels=False)
+    predictions = predictor.predict(data.texts, data.pairs, progress=True, **options)
+    assert data.frame is not None
+    frame = data.frame.copy()
+    taken = [c for c in ("label", "score") if c in frame.columns]
+    if taken:
+        logger.warning("%s: column(s) %s are replaced by the predictions", input_path, taken)
+    as_lists = out_format == ".jsonl"
+    if predictor.multi_label:
+        frame["label"] = [p.labels if as_lists else label_delimiter.join(p.labels) for p in predictions]
+        scores = [[p.scores[name] for name in p.labels] for p in predictions]
+        frame["score"] = scores if as_lists else [label_delimiter.join(f"{s:.6f}" for s in row) for row in scores]
+    else:
+        frame["label"] = [p.label for p in predictions]
+        frame["score"] = [p.score for p in predictions]
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    if as_lists:
+        frame.to_json(output_path, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_csv(output_path, sep="\t" if out_format == ".tsv" else ",", index=False)
+    return len(frame)

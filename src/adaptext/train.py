@@ -1,0 +1,368 @@
+"""Fine-tuning: one loop on `accelerate`, from a config to an evaluated, saved run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from adaptext.batching import Collator, LengthGroupedBatches, encode
+from adaptext.config import AdaptextError, Config, ConfigError, TrainConfig
+from adaptext.data import Splits, load_splits
+from adaptext.evaluate import check_metric_name, evaluate_data, is_improvement, read_train_log
+from adaptext.model import build_model, count_parameters, load_tokenizer
+from adaptext.predict import METADATA_FILE, Predictor
+from adaptext.report import write_report
+from adaptext.run import RunPaths, environment_record, prepare_run_dir, replace_dir, write_json
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+LOG_EVERY = 20
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced. `metrics` is the final evaluation (test split if any, else validation)."""
+
+    run_dir: Path
+    model_dir: Path
+    best_step: int
+    best_metric: float
+    global_step: int
+    stopped_early: bool
+    metrics: dict[str, float]
+    eval_split: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    """Counters a checkpoint must restore for the resumed run to continue exactly."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    done: bool = False
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_precision(requested: str) -> str:
+    """The accelerate mixed-precision mode for `train.precision` on this machine."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_bf16() else "no"
+    if requested == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    return "no" if requested == "fp32" else requested
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def class_weights(cfg: TrainConfig, splits: Splits, multi_label: bool) -> torch.Tensor | None:
+    """Loss weights per class: inverse frequency for `auto`, the user's mapping, or None."""
+    if cfg.class_weights == "none":
+        return None
+    labels = splits.labels
+    if isinstance(cfg.class_weights, dict):
+        unknown = sorted(set(cfg.class_weights) - set(labels))
+        if unknown:
+            raise ConfigError(f"train.class_weights: unknown label(s) {unknown}; the labels are {labels}")
+        return torch.tensor([float(cfg.class_weights.get(name, 1.0)) for name in labels])
+    assert splits.train.labels is not None
+    counts = np.zeros(len(labels))
+    index = {name: i for i, name in enumerate(labels)}
+    for value in splits.train.labels:
+        for name in value if isinstance(value, list) else [value]:
+            counts[index[name]] += 1
+    n = len(splits.train)
+    if multi_label:  # BCE pos_weight: negatives per positive
+        return torch.tensor((n - counts) / np.maximum(counts, 1), dtype=torch.float32)
+    return torch.tensor(n / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None, multi_label: bool) -> torch.Tensor:
+    # (batch, num_labels) logits against class ids (batch,) or multi-hot (batch, num_labels)
+    logits = logits.float()
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
+    return F.cross_entropy(logits, targets, weight=weights)
+
+
+def _optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, foreach=True)
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: Config, target: Path) -> None:
+    """Save a model folder that plain `transformers` loads, with label names in its config."""
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        write_json(
+            folder / METADATA_FILE,
+            {
+                "format_version": 1,
+                "max_length": config.data.max_length,
+                "threshold": config.train.threshold,
+                "text_column": config.data.text_column,
+                "text_pair_column": config.data.text_pair_column,
+                "label_column": config.data.label_column,
+                "label_delimiter": config.data.label_delimiter,
+            },
+        )
+
+    replace_dir(target, write)
+
+
+def _total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def _append_log(paths: RunPaths, record: dict[str, Any]) -> None:
+    with paths.log.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `config.model.name` on `config.data`, keep the best checkpoint, evaluate and report.
+
+    `on_step(global_step)` is called after every optimizer step (used by tests to interrupt a run).
+
+    >>> from adaptext.config import load_config
+    >>> result = train(load_config("configs/quickstart.yaml"))  # doctest: +SKIP
+    >>> result.metrics["accuracy"]  # doctest: +SKIP
+    0.9
+    """
+    cfg = config.train
+    multi_label = config.data.multi_label
+    check_metric_name(cfg.metric_for_best, multi_label)
+    precision = resolve_precision(cfg.precision)
+    splits = load_splits(config)  # all data problems surface here, before the run folder is touched
+    weights = class_weights(cfg, splits, multi_label)
+    tokenizer = load_tokenizer(config.model.name)
+    paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    write_json(paths.labels, splits.labels)
+
+    set_seed(config.seed)
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        log_with="tensorboard",
+        project_dir=str(paths.root),
+    )
+    if accelerator.num_processes > 1:
+        raise AdaptextError(
+            "multi-process training is not supported yet: run `adaptext train` as one process (one GPU or CPU)"
+        )
+    accelerator.init_trackers("tensorboard")
+    write_json(paths.env, environment_record(str(accelerator.device), precision))
+
+    train_enc = encode(tokenizer, splits.train, splits.labels, config.data.max_length, multi_label)
+    model = build_model(config.model.name, splits.labels, multi_label)
+    trainable, total = count_parameters(model)
+    logger.info("model: %s, %d of %d parameters trainable", config.model.name, trainable, total)
+
+    sampler = LengthGroupedBatches(train_enc.lengths, cfg.batch_size, seed=config.seed)
+    loader = DataLoader(
+        train_enc,
+        batch_sampler=sampler,
+        collate_fn=Collator(tokenizer.pad_token_id or 0, multi_label),
+        num_workers=cfg.num_workers,
+    )
+    optimizer = _optimizer(model, cfg)
+    total_steps = _total_steps(cfg, len(sampler))
+    scheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if weights is not None:
+        weights = weights.to(accelerator.device)
+
+    state = _State()
+    if resume:
+        accelerator.load_state(str(paths.checkpoint))
+        state = _State(**json.loads((paths.checkpoint / STATE_FILE).read_text(encoding="utf-8")))
+        logger.info("resumed at step %d (epoch %d, batch %d)", state.global_step, state.epoch, state.batch_in_epoch)
+
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    eval_predictor = Predictor(
+        accelerator.unwrap_model(model),
+        tokenizer,
+        max_length=config.data.max_length,
+        threshold=cfg.threshold,
+        batch_size=cfg.eval_batch_size or cfg.batch_size * 2,
+        autocast_dtype=autocast_dtype,
+    )
+
+    saved_at = [-1 if not resume else state.global_step]
+
+    def save_checkpoint() -> None:
+        def write(folder: Path) -> None:
+            accelerator.save_state(str(folder))
+            write_json(folder / STATE_FILE, state.__dict__)
+
+        replace_dir(paths.checkpoint, write)
+        saved_at[0] = state.global_step
+
+    def evaluate_now() -> None:
+        report = evaluate_data(eval_predictor, splits.validation)
+        model.train()
+        value = report.metrics[cfg.metric_for_best]
+        record = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / len(sampler)}
+        record |= {f"eval_{k}": v for k, v in report.metrics.items()}
+        state.history.append(record)
+        _append_log(paths, record)
+        accelerator.log({f"eval/{k}": v for k, v in report.metrics.items()}, step=state.global_step)
+        if is_improvement(cfg.metric_for_best, value, state.best_metric):
+            state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
+            save_model(accelerator.unwrap_model(model), tokenizer, config, paths.model)
+        else:
+            state.bad_evals += 1
+        logger.info(
+            "step %d: validation %s=%.4f (best %.4f at step %d)",
+            state.global_step,
+            cfg.metric_for_best,
+            value,
+            state.best_metric,
+            state.best_step,
+        )
+        if cfg.early_stopping_patience is not None and state.bad_evals >= cfg.early_stopping_patience:
+            state.stopped_early = state.done = True
+            logger.info("early stopping: no improvement in %d evaluations", state.bad_evals)
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=state.global_step, desc="train", unit="step", disable=None)
+    window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+    while not state.done and state.global_step < total_steps:
+        sampler.set_epoch(state.epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        for batch in epoch_loader:
+            targets = batch.pop("labels")
+            batch.pop("index")
+            with accelerator.accumulate(model):
+                logits = model(**batch).logits
+                loss = _loss(logits, targets, weights, multi_label)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batch_in_epoch += 1
+            window_loss += loss.item() * len(targets)
+            window_examples += len(targets)
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            bar.update(1)
+            if state.global_step % LOG_EVERY == 0 or state.global_step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": state.global_step,
+                    "epoch": state.epoch + state.batch_in_epoch / len(sampler),
+                    "loss": window_loss / window_examples,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "samples_per_second": window_examples / max(elapsed, 1e-9),
+                }
+                _append_log(paths, record)
+                accelerator.log(
+                    {"train/loss": record["loss"], "train/learning_rate": record["learning_rate"]},
+                    step=state.global_step,
+                )
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+            end_of_epoch = state.batch_in_epoch >= len(sampler)
+            if end_of_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            if (
+                end_of_epoch
+                or state.global_step == total_steps
+                or (cfg.eval_steps is not None and state.global_step % cfg.eval_steps == 0)
+            ):
+                evaluate_now()
+                if state.global_step >= total_steps:
+                    state.done = True
+                save_checkpoint()
+            elif state.global_step % cfg.checkpoint_steps == 0:
+                save_checkpoint()
+            if on_step is not None:
+                on_step(state.global_step)
+            if state.done or state.global_step >= total_steps:
+                break
+    bar.close()
+    if not state.done or saved_at[0] != state.global_step:
+        state.done = True
+        save_checkpoint()
+    accelerator.end_training()
+    return _finish(config, paths, splits, state)
+
+
+def _finish(config: Config, paths: RunPaths, splits: Splits, state: _State) -> TrainResult:
+    """Evaluate the best saved model on the test split (or validation) and write the run's report."""
+    predictor = Predictor.from_dir(paths.model, batch_size=config.train.eval_batch_size or 64)
+    data = splits.test if splits.test is not None else splits.validation
+    split = "test" if splits.test is not None else "validation"
+    report = evaluate_data(predictor, data)
+    write_report(
+        report, paths.root, history=read_train_log(paths.log), title=f"{config.model.name} on {split}: {data.source}"
+    )
+    logger.info(
+        "%s accuracy %.4f, macro_f1 %.4f",
+        split,
+        report.metrics["accuracy"],
+        report.metrics.get("macro_f1", float("nan")),
+    )
+    return TrainResult(
+        run_dir=paths.root,
+        model_dir=paths.model,
+        best_step=state.best_step,
+        best_metric=float(state.best_metric if state.best_metric is not None else float("nan")),
+        global_step=state.global_step,
+        stopped_early=state.stopped_early,
+        metrics=report.metrics,
+        eval_split=split,
+        history=state.history,
+    )

@@ -1,0 +1,141 @@
+"""Shared fixtures: a tiny random BERT saved to disk, and small learnable data sets written as files."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a download attempt must fail at once, never hang
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from adaptext.config import Config, load_config
+
+LABELS = ["billing", "shipping", "technical"]
+KEYWORDS = {
+    "billing": ["invoice", "refund", "charge", "payment", "price", "bill"],
+    "shipping": ["parcel", "delivery", "courier", "package", "tracking", "arrive"],
+    "technical": ["crash", "error", "login", "bug", "password", "screen"],
+}
+FILLER = ["my", "the", "is", "not", "please", "help", "with", "a", "today", "again", "why", "it", "order", "account"]
+CHINESE_LABELS = {"正面": list("好棒喜欢满意推荐"), "负面": list("差烂讨厌失望糟糕")}
+CHINESE_FILLER = list("这个酒店房间服务很非常我们的了是")
+
+
+def _vocab() -> list[str]:
+    words = sorted({w for ws in KEYWORDS.values() for w in ws} | set(FILLER))
+    chars = sorted({c for cs in CHINESE_LABELS.values() for c in cs} | set(CHINESE_FILLER))
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *chars, ".", ",", "?", "!"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32, intermediate 37) with a WordPiece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = {token: i for i, token in enumerate(_vocab())}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    tokenizer.model_max_length = 128
+    config = BertConfig(
+        vocab_size=len(_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_rows(n: int, seed: int = 0, labels: list[str] | None = None) -> list[dict[str, str]]:
+    """`n` English rows whose label is given away by a keyword, so a tiny model can learn them."""
+    rng = random.Random(seed)
+    labels = labels or LABELS
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = rng.sample(FILLER, 4) + rng.sample(KEYWORDS[label], 2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def make_chinese_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    names = list(CHINESE_LABELS)
+    rows = []
+    for i in range(n):
+        label = names[i % 2]
+        chars = rng.sample(CHINESE_FILLER, 5) + rng.sample(CHINESE_LABELS[label], 2)
+        rng.shuffle(chars)
+        rows.append({"text": "".join(chars), "label": label})
+    return rows
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path) -> Callable[..., Path]:
+    """Write rows (list of dicts) to `tmp_path/name` as CSV/TSV/JSONL/Parquet by suffix."""
+
+    def write(name: str, rows: list[dict[str, object]]) -> Path:
+        path = tmp_path / name
+        frame = pd.DataFrame(rows)
+        suffix = path.suffix
+        if suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif suffix == ".tsv":
+            frame.to_csv(path, sep="\t", index=False)
+        elif suffix == ".jsonl":
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+        elif suffix == ".parquet":
+            frame.to_parquet(path)
+        else:
+            raise ValueError(suffix)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def data_files(write_csv: Callable[..., Path]) -> dict[str, Path]:
+    """train (120 rows), validation (30) and test (30) CSV files of the keyword task."""
+    return {
+        "train": write_csv("train.csv", make_rows(120, seed=1)),
+        "validation": write_csv("validation.csv", make_rows(30, seed=2)),
+        "test": write_csv("test.csv", make_rows(30, seed=3)),
+    }
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir: Path, data_files: dict[str, Path], tmp_path: Path) -> Callable[..., Config]:
+    """A fast config on the tiny model; keyword overrides as `key.path=value` strings."""
+
+    def make(*overrides: str) -> Config:
+        base = [
+            f"model.name={tiny_model_dir}",
+            f"data.train={data_files['train']}",
+            f"data.validation={data_files['validation']}",
+            f"data.test={data_files['test']}",
+            f"output_dir={tmp_path / 'run'}",
+            "data.max_length=32",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.learning_rate=1e-3",
+            "train.precision=fp32",
+            "seed=7",
+        ]
+        return load_config(None, base + list(overrides))
+
+    return make
