@@ -145,8 +145,22 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        _set_dotted(tree, key.strip(), _parse_value(item, raw))
     return tree
+
+
+def _parse_value(item: str, raw: str) -> Any:
+    if not raw.strip():
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it") from None
+    # YAML reads `|`, `>`, `&a` or `#x` as syntax, not text; a user typing them means the text.
+    if value in (None, "") and raw.strip() not in ("null", "Null", "NULL", "~", "''", '""'):
+        return raw
+    return value
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -180,19 +194,37 @@ def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel]:
     return model
 
 
+def _field_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    # pydantic appends union-member tags ("literal[...]", "dict[...]") to a location; keep only field names.
+    path: list[str] = []
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            break
+        path.append(str(part))
+        field = model.model_fields.get(str(part))
+        if field is None:  # an unknown key
+            break
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return tuple(path)
+
+
 def _format_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+    problems = []
     for item in error.errors():
-        loc = item["loc"]
-        dotted = ".".join(str(part) for part in loc) or "(root)"
+        loc = _field_path(item["loc"])
+        dotted = ".".join(loc) or "(root)"
         if item["type"] == "extra_forbidden":
             section = _section_model(loc)
-            prefix = ".".join(str(part) for part in loc[:-1])
+            prefix = ".".join(loc[:-1])
             valid = ", ".join(_valid_keys(section, f"{prefix}." if prefix else ""))
-            lines.append(f"  {dotted}: unknown key; valid keys here: {valid}")
+            problems.append(f"{dotted}: unknown key; valid keys here: {valid}")
         else:
-            lines.append(f"  {dotted}: {item['msg']} (got {item.get('input')!r})")
-    return "\n".join(lines)
+            problem = f"{dotted}: {item['msg']} (got {item.get('input')!r})"
+            if problem not in problems:
+                problems.append(problem)
+    return f"invalid configuration ({source}): " + "; ".join(problems)
 
 
 def build_config(tree: dict[str, Any], source: str = "config") -> Config:

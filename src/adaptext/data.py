@@ -6,6 +6,7 @@ Every problem is raised as `DataError` naming the file, the row and the column.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -107,6 +108,25 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def _check_field_counts(path: Path, text: str, fmt: str) -> None:
+    # pandas silently turns surplus leading fields into an index, shifting every column; refuse instead.
+    if fmt == "tsv":
+        reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text))
+    expected = None
+    for fields in reader:
+        if not fields:
+            continue
+        if expected is None:
+            expected = len(fields)
+        elif len(fields) != expected:
+            raise DataError(
+                f"{path}: line {reader.line_num}: expected {expected} fields as in the header, found {len(fields)}"
+                + ("; quote texts that contain commas" if fmt == "csv" else "")
+            )
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV/TSV/JSONL/Parquet file into a frame of raw values, raising `DataError` on any problem."""
     path = Path(path)
@@ -125,6 +145,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if fmt == "jsonl":
             frame = _read_jsonl(path, text)
         else:
+            _check_field_counts(path, text, fmt)
             try:
                 frame = pd.read_csv(
                     io.StringIO(text),
