@@ -18,6 +18,9 @@ import pytest
 
 from adaptext.config import Config, load_config
 
+# Settings under which the tiny model learns the keyword task reliably (12 of 12 seeds reach 100%);
+# with batch 8 and 3 epochs it stalls at 2 of 3 classes for about half of the seeds.
+LEARNABLE = ("train.epochs=6", "train.batch_size=4", "train.learning_rate=2e-3")
 LABELS = ["billing", "shipping", "technical"]
 KEYWORDS = {
     "billing": ["invoice", "refund", "charge", "payment", "price", "bill"],
@@ -52,6 +55,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=128,
+        initializer_range=0.1,  # at BERT's 0.02 a model this small often never separates the third class
         num_labels=3,
     )
     torch.manual_seed(0)

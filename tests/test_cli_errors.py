@@ -154,9 +154,7 @@ def test_bad_config_exits_2_before_training(
 
 
 @pytest.mark.parametrize("override", ["train.epoch=2", "train.batch_size=abc"])
-def test_config_error_is_one_line(
-    capsys: pytest.CaptureFixture[str], config_file: Path, override: str
-) -> None:
+def test_config_error_is_one_line(capsys: pytest.CaptureFixture[str], config_file: Path, override: str) -> None:
     code, err = run_cli(capsys, "train", str(config_file), override)
     assert code == EXIT_USER_ERROR
     assert override.split("=")[0] in error_line(err, "train")
@@ -179,9 +177,7 @@ def test_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_pat
     assert "nope.yaml" in error_line(err, "train")
 
 
-def test_override_with_yaml_syntax_error_exits_2(
-    capsys: pytest.CaptureFixture[str], config_file: Path
-) -> None:
+def test_override_with_yaml_syntax_error_exits_2(capsys: pytest.CaptureFixture[str], config_file: Path) -> None:
     code, err = run_cli(capsys, "train", str(config_file), "data.text_column=[")
     assert code == EXIT_USER_ERROR
     assert "data.text_column" in error_line(err, "train")
@@ -275,9 +271,7 @@ def test_resume_without_a_checkpoint_exits_2(
         assert not run_dir.exists()
 
 
-def test_resume_and_overwrite_are_exclusive(
-    capsys: pytest.CaptureFixture[str], config_file: Path
-) -> None:
+def test_resume_and_overwrite_are_exclusive(capsys: pytest.CaptureFixture[str], config_file: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(["train", str(config_file), "--resume", "--overwrite"])
     assert info.value.code == 2

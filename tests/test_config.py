@@ -49,9 +49,7 @@ def test_empty_yaml_file_gives_defaults(tmp_path: Path) -> None:
 def test_override_wins_over_file_and_merges_nested_keys(tmp_path: Path) -> None:
     path = write_yaml(
         tmp_path,
-        "seed: 1\n"
-        "data:\n  train: a.csv\n  text_column: body\n"
-        "train:\n  batch_size: 16\n  epochs: 5\n",
+        "seed: 1\ndata:\n  train: a.csv\n  text_column: body\ntrain:\n  batch_size: 16\n  epochs: 5\n",
     )
     config = load_config(path, ["train.batch_size=8", "data.label_column=intent", "seed=3"])
     assert config.train.batch_size == 8  # override wins
@@ -98,9 +96,7 @@ def test_override_values_are_parsed_as_yaml_scalars() -> None:
         ("train:\n  learning_rate: '3e-4'\n", 3e-4),
     ],
 )
-def test_exponent_floats_in_yaml_become_floats(
-    tmp_path: Path, yaml_text: str, expected: float
-) -> None:
+def test_exponent_floats_in_yaml_become_floats(tmp_path: Path, yaml_text: str, expected: float) -> None:
     config = load_config(write_yaml(tmp_path, yaml_text))
     assert isinstance(config.train.learning_rate, float)
     assert config.train.learning_rate == pytest.approx(expected, rel=1e-12)
@@ -109,8 +105,7 @@ def test_exponent_floats_in_yaml_become_floats(
 def test_exponent_float_in_nested_mapping_and_other_fields(tmp_path: Path) -> None:
     path = write_yaml(
         tmp_path,
-        "data:\n  validation_fraction: 1e-1\n"
-        "train:\n  weight_decay: 1e-2\n  class_weights: {a: 1e-3, b: 1}\n",
+        "data:\n  validation_fraction: 1e-1\ntrain:\n  weight_decay: 1e-2\n  class_weights: {a: 1e-3, b: 1}\n",
     )
     config = load_config(path)
     assert config.data.validation_fraction == pytest.approx(0.1)
@@ -206,9 +201,7 @@ def test_pipe_label_delimiter_override() -> None:
     assert load_config(None, ["data.label_delimiter=|"]).data.label_delimiter == "|"
 
 
-@pytest.mark.parametrize(
-    ("text", "kind"), [("- a\n- b\n", "list"), ("just a string\n", "str"), ("3\n", "int")]
-)
+@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("just a string\n", "str"), ("3\n", "int")])
 def test_non_mapping_yaml_is_rejected(tmp_path: Path, text: str, kind: str) -> None:
     path = write_yaml(tmp_path, text)
     with pytest.raises(ConfigError, match="mapping") as info:
@@ -292,7 +285,5 @@ def test_default_config_round_trips(tmp_path: Path) -> None:
 def test_config_module_does_not_import_torch() -> None:
     # `adaptext --help` and config validation must stay instant.
     code = "import sys, adaptext.config, adaptext.cli; print('torch' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"

@@ -475,9 +475,7 @@ def test_load_splits_carves_validation_from_train(write_csv: WriteFile) -> None:
 
 def test_load_splits_carves_validation_and_test(write_csv: WriteFile) -> None:
     train = write_csv("train.csv", make_rows(150, seed=1))
-    config = splits_config(
-        f"data.train={train}", "data.validation_fraction=0.1", "data.test_fraction=0.2", "seed=5"
-    )
+    config = splits_config(f"data.train={train}", "data.validation_fraction=0.1", "data.test_fraction=0.2", "seed=5")
     splits = load_splits(config)
     assert splits.test is not None
     assert len(splits.test) == 30

@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score texts longer than max_length in overlapping windows and aggregate",
     )
-    p.add_argument("--stride", type=int, default=32, help="tokens of overlap between windows (default 32)")
+    p.add_argument(
+        "--stride", type=int, default=None, help="tokens of overlap between windows (default: min(32, max_length/4))"
+    )
     p.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="how window scores combine")
     p.set_defaults(func=_cmd_predict)
     return parser
@@ -133,7 +135,13 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `key=value` overrides may also follow flags (`train run.yaml --resume train.epochs=5`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "train" or any("=" not in item or item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

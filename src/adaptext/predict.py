@@ -150,14 +150,15 @@ class Predictor:
         pairs: Sequence[str] | None = None,
         *,
         sliding_window: bool = False,
-        stride: int = 32,
+        stride: int | None = None,
         aggregate: Literal["mean", "max"] = "mean",
         progress: bool = False,
     ) -> np.ndarray:
         """Class probabilities (n, num_labels): softmax, or per-label sigmoid for multi-label models.
 
         With `sliding_window`, a text longer than `max_length` is cut into overlapping windows
-        (`stride` tokens of overlap), each window is scored and the window probabilities are
+        (`stride` tokens of overlap; default `min(32, max_length // 4)`), each window is scored and the window
+        probabilities are
         aggregated by `mean` or `max`, so the end of a long text counts too.
         """
         if not sliding_window:
@@ -165,6 +166,8 @@ class Predictor:
         _check_texts(texts, pairs)
         if pairs is not None:
             raise AdaptextError("sliding_window works on single texts, not text pairs")
+        if stride is None:
+            stride = min(32, self.max_length // 4)
         if not 0 <= stride < self.max_length // 2:
             raise AdaptextError(f"stride must be between 0 and {self.max_length // 2 - 1}, got {stride}")
         encoded = self.tokenizer(

@@ -13,6 +13,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import font_manager
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from adaptext.run import write_json
 
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_LABELS_ON_AXES = 100
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "Source Han Sans SC", "SimHei")
 
 
 def plot_confusion(report: EvalReport, path: Path) -> None:
@@ -30,14 +34,37 @@ def plot_confusion(report: EvalReport, path: Path) -> None:
     counts = np.asarray(report.confusion)
     norm = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(report.labels)
+    names, fonts = _tick_names(report.labels)
     size = min(max(5.0, 0.22 * n + 3), 24.0)
-    fig, ax = plt.subplots(figsize=(size, size))
+    with plt.rc_context({"font.family": fonts}):
+        fig, ax = plt.subplots(figsize=(size, size))
+        _draw_confusion(fig, ax, counts, norm, names)
+        ax.set_title(f"Confusion matrix ({report.n_examples} examples)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _tick_names(labels: list[str]) -> tuple[list[str], list[str]]:
+    """Tick labels and font families: label ids where no installed font has the labels' characters."""
+    if all(label.isascii() for label in labels):
+        return labels, ["DejaVu Sans"]
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    fallback = [name for name in CJK_FONTS if name in installed]
+    if fallback:
+        return labels, ["DejaVu Sans", *fallback]
+    logger.info("no font for the label names is installed; the confusion matrix shows label ids (see report.html)")
+    return [str(i) for i in range(len(labels))], ["DejaVu Sans"]
+
+
+def _draw_confusion(fig: Figure, ax: Axes, counts: np.ndarray, norm: np.ndarray, names: list[str]) -> None:
+    n = len(names)
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true label")
     if n <= MAX_LABELS_ON_AXES:
         fontsize = 9 if n <= 20 else max(4, int(200 / n))
-        ax.set_xticks(range(n), report.labels, rotation=90, fontsize=fontsize)
-        ax.set_yticks(range(n), report.labels, fontsize=fontsize)
+        ax.set_xticks(range(n), names, rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(n), names, fontsize=fontsize)
     if n <= 12:
         for i in range(n):
             for j in range(n):
@@ -52,10 +79,6 @@ def plot_confusion(report: EvalReport, path: Path) -> None:
                 )
     ax.set_xlabel("predicted label")
     ax.set_ylabel("true label")
-    ax.set_title(f"Confusion matrix ({report.n_examples} examples)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> bool:
@@ -184,7 +207,10 @@ def write_report(
         parts += [f"<h2>{html.escape(caption)}</h2>", f"<img src='{name}' alt='{html.escape(caption)}'>"]
     parts += [
         "<h2>All classes</h2>",
-        _table(report.per_class, ["label", "precision", "recall", "f1", "support"]),
+        _table(
+            [{"id": i} | row for i, row in enumerate(report.per_class)],
+            ["id", "label", "precision", "recall", "f1", "support"],
+        ),
         "</body></html>",
     ]
     path = out_dir / "report.html"

@@ -168,6 +168,8 @@ def _git_revision() -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
+    if out.returncode != 0:
+        return None
     return out.stdout.strip() or None
 
 

@@ -62,6 +62,8 @@ class _State:
     bad_evals: int = 0
     done: bool = False
     stopped_early: bool = False
+    window_loss: float = 0.0  # summed loss of the steps since the last log record
+    window_examples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -155,6 +157,15 @@ def _total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
 
+def _truncate_log(paths: RunPaths, step: int) -> None:
+    """Drop log records written after the checkpoint a run resumes from; the resumed run writes them again."""
+    if not paths.log.is_file():
+        return
+    lines = paths.log.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    paths.log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
 def _append_log(paths: RunPaths, record: dict[str, Any]) -> None:
     with paths.log.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -208,6 +219,8 @@ def train(
     sampler = LengthGroupedBatches(train_enc.lengths, cfg.batch_size, seed=config.seed)
     loader = DataLoader(
         train_enc,
+        # Its own generator: drawing worker seeds from the global RNG would shift dropout masks after a resume.
+        generator=torch.Generator().manual_seed(config.seed),
         batch_sampler=sampler,
         collate_fn=Collator(tokenizer.pad_token_id or 0, multi_label),
         num_workers=cfg.num_workers,
@@ -225,6 +238,7 @@ def train(
     if resume:
         accelerator.load_state(str(paths.checkpoint))
         state = _State(**json.loads((paths.checkpoint / STATE_FILE).read_text(encoding="utf-8")))
+        _truncate_log(paths, state.global_step)
         logger.info("resumed at step %d (epoch %d, batch %d)", state.global_step, state.epoch, state.batch_in_epoch)
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -275,9 +289,10 @@ def train(
 
     model.train()
     bar = tqdm(total=total_steps, initial=state.global_step, desc="train", unit="step", disable=None)
-    window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+    window_start = time.perf_counter()
     while not state.done and state.global_step < total_steps:
-        sampler.set_epoch(state.epoch)
+        # The prepared loader re-seeds the sampler with its own epoch counter on every pass.
+        loader.set_epoch(state.epoch)
         epoch_loader = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
         for batch in epoch_loader:
             targets = batch.pop("labels")
@@ -292,8 +307,8 @@ def train(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             state.batch_in_epoch += 1
-            window_loss += loss.item() * len(targets)
-            window_examples += len(targets)
+            state.window_loss += loss.item() * len(targets)
+            state.window_examples += len(targets)
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
@@ -303,9 +318,9 @@ def train(
                 record = {
                     "step": state.global_step,
                     "epoch": state.epoch + state.batch_in_epoch / len(sampler),
-                    "loss": window_loss / window_examples,
+                    "loss": state.window_loss / state.window_examples,
                     "learning_rate": scheduler.get_last_lr()[0],
-                    "samples_per_second": window_examples / max(elapsed, 1e-9),
+                    "samples_per_second": state.window_examples / max(elapsed, 1e-9),
                 }
                 _append_log(paths, record)
                 accelerator.log(
@@ -313,7 +328,7 @@ def train(
                     step=state.global_step,
                 )
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+                window_start = time.perf_counter()
             end_of_epoch = state.batch_in_epoch >= len(sampler)
             if end_of_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
