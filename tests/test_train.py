@@ -201,9 +201,8 @@ def test_env_git_revision_is_none_when_git_fails(monkeypatch: pytest.MonkeyPatch
 
 
 def test_env_git_revision_is_a_commit_hash_when_known() -> None:
-    from adaptext.run import environment_record
-
     import adaptext
+    from adaptext.run import environment_record
 
     source = Path(adaptext.__file__).resolve().parent
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, check=False)
