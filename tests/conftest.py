@@ -10,7 +10,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -87,6 +87,28 @@ def make_chinese_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
         rng.shuffle(chars)
         rows.append({"text": "".join(chars), "label": label})
     return rows
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    # The tiny model gains nothing from intra-op threads, and two threads thrash badly (10x slower)
+    # when the two cores are shared with another process.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_splits(folder: Path, train: int = 120, validation: int = 30, test: int = 30) -> dict[str, Path]:
+    """Keyword-task CSV files `train.csv`, `validation.csv` and (when `test` > 0) `test.csv` in `folder`."""
+    files = {}
+    for split, n, seed in (("train", train, 1), ("validation", validation, 2), ("test", test, 3)):
+        if n:
+            files[split] = folder / f"{split}.csv"
+            pd.DataFrame(make_rows(n, seed=seed)).to_csv(files[split], index=False)
+    return files
 
 
 @pytest.fixture

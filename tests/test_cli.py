@@ -15,13 +15,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import torch
 
 from adaptext import __version__
 from adaptext.cli import main
 from adaptext.config import Config, config_to_yaml, load_config
 from adaptext.predict import Predictor
-from conftest import LABELS, LEARNABLE, make_rows
+from conftest import LABELS, LEARNABLE, make_rows, write_splits
 
 FLAT_METRICS = [
     "accuracy",
@@ -39,23 +38,11 @@ FLAT_METRICS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Any:
-    # The tiny model gains nothing from intra-op threads, which thrash when the two cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cli_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`adaptext train CONFIG key=value ...` run once; its exit code, output and files."""
     folder = tmp_path_factory.mktemp("cli")
-    files = {}
-    for split, n, seed in (("train", 120, 1), ("validation", 30, 2), ("test", 30, 3)):
-        files[split] = folder / f"{split}.csv"
-        pd.DataFrame(make_rows(n, seed=seed)).to_csv(files[split], index=False)
+    files = write_splits(folder)
     config_file = folder / "config.yaml"
     config_file.write_text(
         "\n".join(

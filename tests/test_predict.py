@@ -14,7 +14,7 @@ import torch
 from adaptext.config import AdaptextError, load_config
 from adaptext.predict import Prediction, Predictor, find_model_dir, predict_file
 from adaptext.train import TrainResult, train
-from conftest import FILLER, KEYWORDS, LABELS, LEARNABLE, make_rows
+from conftest import FILLER, KEYWORDS, LABELS, LEARNABLE, make_rows, write_splits
 
 TEXTS = [
     "invoice",
@@ -27,23 +27,11 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Any:
-    # The tiny model gains nothing from intra-op threads, which thrash when the two cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder of a model that has learned the keyword task (max_length 32)."""
     folder = tmp_path_factory.mktemp("predict-run")
-    files = {}
-    for split, n, seed in (("train", 120, 1), ("validation", 30, 2)):
-        files[split] = folder / f"{split}.csv"
-        pd.DataFrame(make_rows(n, seed=seed)).to_csv(files[split], index=False)
+    files = write_splits(folder, test=0)
     config = load_config(
         None,
         [

@@ -25,7 +25,7 @@ from adaptext.config import AdaptextError, Config, ConfigError, config_to_yaml, 
 from adaptext.model import build_model, load_tokenizer
 from adaptext.predict import Predictor
 from adaptext.train import TrainResult, train
-from conftest import CHINESE_LABELS, FILLER, KEYWORDS, LABELS, LEARNABLE, make_chinese_rows, make_rows
+from conftest import CHINESE_LABELS, FILLER, KEYWORDS, LABELS, LEARNABLE, make_chinese_rows, make_rows, write_splits
 
 PROBE_TEXTS = [
     "my invoice is wrong again",
@@ -37,16 +37,6 @@ PROBE_TEXTS = [
 ]
 # Batches per epoch of the default 120-row training file at batch size 8.
 BATCHES_PER_EPOCH = 15
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Any:
-    # The tiny model gains nothing from intra-op threads, and two threads thrash badly (10x slower)
-    # when the two cores are shared with another process.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class SimulatedCrashError(Exception):
@@ -78,10 +68,7 @@ def logits_of(run_dir: Path, texts: list[str] = PROBE_TEXTS) -> np.ndarray:
 def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One ordinary 3-epoch run on the keyword task, with the model object captured at each save."""
     folder = tmp_path_factory.mktemp("trained")
-    files = {}
-    for split, n, seed in (("train", 120, 1), ("validation", 30, 2), ("test", 30, 3)):
-        files[split] = folder / f"{split}.csv"
-        pd.DataFrame(make_rows(n, seed=seed)).to_csv(files[split], index=False)
+    files = write_splits(folder)
     config = load_config(
         None,
         [
