@@ -36,7 +36,8 @@ def test_defaults() -> None:
     assert config.data.test_fraction is None
     assert config.data.label_delimiter == "|"
     assert config.train.batch_size == 32
-    assert config.train.learning_rate == pytest.approx(1e-4)
+    assert config.train.learning_rate == "auto"
+    assert config.train.epochs == "auto"
     assert config.train.precision == "auto"
     assert config.seed == 42
     assert config.output_dir == Path("runs/latest")

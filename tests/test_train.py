@@ -700,3 +700,35 @@ def test_bundled_minilm_fine_tunes_and_loads_with_plain_transformers(tmp_path: P
     ours = Predictor.from_dir(result.run_dir).predict(texts)
     assert [out["label"] for out in outputs] == [p.label for p in ours]
     assert [out["score"] for out in outputs] == pytest.approx([p.score for p in ours], abs=1e-4)
+
+
+# automatic defaults ---------------------------------------------------------------------------
+
+
+def test_auto_learning_rate_follows_model_width(tiny_model_dir: Path) -> None:
+    from adaptext.config import TrainConfig
+    from adaptext.model import build_model
+    from adaptext.train import resolve_learning_rate
+
+    model = build_model(str(tiny_model_dir), LABELS, multi_label=False)  # hidden size 32
+    assert resolve_learning_rate(TrainConfig(), model) == 2e-4
+    model.config.hidden_size = 768
+    assert resolve_learning_rate(TrainConfig(), model) == 5e-5
+    model.config.hidden_size = 1024
+    assert resolve_learning_rate(TrainConfig(), model) == 2e-5
+    assert resolve_learning_rate(TrainConfig(learning_rate=3e-4), model) == 3e-4
+
+
+@pytest.mark.parametrize(("steps_per_epoch", "epochs"), [(10, 10.0), (250, 6.0), (1000, 2.0), (5000, 2.0)])
+def test_auto_epochs_aim_at_a_step_budget(steps_per_epoch: int, epochs: float) -> None:
+    from adaptext.config import TrainConfig
+    from adaptext.train import resolve_epochs
+
+    assert resolve_epochs(TrainConfig(), steps_per_epoch) == epochs
+    assert resolve_epochs(TrainConfig(epochs=1.5), steps_per_epoch) == 1.5
+
+
+def test_auto_epochs_set_the_run_length(tiny_config: Callable[..., Config]) -> None:
+    config = tiny_config("train.epochs=auto", "train.batch_size=60", "train.learning_rate=auto")
+    result = train(config)
+    assert result.global_step == 10 * 2  # 120 rows at batch 60: 2 steps per epoch, 10 epochs (the maximum)

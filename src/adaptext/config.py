@@ -33,6 +33,10 @@ def _coerce_float(value: Any) -> Any:
 
 Float = Annotated[float, BeforeValidator(_coerce_float)]
 
+AUTO_TARGET_STEPS = 1500
+AUTO_MIN_EPOCHS = 2
+AUTO_MAX_EPOCHS = 10
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -74,13 +78,21 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: Float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
+    epochs: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
+        "auto",
+        description="Passes over the training data (fractions allowed). `auto`: enough passes for about "
+        f"{AUTO_TARGET_STEPS} optimizer steps, at least {AUTO_MIN_EPOCHS} and at most {AUTO_MAX_EPOCHS}.",
+    )
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (overrides `epochs` when set)."
     )
     batch_size: int = Field(32, ge=1, description="Examples per forward pass.")
     eval_batch_size: int | None = Field(None, ge=1, description="Examples per batch when evaluating.")
-    learning_rate: Float = Field(1e-4, gt=0, description="Peak learning rate for AdamW.")
+    learning_rate: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
+        "auto",
+        description="Peak learning rate for AdamW. `auto`: by model width (hidden size <= 512: 2e-4, "
+        "<= 768: 5e-5, larger: 2e-5); see docs/benchmarks.md for how these were chosen.",
+    )
     weight_decay: Float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases/norms).")
     warmup_ratio: Float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up linearly.")
     grad_accum_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")
