@@ -20,7 +20,6 @@ from sklearn.metrics import (
 from adaptext.config import ConfigError, DataConfig
 from adaptext.data import TextData, check_known_labels, load_examples
 from adaptext.predict import METADATA_FILE, Predictor, find_model_dir
-from adaptext.report import write_report
 
 SINGLE_LABEL_METRICS = ["accuracy", "loss", "ece"] + [
     f"{avg}_{kind}" for avg in ("macro", "micro", "weighted") for kind in ("precision", "recall", "f1")
@@ -187,6 +186,8 @@ def evaluate_file(
 
     >>> evaluate_file("runs/quickstart", "data/banking77/train.csv", "eval-out")  # doctest: +SKIP
     """
+    from adaptext.report import write_report  # matplotlib only when a report is written
+
     predictor = Predictor.from_dir(model_path)
     model_dir = find_model_dir(model_path)
     saved = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -34,7 +35,6 @@ from adaptext.data import Splits, load_splits
 from adaptext.evaluate import check_metric_name, evaluate_data, is_improvement, read_train_log
 from adaptext.model import build_model, count_parameters, load_tokenizer
 from adaptext.predict import METADATA_FILE, Predictor
-from adaptext.report import write_report
 from adaptext.run import RunPaths, environment_record, prepare_run_dir, replace_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -217,13 +217,33 @@ def train(
     cfg = config.train
     multi_label = config.data.multi_label
     check_metric_name(cfg.metric_for_best, multi_label)
-    precision = resolve_precision(cfg.precision)
+    resolve_precision(cfg.precision)  # a bad precision for this machine fails before any work
     splits = load_splits(config)  # all data problems surface here, before the run folder is touched
-    weights = class_weights(cfg, splits, multi_label)
+    class_weights(cfg, splits, multi_label)  # and so does a bad class-weight mapping
     tokenizer = load_tokenizer(config.model.name)
     paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     write_json(paths.labels, splits.labels)
+    state = _fit(config, paths, splits, tokenizer, resume=resume, on_step=on_step)
+    # The training copies (model, gradients, optimizer state) are gone with _fit's frame; collect them before
+    # the final evaluation loads the saved model, so the run's peak memory is that of training alone.
+    gc.collect()
+    return _finish(config, paths, splits, state)
 
+
+def _fit(
+    config: Config,
+    paths: RunPaths,
+    splits: Splits,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    resume: bool,
+    on_step: Callable[[int], None] | None,
+) -> _State:
+    """The training loop: epochs x batches, evaluation, best model, checkpoints; returns the final state."""
+    cfg = config.train
+    multi_label = config.data.multi_label
+    precision = resolve_precision(cfg.precision)
+    weights = class_weights(cfg, splits, multi_label)
     set_seed(config.seed)
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -388,11 +408,14 @@ def train(
         state.done = True
         save_checkpoint()
     accelerator.end_training()
-    return _finish(config, paths, splits, state)
+    accelerator.free_memory()
+    return state
 
 
 def _finish(config: Config, paths: RunPaths, splits: Splits, state: _State) -> TrainResult:
     """Evaluate the best saved model on the test split (or validation) and write the run's report."""
+    from adaptext.report import write_report  # matplotlib is loaded only once training memory is freed
+
     predictor = Predictor.from_dir(paths.model, batch_size=config.train.eval_batch_size or 64)
     data = splits.test if splits.test is not None else splits.validation
     split = "test" if splits.test is not None else "validation"
