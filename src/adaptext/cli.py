@@ -53,13 +53,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import json
-
-    from adaptext.predict import METADATA_FILE, Predictor, find_model_dir, predict_file
+    from adaptext.predict import Predictor, predict_file
 
     predictor = Predictor.from_dir(args.model, batch_size=args.batch_size)
-    meta_path = find_model_dir(args.model) / METADATA_FILE
-    saved = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    saved = predictor.metadata
     count = predict_file(
         predictor,
         args.input,

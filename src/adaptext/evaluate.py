@@ -19,7 +19,7 @@ from sklearn.metrics import (
 
 from adaptext.config import ConfigError, DataConfig
 from adaptext.data import TextData, check_known_labels, load_examples
-from adaptext.predict import METADATA_FILE, Predictor, find_model_dir
+from adaptext.predict import Predictor
 
 SINGLE_LABEL_METRICS = ["accuracy", "loss", "ece"] + [
     f"{avg}_{kind}" for avg in ("macro", "micro", "weighted") for kind in ("precision", "recall", "f1")
@@ -189,10 +189,7 @@ def evaluate_file(
     from adaptext.report import write_report  # matplotlib only when a report is written
 
     predictor = Predictor.from_dir(model_path)
-    model_dir = find_model_dir(model_path)
-    saved = {}
-    if (model_dir / METADATA_FILE).is_file():
-        saved = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
+    saved = predictor.metadata
     settings = {
         k: saved[k]
         for k in ("text_column", "text_pair_column", "label_column", "label_delimiter")

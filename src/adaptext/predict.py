@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.batching import Collator, tokenize
-from adaptext.config import AdaptextError
+from adaptext.config import AdaptextError, DataConfig
+from adaptext.data import load_examples
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,12 @@ def find_model_dir(path: str | Path) -> Path:
     raise AdaptextError(f"{path}: not a run folder (no {MODEL_SUBDIR}/config.json) nor a model folder (no config.json)")
 
 
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """The `adaptext.json` saved beside a model (empty for a folder adaptext did not write)."""
+    path = model_dir / METADATA_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 class Predictor:
     """A classifier ready to predict.
 
@@ -75,6 +82,8 @@ class Predictor:
         self.threshold = threshold
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
+        # What adaptext saved beside the model (`adaptext.json`): column names, threshold, max_length.
+        self.metadata: dict[str, Any] = {}
         id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         self.labels = [id2label[i] for i in range(len(id2label))]
         self.multi_label = model.config.problem_type == "multi_label_classification"
@@ -85,9 +94,7 @@ class Predictor:
     def from_dir(cls, path: str | Path, *, device: str | None = None, batch_size: int = 64) -> Predictor:
         """Load from a run folder or a model folder saved by adaptext (or any sequence-classification folder)."""
         model_dir = find_model_dir(path)
-        metadata: dict[str, Any] = {}
-        if (model_dir / METADATA_FILE).is_file():
-            metadata = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        metadata = read_metadata(model_dir)
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
             model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -95,13 +102,15 @@ class Predictor:
             raise AdaptextError(f"{model_dir}: cannot load the model: {error}") from None
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(target).eval()
-        return cls(
+        predictor = cls(
             model,
             tokenizer,
             max_length=int(metadata.get("max_length", min(tokenizer.model_max_length, 512))),
             threshold=float(metadata.get("threshold", 0.5)),
             batch_size=batch_size,
         )
+        predictor.metadata = metadata
+        return predictor
 
     @torch.inference_mode()
     def _logits(self, features: dict[str, list[list[int]]], progress: bool) -> np.ndarray:
@@ -237,8 +246,6 @@ def predict_file(
     Multi-label predictions are joined with `label_delimiter` in CSV/TSV and kept as lists in JSONL.
     Returns the number of rows written.
     """
-    from adaptext.data import DataConfig, load_examples
-
     output_path = Path(output_path)
     out_format = output_path.suffix.lower()
     if out_format not in (".csv", ".tsv", ".jsonl"):
