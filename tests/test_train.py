@@ -732,3 +732,27 @@ def test_auto_epochs_set_the_run_length(tiny_config: Callable[..., Config]) -> N
     config = tiny_config("train.epochs=auto", "train.batch_size=60", "train.learning_rate=auto")
     result = train(config)
     assert result.global_step == 10 * 2  # 120 rows at batch 60: 2 steps per epoch, 10 epochs (the maximum)
+
+
+def test_each_loss_record_averages_only_its_own_steps(
+    tiny_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adaptext.train as train_module
+
+    losses: list[tuple[float, int]] = []
+    real_loss = train_module._loss
+
+    def recording_loss(logits: Any, targets: Any, weights: Any, multi_label: bool) -> Any:
+        value = real_loss(logits, targets, weights, multi_label)
+        losses.append((value.item(), len(targets)))
+        return value
+
+    monkeypatch.setattr(train_module, "_loss", recording_loss)
+    result = train(tiny_config("train.epochs=3"))  # 45 steps of batch 8: records at steps 20, 40 and 45
+    records = [r for r in read_log(result.run_dir) if "loss" in r]
+    assert [r["step"] for r in records] == [20, 40, 45]
+    bounds = [0, 20, 40, 45]
+    for record, start, stop in zip(records, bounds, bounds[1:], strict=False):
+        window = losses[start:stop]
+        expected = sum(loss * n for loss, n in window) / sum(n for _, n in window)
+        assert record["loss"] == pytest.approx(expected, rel=1e-6)

@@ -384,7 +384,7 @@ def _fit(
                     step=state.global_step,
                 )
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                window_start = time.perf_counter()
+                state.window_loss, state.window_examples, window_start = 0.0, 0, time.perf_counter()
             end_of_epoch = state.batch_in_epoch >= len(sampler)
             if end_of_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
