@@ -288,3 +288,9 @@ def test_config_module_does_not_import_torch() -> None:
     code = "import sys, adaptext.config, adaptext.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("value", ["true", "2.5", "'8'"])
+def test_integer_keys_reject_booleans_floats_and_strings(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        load_config(None, [f"train.batch_size={value}"])

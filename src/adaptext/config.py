@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
 
 CONFIG_FORMAT_VERSION = 1
 _FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -32,6 +32,8 @@ def _coerce_float(value: Any) -> Any:
 
 
 Float = Annotated[float, BeforeValidator(_coerce_float)]
+# Strict, so that `true` or `2.5` is not silently taken as 1 or 2.
+Int = Annotated[int, Strict()]
 
 AUTO_TARGET_STEPS = 1500
 AUTO_MIN_EPOCHS = 2
@@ -74,7 +76,7 @@ class DataConfig(_Section):
         description="Each row has any number of labels: a JSON list (JSONL/Parquet) or a delimited string.",
     )
     label_delimiter: str = Field("|", min_length=1, description="Separator of labels in a multi-label CSV/TSV cell.")
-    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
+    max_length: Int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
 
 
 class TrainConfig(_Section):
@@ -83,11 +85,11 @@ class TrainConfig(_Section):
         description="Passes over the training data (fractions allowed). `auto`: enough passes for about "
         f"{AUTO_TARGET_STEPS} optimizer steps, at least {AUTO_MIN_EPOCHS} and at most {AUTO_MAX_EPOCHS}.",
     )
-    max_steps: int | None = Field(
+    max_steps: Int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (overrides `epochs` when set)."
     )
-    batch_size: int = Field(32, ge=1, description="Examples per forward pass.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Examples per batch when evaluating.")
+    batch_size: Int = Field(32, ge=1, description="Examples per forward pass.")
+    eval_batch_size: Int | None = Field(None, ge=1, description="Examples per batch when evaluating.")
     learning_rate: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
         "auto",
         description="Peak learning rate for AdamW. `auto`: by model width (hidden size <= 512: 2e-4, "
@@ -95,7 +97,7 @@ class TrainConfig(_Section):
     )
     weight_decay: Float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases/norms).")
     warmup_ratio: Float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up linearly.")
-    grad_accum_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    grad_accum_steps: Int = Field(1, ge=1, description="Forward passes per optimizer step.")
     max_grad_norm: Float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables it.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto", description="Mixed precision: `auto` picks bf16/fp16 on a capable GPU, fp32 otherwise."
@@ -104,26 +106,26 @@ class TrainConfig(_Section):
         "none",
         description="Loss weights per class: `auto` (inverse frequency) or a `{label: weight}` mapping.",
     )
-    eval_steps: int | None = Field(
+    eval_steps: Int | None = Field(
         None, ge=1, description="Also evaluate every N optimizer steps (always at each epoch end)."
     )
-    checkpoint_steps: int = Field(
+    checkpoint_steps: Int = Field(
         200, ge=1, description="Save a resumable checkpoint every N optimizer steps (and at each evaluation)."
     )
-    early_stopping_patience: int | None = Field(
+    early_stopping_patience: Int | None = Field(
         None, ge=1, description="Stop after this many evaluations without improvement."
     )
     metric_for_best: str = Field(
         "macro_f1", description="Validation metric that picks the best checkpoint (higher is better, except `loss`)."
     )
     threshold: Float = Field(0.5, gt=0, lt=1, description="Multi-label decision threshold on each label's probability.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    num_workers: Int = Field(0, ge=0, description="DataLoader worker processes.")
 
 
 class Config(_Section):
-    format_version: int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
+    format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
     output_dir: Path = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
-    seed: int = Field(42, description="Seed for data splits, initialisation, shuffling and dropout.")
+    seed: Int = Field(42, description="Seed for data splits, initialisation, shuffling and dropout.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
