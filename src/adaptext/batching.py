@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from adaptext.data import TextData
+from adaptext.data import TextData, label_targets
 
 TOKENIZE_CHUNK = 2048
 
@@ -72,18 +72,7 @@ def encode(
 ) -> Encoded:
     """Tokenise `data` once and map its label names to training targets."""
     features = tokenize(tokenizer, data.texts, data.pairs, max_length)
-    targets: list[Any] | None = None
-    if data.labels is not None:
-        index = {name: i for i, name in enumerate(labels)}
-        if multi_label:
-            targets = []
-            for row_labels in data.labels:
-                hot = [0.0] * len(labels)
-                for name in row_labels:
-                    hot[index[name]] = 1.0
-                targets.append(hot)
-        else:
-            targets = [index[name] for name in data.labels]  # type: ignore[index]
+    targets = None if data.labels is None else label_targets(data, labels, multi_label).tolist()
     return Encoded(features=features, targets=targets)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from adaptext.config import AdaptextError, Config, DataConfig
@@ -262,6 +263,18 @@ def label_names(data: TextData) -> list[str]:
             f"{data.source}: found {len(counts)} distinct label(s) ({seen}); a classifier needs at least two"
         )
     return sorted(counts)
+
+
+def label_targets(data: TextData, labels: list[str], multi_label: bool) -> np.ndarray:
+    """Training targets for `data`'s labels: class ids (n,), or a multi-hot matrix (n, len(labels))."""
+    assert data.labels is not None
+    index = {name: i for i, name in enumerate(labels)}
+    if not multi_label:
+        return np.asarray([index[str(name)] for name in data.labels], dtype=np.int64)
+    targets = np.zeros((len(data), len(labels)), dtype=np.float32)
+    for row, names in enumerate(data.labels):
+        targets[row, [index[name] for name in names]] = 1.0
+    return targets
 
 
 def check_known_labels(data: TextData, known: list[str]) -> None:

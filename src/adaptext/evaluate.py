@@ -18,7 +18,7 @@ from sklearn.metrics import (
 )
 
 from adaptext.config import ConfigError, DataConfig
-from adaptext.data import TextData, check_known_labels, load_examples
+from adaptext.data import TextData, check_known_labels, label_targets, load_examples
 from adaptext.predict import Predictor
 
 SINGLE_LABEL_METRICS = ["accuracy", "loss", "ece"] + [
@@ -159,14 +159,7 @@ def compute_metrics(
 
 def evaluate_data(predictor: Predictor, data: TextData) -> EvalReport:
     """Predict `data` with `predictor` and score the predictions against its labels."""
-    assert data.labels is not None
-    index = {name: i for i, name in enumerate(predictor.labels)}
-    if predictor.multi_label:
-        targets = np.zeros((len(data), len(index)), dtype=np.float32)
-        for row, names in enumerate(data.labels):
-            targets[row, [index[name] for name in names]] = 1.0
-    else:
-        targets = np.asarray([index[str(name)] for name in data.labels])
+    targets = label_targets(data, predictor.labels, predictor.multi_label)
     probs = predictor.predict_proba(data.texts, data.pairs)
     report = compute_metrics(probs, targets, predictor.labels, predictor.multi_label, predictor.threshold)
     report.data_source = data.source

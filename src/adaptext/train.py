@@ -31,7 +31,7 @@ from adaptext.config import (
     ConfigError,
     TrainConfig,
 )
-from adaptext.data import Splits, load_splits
+from adaptext.data import Splits, label_targets, load_splits
 from adaptext.evaluate import check_metric_name, evaluate_data, is_improvement, read_train_log
 from adaptext.model import build_model, count_parameters, load_tokenizer
 from adaptext.predict import METADATA_FILE, Predictor
@@ -105,12 +105,8 @@ def class_weights(cfg: TrainConfig, splits: Splits, multi_label: bool) -> torch.
         if unknown:
             raise ConfigError(f"train.class_weights: unknown label(s) {unknown}; the labels are {labels}")
         return torch.tensor([float(cfg.class_weights.get(name, 1.0)) for name in labels])
-    assert splits.train.labels is not None
-    counts = np.zeros(len(labels))
-    index = {name: i for i, name in enumerate(labels)}
-    for value in splits.train.labels:
-        for name in value if isinstance(value, list) else [value]:
-            counts[index[name]] += 1
+    targets = label_targets(splits.train, labels, multi_label)
+    counts = targets.sum(axis=0) if multi_label else np.bincount(targets, minlength=len(labels))
     n = len(splits.train)
     if multi_label:  # BCE pos_weight: negatives per positive
         return torch.tensor((n - counts) / np.maximum(counts, 1), dtype=torch.float32)
@@ -217,13 +213,13 @@ def train(
     cfg = config.train
     multi_label = config.data.multi_label
     check_metric_name(cfg.metric_for_best, multi_label)
-    resolve_precision(cfg.precision)  # a bad precision for this machine fails before any work
+    precision = resolve_precision(cfg.precision)  # a bad precision for this machine fails before any work
     splits = load_splits(config)  # all data problems surface here, before the run folder is touched
-    class_weights(cfg, splits, multi_label)  # and so does a bad class-weight mapping
+    weights = class_weights(cfg, splits, multi_label)  # and so does a bad class-weight mapping
     tokenizer = load_tokenizer(config.model.name)
     paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     write_json(paths.labels, splits.labels)
-    state = _fit(config, paths, splits, tokenizer, resume=resume, on_step=on_step)
+    state = _fit(config, paths, splits, tokenizer, precision, weights, resume=resume, on_step=on_step)
     # The training copies (model, gradients, optimizer state) are gone with _fit's frame; collect them before
     # the final evaluation loads the saved model, so the run's peak memory is that of training alone.
     gc.collect()
@@ -235,15 +231,18 @@ def _fit(
     paths: RunPaths,
     splits: Splits,
     tokenizer: PreTrainedTokenizerBase,
+    precision: str,
+    weights: torch.Tensor | None,
     *,
     resume: bool,
     on_step: Callable[[int], None] | None,
 ) -> _State:
-    """The training loop: epochs x batches, evaluation, best model, checkpoints; returns the final state."""
+    """The training loop: epochs x batches, evaluation, best model, checkpoints; returns the final state.
+
+    `precision` is accelerate's mixed-precision mode; `weights` the per-class loss weights, if any.
+    """
     cfg = config.train
     multi_label = config.data.multi_label
-    precision = resolve_precision(cfg.precision)
-    weights = class_weights(cfg, splits, multi_label)
     set_seed(config.seed)
     accelerator = Accelerator(
         mixed_precision=precision,
