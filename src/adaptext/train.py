@@ -306,15 +306,17 @@ def _fit(
         autocast_dtype=autocast_dtype,
     )
 
-    saved_at = [-1 if not resume else state.global_step]
+    saved_at = state.global_step if resume else -1  # the step of the last checkpoint written
 
     def save_checkpoint() -> None:
+        nonlocal saved_at
+
         def write(folder: Path) -> None:
             accelerator.save_state(str(folder))
             write_json(folder / STATE_FILE, state.__dict__)
 
         replace_dir(paths.checkpoint, write)
-        saved_at[0] = state.global_step
+        saved_at = state.global_step
 
     def evaluate_now() -> None:
         report = evaluate_data(eval_predictor, splits.validation)
@@ -403,7 +405,7 @@ def _fit(
             if state.done or state.global_step >= total_steps:
                 break
     bar.close()
-    if not state.done or saved_at[0] != state.global_step:
+    if not state.done or saved_at != state.global_step:
         state.done = True
         save_checkpoint()
     accelerator.end_training()
