@@ -107,6 +107,7 @@ def test_run_folder_holds_exactly_the_promised_files(trained: dict[str, Any]) ->
         "config.yaml",
         "labels.json",
         "metrics.json",
+        "run_stats.json",
         "env.json",
         "train_log.jsonl",
         "tensorboard",
@@ -121,6 +122,13 @@ def test_run_folder_holds_exactly_the_promised_files(trained: dict[str, Any]) ->
 
     assert load_config(run / "config.yaml") == trained["config"]
     assert json.loads((run / "labels.json").read_text(encoding="utf-8")) == LABELS
+
+    stats = json.loads((run / "run_stats.json").read_text(encoding="utf-8"))
+    assert stats == result.stats
+    assert stats["method"] == "none"
+    assert 0 < stats["trainable_parameters"] == stats["total_parameters"]
+    assert stats["model_size_bytes"] >= 4 * stats["total_parameters"]  # fp32 weights
+    assert stats["peak_rss_mb"] > 0
 
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["n_examples"] == 30

@@ -72,6 +72,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from adaptext.adapters import merge_adapter
+
+    check = merge_adapter(args.run, args.output, data=args.data, tolerance=args.tolerance, sample=args.sample)
+    print(f"merge check passed on {check.describe()}")
+    print(f"merged model: {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adaptext", description="Fine-tune, evaluate and use text classifiers built on Hugging Face models."
@@ -115,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="how window scores combine")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "merge",
+        help="fold a run's adapter into its base model, checked against the unmerged model",
+        description="Merge a LoRA-style adapter into the base weights and save a plain transformers model folder. "
+        "Fails without writing anything when the merged logits differ from the adapter model's.",
+    )
+    p.add_argument("run", help="run folder or adapter folder")
+    p.add_argument("--output", required=True, help="folder for the merged model")
+    p.add_argument("--data", help="file of texts to check on (default: the run's validation split)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
+    p.add_argument("--sample", type=int, default=256, help="examples to check on (default 256)")
+    p.set_defaults(func=_cmd_merge)
     return parser
 
 

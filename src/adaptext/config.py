@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_FORMAT_VERSION = 1
 _FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -122,6 +131,24 @@ class TrainConfig(_Section):
     num_workers: Int = Field(0, ge=0, description="DataLoader worker processes.")
 
 
+class PeftSection(_Section):
+    method: str = Field(
+        "none",
+        description="`none` (full fine-tuning), `lora`, `adalora`, `ia3`, `prefix_tuning`, `prompt_tuning`, "
+        "`p_tuning`, or any other peft method name for sequence classification (e.g. `loha`, `lokr`, `vera`).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options passed to the peft method's config (e.g. LoRA `r`, `lora_alpha`, `lora_dropout`, "
+        "`target_modules`, `use_rslora`, `use_dora`); peft validates them. Unset options get adaptext's defaults.",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _normalise_method(cls, value: str) -> str:
+        return value.strip().lower().replace("-", "_")
+
+
 class Config(_Section):
     format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
     output_dir: Path = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
@@ -129,6 +156,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    peft: PeftSection = Field(default_factory=PeftSection)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:

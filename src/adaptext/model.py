@@ -85,9 +85,11 @@ def build_model(name: str, labels: list[str], multi_label: bool) -> PreTrainedMo
 
 
 def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """(trainable, total) parameter counts. For a peft model the total is base plus adapter, with the head counted
+    once (peft keeps the original head beside the trained copy)."""
+    named = [(name, p) for name, p in model.named_parameters() if ".original_module." not in name]
+    total = sum(p.numel() for _, p in named)
+    trainable = sum(p.numel() for _, p in named if p.requires_grad)
     return trainable, total
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from adaptext import adapters
 from adaptext.batching import Collator, tokenize
 from adaptext.config import AdaptextError, DataConfig
 from adaptext.data import load_examples
@@ -41,15 +42,17 @@ class Prediction:
 
 
 def find_model_dir(path: str | Path) -> Path:
-    """The model folder for `path`: a run folder (its `model/` inside) or a model folder itself."""
+    """The model folder for `path`: a run folder (its `model/` inside), a model folder or an adapter folder."""
     path = Path(path)
     if not path.exists():
         raise AdaptextError(f"{path}: no such model or run folder")
-    if (path / MODEL_SUBDIR / "config.json").is_file():
-        return path / MODEL_SUBDIR
-    if (path / "config.json").is_file():
-        return path
-    raise AdaptextError(f"{path}: not a run folder (no {MODEL_SUBDIR}/config.json) nor a model folder (no config.json)")
+    for folder in (path / MODEL_SUBDIR, path):
+        if (folder / "config.json").is_file() or adapters.is_adapter_folder(folder):
+            return folder
+    raise AdaptextError(
+        f"{path}: not a run folder (no {MODEL_SUBDIR}/ inside) nor a model folder (no config.json or "
+        f"{adapters.ADAPTER_CONFIG})"
+    )
 
 
 def read_metadata(model_dir: Path) -> dict[str, Any]:
@@ -92,16 +95,33 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, path: str | Path, *, device: str | None = None, batch_size: int = 64) -> Predictor:
-        """Load from a run folder or a model folder saved by adaptext (or any sequence-classification folder)."""
+        """Load from a run folder, a model folder or an adapter folder saved by adaptext (or any
+        sequence-classification folder). An adapter is loaded on its base model, unmerged."""
         model_dir = find_model_dir(path)
         metadata = read_metadata(model_dir)
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+            if adapters.is_adapter_folder(model_dir):
+                model = adapters.load_adapter_model(model_dir, metadata)
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         except (OSError, ValueError) as error:
             raise AdaptextError(f"{model_dir}: cannot load the model: {error}") from None
+        return cls._ready(model, tokenizer, metadata, device=device, batch_size=batch_size)
+
+    @classmethod
+    def _ready(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        metadata: dict[str, Any],
+        *,
+        device: str | None,
+        batch_size: int,
+    ) -> Predictor:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model.to(target).eval()
+        model.to(target)  # type: ignore[arg-type]  # transformers types `to` for dtype-or-device
+        model.eval()
         predictor = cls(
             model,
             tokenizer,
@@ -218,6 +238,64 @@ class Predictor:
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs: Any) -> list[Prediction]:
         """Predict one `Prediction` per text (keyword options as in `predict_proba`)."""
         return self.decide(self.predict_proba(texts, pairs, **kwargs))
+
+
+class MultiPredictor:
+    """Several task adapters on one base model held in memory once; requests are routed by task name.
+
+    Each task keeps its own adapter and head (label sets may differ); the base model's weights are shared.
+
+    >>> router = MultiPredictor.from_dirs({"intent": "runs/intent", "sentiment": "runs/sst2"})  # doctest: +SKIP
+    >>> router.predict("intent", ["I lost my card"])[0].label  # doctest: +SKIP
+    'lost_or_stolen_card'
+    """
+
+    def __init__(self, predictors: Mapping[str, Predictor]) -> None:
+        if not predictors:
+            raise AdaptextError("MultiPredictor needs at least one task")
+        self.predictors = dict(predictors)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.predictors)
+
+    def __getitem__(self, task: str) -> Predictor:
+        try:
+            return self.predictors[task]
+        except KeyError:
+            raise AdaptextError(f"unknown task {task!r}; the tasks are {', '.join(self.predictors)}") from None
+
+    def predict(
+        self, task: str, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs: Any
+    ) -> list[Prediction]:
+        """Predict with the adapter of `task` (keyword options as in `Predictor.predict`)."""
+        return self[task].predict(texts, pairs, **kwargs)
+
+    @classmethod
+    def from_dirs(
+        cls, dirs: Mapping[str, str | Path], *, device: str | None = None, batch_size: int = 64
+    ) -> MultiPredictor:
+        """Load one adapter folder (or run folder) per task; all must share one base model."""
+        if not dirs:
+            raise AdaptextError("MultiPredictor needs at least one task")
+        folders = {task: find_model_dir(path) for task, path in dirs.items()}
+        for task, folder in folders.items():
+            if not adapters.is_adapter_folder(folder):
+                raise AdaptextError(
+                    f"task {task!r}: {folder} is a full model, not an adapter; only adapters share a base model"
+                )
+        metadata = {task: read_metadata(folder) for task, folder in folders.items()}
+        adapters.same_base(folders, metadata)
+        tasks = list(folders)
+        first = adapters.build_base(folders[tasks[0]], metadata[tasks[0]])
+        bases = [first] + [adapters.new_classifier(metadata[t], folders[t], first) for t in tasks[1:]]
+        adapters.share_base(bases)
+        predictors = {}
+        for task, base in zip(tasks, bases, strict=True):
+            model = adapters.load_adapter_model(folders[task], metadata[task], base_model=base)
+            tokenizer = AutoTokenizer.from_pretrained(folders[task])
+            predictors[task] = Predictor._ready(model, tokenizer, metadata[task], device=device, batch_size=batch_size)
+        return cls(predictors)
 
 
 def _check_texts(texts: Sequence[str], pairs: Sequence[str] | None) -> None:

@@ -170,6 +170,7 @@ def write_report(
     history: list[dict[str, Any]] | None = None,
     title: str = "Evaluation",
     metric: str = "macro_f1",
+    run_info: dict[str, Any] | None = None,
 ) -> Path:
     """Write metrics.json, per_class.csv, the plots and report.html into `out_dir`; return report.html's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -198,6 +199,11 @@ def write_report(
         f"{' (multi-label)' if report.multi_label else ''}. Data: {html.escape(report.data_source)}</p>",
         "<h2>Summary</h2>",
         _table(summary, ["metric", "value"]),
+        *(
+            ["<h2>Run</h2>", _table([{"item": k, "value": v} for k, v in run_info.items()], ["item", "value"])]
+            if run_info
+            else []
+        ),
         "<h2>Weakest classes</h2>",
         _table(worst, ["label", "precision", "recall", "f1", "support"]),
     ]

@@ -27,6 +27,7 @@ RUN_ARTEFACTS = (
     "config.yaml",
     "labels.json",
     "metrics.json",
+    "run_stats.json",
     "env.json",
     "train_log.jsonl",
     "report.html",

@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import math
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from adaptext import adapters
 from adaptext.batching import Collator, LengthGroupedBatches, encode
 from adaptext.config import (
     AUTO_MAX_EPOCHS,
@@ -33,13 +35,14 @@ from adaptext.config import (
 )
 from adaptext.data import Splits, label_targets, load_splits
 from adaptext.evaluate import check_metric_name, evaluate_data, is_improvement, read_train_log
-from adaptext.model import build_model, count_parameters, load_tokenizer
+from adaptext.model import build_model, count_parameters, load_tokenizer, resolve_model_name
 from adaptext.predict import METADATA_FILE, Predictor
 from adaptext.run import RunPaths, environment_record, prepare_run_dir, replace_dir, write_json
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+STATS_FILE = "run_stats.json"
 LOG_EVERY = 20
 
 
@@ -56,6 +59,8 @@ class TrainResult:
     metrics: dict[str, float]
     eval_split: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    # trainable / total parameters, model (or adapter) size on disk, peak memory: also in run_stats.json
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +75,8 @@ class _State:
     bad_evals: int = 0
     done: bool = False
     stopped_early: bool = False
+    trainable_parameters: int = 0
+    total_parameters: int = 0
     window_loss: float = 0.0  # summed loss of the steps since the last log record
     window_examples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -121,10 +128,13 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | N
     return F.cross_entropy(logits, targets, weight=weights)
 
 
-def resolve_learning_rate(cfg: TrainConfig, model: PreTrainedModel) -> float:
-    """`train.learning_rate`, with `auto` chosen by the model's width (measured: docs/benchmarks.md)."""
+def resolve_learning_rate(cfg: TrainConfig, model: PreTrainedModel, method: str = "none") -> float:
+    """`train.learning_rate`, with `auto` chosen by the peft method, else by the model's width (measured:
+    docs/benchmarks.md)."""
     if cfg.learning_rate != "auto":
         return float(cfg.learning_rate)
+    if method != "none":
+        return adapters.auto_learning_rate(method)
     hidden = int(getattr(model.config, "hidden_size", 768) or 768)
     if hidden <= 512:
         return 2e-4
@@ -152,7 +162,13 @@ def _optimizer(model: PreTrainedModel, cfg: TrainConfig, learning_rate: float) -
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: Config, target: Path) -> None:
-    """Save a model folder that plain `transformers` loads, with label names in its config."""
+    """Save a model folder that plain `transformers` loads, with label names in its config.
+
+    For an adapter run `model` is a peft model and the folder holds the adapter and the head only; `adaptext.json`
+    then records the base model and the label names needed to rebuild it.
+    """
+    id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+    labels = [id2label[i] for i in range(len(id2label))]
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
@@ -161,6 +177,11 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, confi
             folder / METADATA_FILE,
             {
                 "format_version": 1,
+                "base_model": config.model.name,
+                "base_model_path": resolve_model_name(config.model.name),
+                "peft_method": config.peft.method,
+                "labels": labels,
+                "problem_type": model.config.problem_type,
                 "max_length": config.data.max_length,
                 "threshold": config.train.threshold,
                 "text_column": config.data.text_column,
@@ -213,6 +234,7 @@ def train(
     cfg = config.train
     multi_label = config.data.multi_label
     check_metric_name(cfg.metric_for_best, multi_label)
+    adapters.check_method(config.peft)
     precision = resolve_precision(cfg.precision)  # a bad precision for this machine fails before any work
     splits = load_splits(config)  # all data problems surface here, before the run folder is touched
     weights = class_weights(cfg, splits, multi_label)  # and so does a bad class-weight mapping
@@ -258,11 +280,21 @@ def _fit(
     write_json(paths.env, environment_record(str(accelerator.device), precision))
 
     train_enc = encode(tokenizer, splits.train, splits.labels, config.data.max_length, multi_label)
-    model = build_model(config.model.name, splits.labels, multi_label)
-    trainable, total = count_parameters(model)
-    logger.info("model: %s, %d of %d parameters trainable", config.model.name, trainable, total)
-
     sampler = LengthGroupedBatches(train_enc.lengths, cfg.batch_size, seed=config.seed)
+    total_steps = _total_steps(cfg, len(sampler))
+    method = config.peft.method
+    model = build_model(config.model.name, splits.labels, multi_label)
+    if method != "none":
+        model = adapters.wrap_model(config.peft, model, total_steps=total_steps, max_length=config.data.max_length)
+    trainable, total = count_parameters(model)
+    logger.info(
+        "model: %s%s, %d of %d parameters trainable (%.2f%%)",
+        config.model.name,
+        f" with {method}" if method != "none" else "",
+        trainable,
+        total,
+        100 * trainable / total,
+    )
     loader = DataLoader(
         train_enc,
         # Its own generator: drawing worker seeds from the global RNG would shift dropout masks after a resume.
@@ -271,9 +303,8 @@ def _fit(
         collate_fn=Collator(tokenizer.pad_token_id or 0, multi_label),
         num_workers=cfg.num_workers,
     )
-    learning_rate = resolve_learning_rate(cfg, model)
+    learning_rate = resolve_learning_rate(cfg, model, method)
     optimizer = _optimizer(model, cfg, learning_rate)
-    total_steps = _total_steps(cfg, len(sampler))
     logger.info(
         "training: %d optimizer steps (%.1f epochs of %d batches), learning rate %g, precision %s",
         total_steps,
@@ -289,7 +320,7 @@ def _fit(
     if weights is not None:
         weights = weights.to(accelerator.device)
 
-    state = _State()
+    state = _State(trainable_parameters=trainable, total_parameters=total)
     if resume:
         accelerator.load_state(str(paths.checkpoint))
         state = _State(**json.loads((paths.checkpoint / STATE_FILE).read_text(encoding="utf-8")))
@@ -355,13 +386,24 @@ def _fit(
             targets = batch.pop("labels")
             batch.pop("index")
             with accelerator.accumulate(model):
-                logits = model(**batch).logits
-                loss = _loss(logits, targets, weights, multi_label)
+                if method == "adalora":
+                    # AdaLoRA adds its orthogonality penalty to the loss the model computes itself; keep that
+                    # penalty (the model's loss minus its plain cross-entropy) on top of our (weighted) loss.
+                    outputs = model(**batch, labels=targets)
+                    logits = outputs.logits
+                    penalty = outputs.loss - _loss(logits, targets, None, multi_label)
+                    loss = _loss(logits, targets, weights, multi_label) + penalty
+                else:
+                    logits = model(**batch).logits
+                    loss = _loss(logits, targets, weights, multi_label)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
+                if method == "adalora" and accelerator.sync_gradients:
+                    # Rank budgeting reads the gradients of this step, so it runs before they are cleared.
+                    accelerator.unwrap_model(model).base_model.update_and_allocate(state.global_step)
                 optimizer.zero_grad(set_to_none=True)
             state.batch_in_epoch += 1
             state.window_loss += loss.item() * len(targets)
@@ -421,8 +463,14 @@ def _finish(config: Config, paths: RunPaths, splits: Splits, state: _State) -> T
     data = splits.test if splits.test is not None else splits.validation
     split = "test" if splits.test is not None else "validation"
     report = evaluate_data(predictor, data)
+    stats = run_stats(config, paths, state)
+    write_json(paths.root / STATS_FILE, stats)
     write_report(
-        report, paths.root, history=read_train_log(paths.log), title=f"{config.model.name} on {split}: {data.source}"
+        report,
+        paths.root,
+        history=read_train_log(paths.log),
+        title=f"{config.model.name} on {split}: {data.source}",
+        run_info=stats,
     )
     logger.info(
         "%s accuracy %.4f, macro_f1 %.4f",
@@ -440,4 +488,21 @@ def _finish(config: Config, paths: RunPaths, splits: Splits, state: _State) -> T
         metrics=report.metrics,
         eval_split=split,
         history=state.history,
+        stats=stats,
     )
+
+
+def run_stats(config: Config, paths: RunPaths, state: _State) -> dict[str, Any]:
+    """What the run cost: parameters trained, size on disk of what it saved, and peak memory of the process."""
+    stats: dict[str, Any] = {
+        "method": config.peft.method,
+        "trainable_parameters": state.trainable_parameters,
+        "total_parameters": state.total_parameters,
+        "trainable_percent": round(100 * state.trainable_parameters / max(state.total_parameters, 1), 4),
+        "model_size_bytes": adapters.adapter_size_bytes(paths.model),
+        # ru_maxrss is in KiB on Linux: the peak resident memory of this process so far.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if torch.cuda.is_available():
+        stats["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return stats
