@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from adaptext.config import AdaptextError, ConfigError, PeftSection
+from adaptext.data import TextData
 from adaptext.model import HEAD_PREFIXES, build_model
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def peft_config(
     if method in PROMPT_METHODS:
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         virtual = int(getattr(config, "num_virtual_tokens", 0) or 0)
-        if method != "prefix_tuning" and limit and max_length + virtual > limit:
+        # Prompt and p-tuning prepend tokens to the input; prefix tuning shifts the input's positions by as much.
+        if limit and max_length + virtual > limit:
             raise ConfigError(
                 f"data.max_length ({max_length}) + peft.options.num_virtual_tokens ({virtual}) exceeds the model's "
                 f"{limit} positions; lower one of them"
@@ -176,8 +178,25 @@ def default_options(method: str, model: PreTrainedModel, total_steps: int) -> di
         return {"num_virtual_tokens": 20}
     if method == "p_tuning":
         return {"num_virtual_tokens": 20, "encoder_hidden_size": int(getattr(model.config, "hidden_size", 128))}
+    if method == "ln_tuning":  # LayerNorm tuning: every normalisation layer (peft has no table for these)
+        return {"target_modules": r".*(LayerNorm|layer_norm)"} if model_type in LINEAR_TARGETS else {}
     # Other LoRA-like methods (loha, lokr, vera, ...) take target_modules the same way.
     return {"target_modules": targets} if targets else {}
+
+
+def validate(section: PeftSection, model_name: str, labels: list[str], multi_label: bool, **sizes: int) -> None:
+    """Build the method on a weightless copy of the model, so a bad option fails before any work or file.
+
+    `sizes` are `wrap_model`'s `total_steps` and `max_length`.
+    """
+    if section.method == "none":
+        return
+    from adaptext.model import model_config
+
+    config = model_config(model_name, labels, multi_label)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    wrap_model(section, model, total_steps=sizes["total_steps"], max_length=sizes["max_length"])
 
 
 def wrap_model(section: PeftSection, model: PreTrainedModel, *, total_steps: int, max_length: int) -> Any:
@@ -357,7 +376,8 @@ def merge_adapter(
             f"{method} cannot be merged: it feeds learned virtual tokens to the model on every input instead of "
             "changing weights. Use the adapter folder itself (Predictor.from_dir, adaptext predict / serve)."
         )
-    texts, pairs = _parity_texts(Path(path), model_dir, data, metadata, sample)
+    examples = parity_examples(Path(path), model_dir, data, metadata, sample)
+    texts, pairs = examples.texts, examples.pairs
     predictor = Predictor.from_dir(model_dir)
     before = predictor.predict_logits(texts, pairs)
     merged = merge_model(predictor.model)
@@ -395,32 +415,38 @@ def merge_adapter(
     return check
 
 
-def _parity_texts(
+def parity_examples(
     path: Path, model_dir: Path, data: str | Path | None, metadata: Mapping[str, Any], sample: int
-) -> tuple[list[str], list[str] | None]:
-    """Up to `sample` texts, evenly spread over `data` or over the run's validation split."""
+) -> TextData:
+    """Up to `sample` examples evenly spread over `data` (labelled or not) or over the run's validation split."""
     from adaptext.config import DataConfig, load_config
-    from adaptext.data import load_examples, load_splits
+    from adaptext.data import load_examples, load_splits, read_table
 
     if data is not None:
         columns = DataConfig(
             text_column=str(metadata.get("text_column") or "text"),
             text_pair_column=metadata.get("text_pair_column"),
+            label_column=str(metadata.get("label_column") or "label"),
+            label_delimiter=str(metadata.get("label_delimiter") or "|"),
+            multi_label=metadata.get("problem_type") == "multi_label_classification",
         )
-        examples = load_examples(data, columns, with_labels=False)
+        labelled = columns.label_column in read_table(data).columns
+        examples = load_examples(data, columns, with_labels=labelled)
     else:
         config_path = next((p / "config.yaml" for p in (path, model_dir.parent) if (p / "config.yaml").is_file()), None)
         if config_path is None:
-            raise AdaptextError(
-                f"{path}: not inside a run folder (no config.yaml); give --data FILE to check the merge"
-            )
+            raise AdaptextError(f"{path}: not inside a run folder (no config.yaml); give --data FILE to check on")
         try:
             examples = load_splits(load_config(config_path)).validation
         except AdaptextError as error:
             raise AdaptextError(f"cannot read the run's validation data ({error}); give --data FILE") from None
     if len(examples) == 0:
-        raise AdaptextError("no examples to check the merge on")
-    idx = np.unique(np.linspace(0, len(examples) - 1, num=min(sample, len(examples))).astype(int))
-    texts = [examples.texts[i] for i in idx]
-    pairs = [examples.pairs[i] for i in idx] if examples.pairs is not None else None
-    return texts, pairs
+        raise AdaptextError("no examples to check on")
+    idx = np.unique(np.linspace(0, len(examples) - 1, num=min(sample, len(examples))).astype(int)).tolist()
+    return TextData(
+        texts=[examples.texts[i] for i in idx],
+        source=examples.source,
+        pairs=[examples.pairs[i] for i in idx] if examples.pairs is not None else None,
+        labels=[examples.labels[i] for i in idx] if examples.labels is not None else None,
+        rows=[examples.rows[i] for i in idx] if examples.rows else [],
+    )

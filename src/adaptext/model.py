@@ -9,6 +9,7 @@ from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -50,14 +51,8 @@ def build_model(name: str, labels: list[str], multi_label: bool) -> PreTrainedMo
     The label names go into the model config (`id2label`), so plain `transformers.pipeline` reports them.
     """
     path = resolve_model_name(name)
+    config = model_config(name, labels, multi_label)
     try:
-        config = AutoConfig.from_pretrained(
-            path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            problem_type="multi_label_classification" if multi_label else "single_label_classification",
-        )
         # transformers warns about the new head's missing weights, which is expected here; we report
         # only missing weights outside the head.
         verbosity = hf_logging.get_verbosity()
@@ -82,6 +77,23 @@ def build_model(name: str, labels: list[str], multi_label: bool) -> PreTrainedMo
             ", ".join(sorted(body_missing)[:5]),
         )
     return model
+
+
+def model_config(name: str, labels: list[str], multi_label: bool) -> PretrainedConfig:
+    """The config of model `name` with a head for `labels` (their names in `id2label`)."""
+    try:
+        return AutoConfig.from_pretrained(
+            resolve_model_name(name),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        )
+    except OSError as error:
+        raise AdaptextError(
+            f"cannot load model {name!r}: {_first_line(error)}. Give a local folder, a cached hub id, "
+            "or model.name=minilm for the bundled model."
+        ) from None
 
 
 def count_parameters(model: PreTrainedModel) -> tuple[int, int]:

@@ -288,6 +288,8 @@ class MultiPredictor:
         adapters.same_base(folders, metadata)
         tasks = list(folders)
         first = adapters.build_base(folders[tasks[0]], metadata[tasks[0]])
+        # On the target device before sharing: moving each model there afterwards would copy the base per task.
+        first.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # type: ignore[arg-type]
         bases = [first] + [adapters.new_classifier(metadata[t], folders[t], first) for t in tasks[1:]]
         adapters.share_base(bases)
         predictors = {}

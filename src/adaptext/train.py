@@ -239,6 +239,15 @@ def train(
     splits = load_splits(config)  # all data problems surface here, before the run folder is touched
     weights = class_weights(cfg, splits, multi_label)  # and so does a bad class-weight mapping
     tokenizer = load_tokenizer(config.model.name)
+    batches = math.ceil(len(splits.train) / cfg.batch_size)  # as many as LengthGroupedBatches makes
+    adapters.validate(  # and so does a bad peft option
+        config.peft,
+        config.model.name,
+        splits.labels,
+        multi_label,
+        total_steps=_total_steps(cfg, batches),
+        max_length=config.data.max_length,
+    )
     paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     write_json(paths.labels, splits.labels)
     state = _fit(config, paths, splits, tokenizer, precision, weights, resume=resume, on_step=on_step)
