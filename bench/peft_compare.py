@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 METHODS = ["none", "lora", "adalora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning"]
-TRAIN_SIZE = {"sst2": 2000, "banking77": 3000}
-EPOCHS = {"sst2": 3, "banking77": 4}
+TRAIN_SIZE = {"sst2": 1000, "banking77": 2000}
+EPOCHS = {"sst2": 3, "banking77": 3}
 
 
 def write_files(dataset: str, data_root: Path, train_size: int, folder: Path) -> dict[str, Path]:
@@ -134,8 +134,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data-root", default=str(DEFAULT_DATA), help="folder holding sst2/ and banking77/")
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--train-size", type=int, help="training examples (default: sst2 2000, banking77 3000)")
-    parser.add_argument("--epochs", type=float, help="epochs for every method (default: sst2 3, banking77 4)")
+    parser.add_argument("--train-size", type=int, help="training examples (default: sst2 1000, banking77 2000)")
+    parser.add_argument("--epochs", type=float, help="epochs for every method (default: 3)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:key=value", help="per-method override")
     parser.add_argument("--output", help="also write the per-run results as JSON lines here")

@@ -50,7 +50,7 @@ IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {
 # Learning rates for `train.learning_rate: auto` by method: adapters train few parameters and want larger steps.
 # Chosen by measurement on MiniLM (docs/benchmarks.md, "Parameter-efficient fine-tuning").
 AUTO_LEARNING_RATES: dict[str, float] = {
-    "lora": 1e-3,
+    "lora": 2e-3,
     "adalora": 2e-3,
     "ia3": 3e-3,
     "prefix_tuning": 1e-2,
