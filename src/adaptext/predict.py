@@ -103,6 +103,11 @@ class Predictor:
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
             if adapters.is_adapter_folder(model_dir):
                 model = adapters.load_adapter_model(model_dir, metadata)
+            elif (model_dir / "model.onnx").is_file():
+                from adaptext.export import OnnxClassifier
+
+                model = OnnxClassifier(model_dir)
+                device = device or "cpu"  # onnxruntime's CPU provider
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         except (OSError, ValueError) as error:
@@ -138,7 +143,7 @@ class Predictor:
         n = len(features["input_ids"])
         order = sorted(range(n), key=lambda i: len(features["input_ids"][i]), reverse=True)
         out = np.zeros((n, len(self.labels)), dtype=np.float32)
-        device = next(self.model.parameters()).device
+        device = torch.device(self.model.device)
         autocast = (
             torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None

@@ -1,0 +1,271 @@
+"""Export to ONNX (optionally int8), verified against the PyTorch model before anything is written.
+
+An export folder holds `model.onnx`, the model config (label names), the tokenizer and `adaptext.json`; plain
+`onnxruntime` runs it, and `Predictor.from_dir` serves it through onnxruntime behind the usual interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoConfig, PretrainedConfig
+
+from adaptext import adapters
+from adaptext.config import AdaptextError
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+FP32_TOLERANCE = 1e-4
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_ACCURACY_DROP = 0.01
+
+
+class OnnxClassifier:
+    """An onnxruntime session that answers like a transformers classifier: `model(**inputs).logits`."""
+
+    def __init__(self, folder: Path, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.config: PretrainedConfig = AutoConfig.from_pretrained(folder)
+        self.device = torch.device("cpu")
+
+    def eval(self) -> OnnxClassifier:
+        return self
+
+    def to(self, device: Any) -> OnnxClassifier:
+        if torch.device(device).type != "cpu":
+            raise AdaptextError("ONNX models run on the CPU here (onnxruntime's CPU provider)")
+        return self
+
+    def __call__(self, **inputs: torch.Tensor) -> SimpleNamespace:
+        feed = {name: inputs[name].cpu().numpy().astype(np.int64) for name in self.input_names if name in inputs}
+        missing = [name for name in self.input_names if name not in feed]
+        if missing:
+            raise AdaptextError(f"the ONNX model needs inputs {missing}")
+        (logits,) = self.session.run(["logits"], feed)
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
+@dataclass
+class ExportCheck:
+    """How the export compares with the PyTorch model on the sample; `passed` decides whether it is written."""
+
+    quantize: str | None
+    n_examples: int
+    max_abs_diff: float
+    label_agreement: float
+    accuracy_torch: float | None
+    accuracy_export: float | None
+    size_torch_mb: float
+    size_export_mb: float
+    torch_texts_per_s: float
+    export_texts_per_s: float
+
+    @property
+    def passed(self) -> bool:
+        if self.quantize is None:
+            return self.max_abs_diff <= FP32_TOLERANCE and self.label_agreement == 1.0
+        drop = (self.accuracy_torch or 0.0) - (self.accuracy_export or 0.0)
+        return self.label_agreement >= INT8_MIN_AGREEMENT and drop <= INT8_MAX_ACCURACY_DROP
+
+    def describe(self) -> str:
+        text = (
+            f"{self.n_examples} examples: labels agree on {self.label_agreement:.2%}, "
+            f"max |logit difference| {self.max_abs_diff:.2e}"
+        )
+        if self.accuracy_torch is not None and self.accuracy_export is not None:
+            text += f", accuracy {self.accuracy_export:.4f} vs PyTorch {self.accuracy_torch:.4f}"
+        if self.quantize is None:
+            return text + f" (needs logits within {FP32_TOLERANCE:g} and identical labels)"
+        return text + (
+            f" (needs >= {INT8_MIN_AGREEMENT:.0%} agreement and at most {INT8_MAX_ACCURACY_DROP:.0%} accuracy lost)"
+        )
+
+
+def export_onnx(
+    path: str | Path,
+    output: str | Path,
+    *,
+    quantize: str | None = None,
+    data: str | Path | None = None,
+    sample: int = 512,
+) -> ExportCheck:
+    """Export a run, model or adapter folder to ONNX in `output`, verified on `sample` validation examples.
+
+    Adapters are merged first (prompt-style adapters cannot be). `quantize="int8"` applies onnxruntime's dynamic
+    int8 quantization to the weights. Nothing is written unless the check passes; the `AdaptextError` then gives
+    the numbers.
+    """
+    from adaptext.predict import METADATA_FILE, Predictor, find_model_dir, read_metadata
+    from adaptext.run import replace_dir, write_json
+
+    if quantize not in (None, "int8"):
+        raise AdaptextError(f"--quantize: only int8 is supported, not {quantize!r}")
+    model_dir = find_model_dir(path)
+    output = Path(output)
+    if output.resolve() == model_dir.resolve():
+        raise AdaptextError("--output must differ from the model folder")
+    metadata = read_metadata(model_dir)
+    examples = adapters.parity_examples(Path(path), model_dir, data, metadata, sample)
+    predictor = Predictor.from_dir(model_dir, device="cpu")
+    start = time.perf_counter()
+    reference = predictor.predict_logits(examples.texts, examples.pairs)
+    torch_speed = len(examples.texts) / (time.perf_counter() - start)
+    model = predictor.model
+    if adapters.is_adapter_folder(model_dir):
+        method = str(metadata.get("peft_method") or "")
+        if adapters.is_prompt_method(method):
+            raise AdaptextError(
+                f"{method} adapters cannot be merged into the weights, so they cannot be exported; "
+                "serve the adapter folder with adaptext serve"
+            )
+        model = adapters.merge_model(model)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        _to_onnx(model, predictor.tokenizer, staging / ONNX_FILE)
+        if quantize == "int8":
+            _quantize_int8(staging / ONNX_FILE)
+        model.config.save_pretrained(staging)
+        predictor.tokenizer.save_pretrained(staging)
+        exported = Predictor(
+            OnnxClassifier(staging),  # type: ignore[arg-type]  # duck-typed: same call interface
+            predictor.tokenizer,
+            max_length=predictor.max_length,
+            threshold=predictor.threshold,
+            batch_size=predictor.batch_size,
+        )
+        start = time.perf_counter()
+        logits = exported.predict_logits(examples.texts, examples.pairs)
+        export_speed = len(examples.texts) / (time.perf_counter() - start)
+        check = _compare(reference, logits, examples, predictor, quantize)
+        check.size_torch_mb = adapters.adapter_size_bytes(model_dir) / 2**20
+        if adapters.is_adapter_folder(model_dir):  # the merged model is what gets exported
+            check.size_torch_mb = 4 * sum(p.numel() for p in model.parameters()) / 2**20
+        check.size_export_mb = (staging / ONNX_FILE).stat().st_size / 2**20
+        check.torch_texts_per_s, check.export_texts_per_s = torch_speed, export_speed
+        if not check.passed:
+            raise AdaptextError(f"export check failed, nothing written: {check.describe()}")
+
+        def write(folder: Path) -> None:
+            for item in staging.iterdir():
+                (folder / item.name).write_bytes(item.read_bytes())
+            write_json(
+                folder / METADATA_FILE,
+                dict(metadata)
+                | {
+                    "peft_method": "none",
+                    "backend": "onnx",
+                    "quantize": quantize,
+                    "exported_from": str(model_dir),
+                    "export_check": asdict(check),
+                },
+            )
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        replace_dir(output, write)
+    logger.info("exported %s to %s: %s", model_dir, output, check.describe())
+    return check
+
+
+def _to_onnx(model: Any, tokenizer: Any, target: Path) -> None:
+    """torch.onnx (dynamo) export with dynamic batch and sequence axes; the graph's output is named `logits`."""
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor | None = None,
+            token_type_ids: torch.Tensor | None = None,
+        ) -> torch.Tensor:
+            given = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            logits: torch.Tensor = self.inner(
+                input_ids=input_ids, **{k: v for k, v in given.items() if v is not None}
+            ).logits
+            return logits
+
+    if names[0] != "input_ids":
+        raise AdaptextError(f"cannot export a model whose tokenizer gives {names}: input_ids must come first")
+    example = tokenizer(["an example text to trace", "another"], padding=True, return_tensors="pt")
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    model = model.float().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not actionable for users
+        torch.onnx.export(
+            Logits(model),
+            tuple(example[n] for n in names),
+            str(target),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def _quantize_int8(path: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The dynamo exporter records intermediate shapes traced at the example's size; the quantizer's shape inference
+    # then rejects them as conflicting. They are hints only: drop them and let the quantizer infer its own.
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    plain = path.with_name("plain.onnx")
+    onnx.save(model, str(plain))
+    quantized = path.with_name("quantized.onnx")
+    quantize_dynamic(str(plain), str(quantized), weight_type=QuantType.QInt8)
+    plain.unlink()
+    quantized.replace(path)
+
+
+def _compare(
+    reference: np.ndarray, logits: np.ndarray, examples: Any, predictor: Any, quantize: str | None
+) -> ExportCheck:
+    from adaptext.data import label_targets
+
+    check = adapters.compare_logits(reference, logits, FP32_TOLERANCE, predictor.multi_label)
+    accuracy_torch = accuracy_export = None
+    if examples.labels is not None:
+        targets = label_targets(examples, predictor.labels, predictor.multi_label)
+        if predictor.multi_label:
+            accuracy_torch = float(((reference > 0) == targets.astype(bool)).all(axis=1).mean())
+            accuracy_export = float(((logits > 0) == targets.astype(bool)).all(axis=1).mean())
+        else:
+            accuracy_torch = float((reference.argmax(axis=1) == targets).mean())
+            accuracy_export = float((logits.argmax(axis=1) == targets).mean())
+    elif quantize is not None:
+        raise AdaptextError("an int8 export is checked on accuracy: give --data a labelled file")
+    return ExportCheck(
+        quantize=quantize,
+        n_examples=check.n_examples,
+        max_abs_diff=check.max_abs_diff,
+        label_agreement=check.label_agreement,
+        accuracy_torch=accuracy_torch,
+        accuracy_export=accuracy_export,
+        size_torch_mb=0.0,
+        size_export_mb=0.0,
+        torch_texts_per_s=0.0,
+        export_texts_per_s=0.0,
+    )
