@@ -94,6 +94,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from adaptext.serve import ServeOptions, run_server
+
+    options = ServeOptions(
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        max_body_bytes=args.max_body_bytes,
+        api_key=args.api_key or os.environ.get("ADAPTEXT_API_KEY") or None,
+    )
+    run_server(args.models, args.host, args.port, options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adaptext", description="Fine-tune, evaluate and use text classifiers built on Hugging Face models."
@@ -165,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="file to check on (default: the run's validation split); int8 needs labels")
     p.add_argument("--sample", type=int, default=512, help="examples to check on (default 512)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve models over HTTP (Hugging Face-compatible API, web page at /)",
+        description="Serve one or more run, model, adapter or ONNX folders. The first is the default at /predict "
+        "and POST /; each is also at /models/NAME/predict. Adapters of one base model share it in memory.",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL_DIR", help="folder, or NAME=folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $ADAPTEXT_API_KEY if set)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait to fill a batch (default 5 ms)")
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request (default 64)")
+    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size (default 1 MB)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
