@@ -292,6 +292,19 @@ def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, m
     return MergeCheck(n_examples=len(reference), max_abs_diff=diff, label_agreement=agree, tolerance=tolerance)
 
 
+def adapter_method(model_dir: Path, metadata: Mapping[str, Any]) -> str:
+    """The peft method of an adapter folder: adaptext's record, else peft's."""
+    return str(metadata.get("peft_method") or read_adapter_config(model_dir).get("peft_type", "")).lower()
+
+
+def check_output(output: Path, given: Path, model_dir: Path) -> None:
+    """Refuse an output folder that is, or holds, the model or run being read: replacing it would delete them."""
+    target = output.resolve()
+    for source in {given.resolve(), model_dir.resolve()}:
+        if target == source or target in source.parents:
+            raise AdaptextError(f"--output {output} would replace {source}; choose a new folder")
+
+
 def merge_model(model: Any) -> PreTrainedModel:
     """Fold the adapter into the base weights; the head's trained copy replaces the original."""
     merged: PreTrainedModel = model.merge_and_unload()
@@ -370,7 +383,7 @@ def merge_adapter(
     if not is_adapter_folder(model_dir):
         raise AdaptextError(f"{model_dir} is already a full model (no {ADAPTER_CONFIG}); there is nothing to merge")
     metadata = read_metadata(model_dir)
-    method = str(metadata.get("peft_method") or read_adapter_config(model_dir).get("peft_type", "")).lower()
+    method = adapter_method(model_dir, metadata)
     if is_prompt_method(method):
         raise AdaptextError(
             f"{method} cannot be merged: it feeds learned virtual tokens to the model on every input instead of "
@@ -387,8 +400,7 @@ def merge_adapter(
     if not check.passed:
         raise AdaptextError(f"merge check failed, nothing written: {check.describe()}")
     output = Path(output)
-    if output.resolve() == model_dir.resolve():
-        raise AdaptextError("--output must differ from the adapter folder")
+    check_output(output, Path(path), model_dir)
 
     def write(folder: Path) -> None:
         merged.save_pretrained(folder)
@@ -419,6 +431,8 @@ def parity_examples(
     path: Path, model_dir: Path, data: str | Path | None, metadata: Mapping[str, Any], sample: int
 ) -> TextData:
     """Up to `sample` examples evenly spread over `data` (labelled or not) or over the run's validation split."""
+    if sample < 1:
+        raise AdaptextError(f"--sample must be at least 1, got {sample}")
     from adaptext.config import DataConfig, load_config
     from adaptext.data import load_examples, load_splits, read_table
 

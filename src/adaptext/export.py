@@ -118,9 +118,17 @@ def export_onnx(
         raise AdaptextError(f"--quantize: only int8 is supported, not {quantize!r}")
     model_dir = find_model_dir(path)
     output = Path(output)
-    if output.resolve() == model_dir.resolve():
-        raise AdaptextError("--output must differ from the model folder")
+    adapters.check_output(output, Path(path), model_dir)
     metadata = read_metadata(model_dir)
+    if (model_dir / ONNX_FILE).is_file():
+        raise AdaptextError(f"{model_dir} is already an ONNX export; export the run or model folder it came from")
+    if adapters.is_adapter_folder(model_dir) and adapters.is_prompt_method(
+        adapters.adapter_method(model_dir, metadata)
+    ):
+        raise AdaptextError(
+            f"{adapters.adapter_method(model_dir, metadata)} adapters cannot be merged into the weights, so they "
+            "cannot be exported; serve the adapter folder with adaptext serve"
+        )
     examples = adapters.parity_examples(Path(path), model_dir, data, metadata, sample)
     predictor = Predictor.from_dir(model_dir, device="cpu")
     start = time.perf_counter()
@@ -128,13 +136,9 @@ def export_onnx(
     torch_speed = len(examples.texts) / (time.perf_counter() - start)
     model = predictor.model
     if adapters.is_adapter_folder(model_dir):
-        method = str(metadata.get("peft_method") or "")
-        if adapters.is_prompt_method(method):
-            raise AdaptextError(
-                f"{method} adapters cannot be merged into the weights, so they cannot be exported; "
-                "serve the adapter folder with adaptext serve"
-            )
         model = adapters.merge_model(model)
+    # Plain tokenizer users then truncate where the model was trained and checked to.
+    predictor.tokenizer.model_max_length = predictor.max_length
 
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)

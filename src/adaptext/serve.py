@@ -10,10 +10,11 @@ at most `max_wait_ms` for more); the model runs in a worker thread, off the even
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptext import __version__, adapters
@@ -98,42 +100,53 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        carried: tuple[list[str], asyncio.Future[np.ndarray]] | None = None  # opens the next batch
         stopping = False
-        while not stopping:
-            item = await self.queue.get()
+        while not stopping or carried is not None:
+            item = carried if carried is not None else await self.queue.get()
+            carried = None
             if item is None:
                 break
             batch = [item]
             size = len(item[0])
             deadline = loop.time() + self.options.max_wait_ms / 1000
-            while size < self.options.max_batch_size:
+            while not stopping and size < self.options.max_batch_size:
                 try:
-                    nxt = (
-                        self.queue.get_nowait()
-                        if loop.time() >= deadline
-                        else await asyncio.wait_for(self.queue.get(), deadline - loop.time())
-                    )
+                    if loop.time() >= deadline:
+                        nxt = self.queue.get_nowait()
+                    else:
+                        nxt = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
                 except (TimeoutError, asyncio.QueueEmpty):
                     break
                 if nxt is None:
                     stopping = True
+                elif size + len(nxt[0]) > self.options.max_batch_size:
+                    carried = nxt  # would overflow the batch: it opens the next one
                     break
-                batch.append(nxt)
-                size += len(nxt[0])
-            texts = [text for request_texts, _ in batch for text in request_texts]
-            self.batch_sizes.observe(len(texts))
-            try:
-                logits = await loop.run_in_executor(self.executor, self.predictor.predict_logits, texts)
-            except Exception as error:  # the callers get the error; the service keeps running
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            start = 0
-            for request_texts, future in batch:
-                if not future.done():  # a caller that went away has cancelled its future
-                    future.set_result(logits[start : start + len(request_texts)])
-                start += len(request_texts)
+                else:
+                    batch.append(nxt)
+                    size += len(nxt[0])
+            await self._answer(batch)
+
+    async def _answer(self, batch: list[tuple[list[str], asyncio.Future[np.ndarray]]]) -> None:
+        loop = asyncio.get_running_loop()
+        texts = [text for request_texts, _ in batch for text in request_texts]
+        self.batch_sizes.observe(len(texts))
+        try:
+            logits = await loop.run_in_executor(self.executor, self.predictor.predict_logits, texts)
+        except Exception as error:
+            if len(batch) > 1:  # find the request that fails; the others still get their answers
+                for request in batch:
+                    await self._answer([request])
+                return
+            if not batch[0][1].done():
+                batch[0][1].set_exception(error)
+            return
+        start = 0
+        for request_texts, future in batch:
+            if not future.done():  # a caller that went away has cancelled its future
+                future.set_result(logits[start : start + len(request_texts)])
+            start += len(request_texts)
 
 
 def load_models(specs: Sequence[str]) -> dict[str, Predictor]:
@@ -222,8 +235,8 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # also FastAPI's, and the router's own 404 / 405
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -233,21 +246,11 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
         ]
         return JSONResponse({"error": "; ".join(problems)}, status_code=422)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            logger.exception("error answering %s %s", request.method, request.url.path)
-            response = JSONResponse({"error": "internal error"}, status_code=500)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            errors.labels(path, str(response.status_code)).inc()
-        latency.labels(path).observe(time.perf_counter() - start)
-        return response
+    def observe(method: str, path: str, status: int, seconds: float) -> None:
+        requests.labels(method, path, str(status)).inc()
+        if status >= 400:
+            errors.labels(path, str(status)).inc()
+        latency.labels(path).observe(seconds)
 
     async def predict(name: str, body: PredictRequest) -> list[list[LabelScore]]:
         if name not in models:
@@ -260,6 +263,10 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
         for i, text in enumerate(texts):
             if len(text) > options.max_chars:
                 raise HTTPException(413, f"inputs[{i}]: {len(text)} characters, at most {options.max_chars}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:  # JSON allows lone surrogates ("\ud800"); no text has them
+                raise HTTPException(422, f"inputs[{i}]: not valid Unicode ({error.reason} at {error.start})") from None
         predictor = models[name]
         parameters = body.parameters or Parameters()
         function = parameters.function_to_apply or ("sigmoid" if predictor.multi_label else "softmax")
@@ -324,7 +331,44 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
     app.add_middleware(BodyLimit, limit=options.max_body_bytes)
+    app.add_middleware(Observe, record=observe)  # outermost: it sees every answer, the size limit's 413 too
     return app
+
+
+class Observe:
+    """Records each request's method, route, status and latency; answers a JSON 500 to an unexpected error.
+
+    Plain ASGI rather than `BaseHTTPMiddleware`, which would read the body in a task group of its own and turn the
+    size limit's 413 into a 400.
+    """
+
+    def __init__(self, app: ASGIApp, record: Callable[[str, str, int, float], None]) -> None:
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = int(message["status"]), True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("error answering %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _json_error(send, 500, "internal error")
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.record(str(scope.get("method")), path, status, time.perf_counter() - start)
 
 
 class BodyLimit:
@@ -340,7 +384,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(send, self.limit)
+            await _json_error(send, 413, f"request body over {self.limit} bytes")
             return
         seen = 0
 
@@ -357,12 +401,12 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = f'{{"error": "request body over {limit} bytes"}}'.encode()
+async def _json_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         }
     )

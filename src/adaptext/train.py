@@ -172,6 +172,8 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, confi
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
+        # Plain `transformers` users then truncate where adaptext trained and predicts.
+        tokenizer.model_max_length = config.data.max_length
         tokenizer.save_pretrained(folder)
         write_json(
             folder / METADATA_FILE,
