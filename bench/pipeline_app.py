@@ -4,13 +4,17 @@ called once per request.
     python bench/pipeline_app.py MODEL_DIR --port 8001
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 from pathlib import Path
 
+from pydantic import BaseModel
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class Request(BaseModel):  # at module level: FastAPI resolves the endpoint's annotation by name
+    inputs: str
 
 
 def main() -> None:
@@ -21,7 +25,6 @@ def main() -> None:
 
     import uvicorn
     from fastapi import FastAPI
-    from pydantic import BaseModel
     from transformers import pipeline
 
     folder = Path(args.model)
@@ -29,9 +32,6 @@ def main() -> None:
         folder = folder / "model"
     classifier = pipeline("text-classification", model=str(folder), device="cpu")
     app = FastAPI()
-
-    class Request(BaseModel):
-        inputs: str
 
     @app.post("/predict")
     def predict(request: Request) -> list[list[dict[str, float | str]]]:
