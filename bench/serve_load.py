@@ -102,6 +102,7 @@ def main() -> None:
     python = sys.executable
     servers = {
         "adaptext serve (PyTorch)": [python, "-m", "adaptext", "-q", "serve", args.model],
+        "adaptext serve (PyTorch bf16)": [python, "-m", "adaptext", "-q", "serve", args.model, "--precision", "bf16"],
         "FastAPI + pipeline per request": [python, str(Path(__file__).with_name("pipeline_app.py")), args.model],
     }
     if args.onnx:

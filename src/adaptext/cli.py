@@ -105,7 +105,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("ADAPTEXT_API_KEY") or None,
     )
-    run_server(args.models, args.host, args.port, options)
+    run_server(args.models, args.host, args.port, options, precision=args.precision)
     return 0
 
 
@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (default 64)")
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size (default 1 MB)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: PyTorch models run under bf16 autocast, about 2x faster on CPUs with native bf16 (default fp32)",
+    )
     p.set_defaults(func=_cmd_serve)
     return parser
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -149,8 +150,12 @@ class Batcher:
             start += len(request_texts)
 
 
-def load_models(specs: Sequence[str]) -> dict[str, Predictor]:
-    """Predictors for `specs` (`DIR` or `NAME=DIR`); adapters of one base model share it in memory."""
+def load_models(specs: Sequence[str], precision: Literal["fp32", "bf16"] = "fp32") -> dict[str, Predictor]:
+    """Predictors for `specs` (`DIR` or `NAME=DIR`); adapters of one base model share it in memory.
+
+    `precision="bf16"` runs PyTorch models under bf16 autocast (weights stay fp32): about twice the throughput on
+    CPUs with native bf16, with scores that differ slightly from fp32. ONNX exports are unaffected.
+    """
     named: dict[str, Path] = {}
     for spec in specs:
         name, _, folder = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -170,6 +175,10 @@ def load_models(specs: Sequence[str]) -> dict[str, Predictor]:
             predictors[name] = Predictor.from_dir(path)
     for group in groups.values():
         predictors |= MultiPredictor.from_dirs(group).predictors
+    if precision == "bf16":
+        for predictor in predictors.values():
+            if predictor.metadata.get("backend") != "onnx":
+                predictor.autocast_dtype = torch.bfloat16
     return {name: predictors[name] for name in named}
 
 
@@ -252,7 +261,7 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
             errors.labels(path, str(status)).inc()
         latency.labels(path).observe(seconds)
 
-    async def predict(name: str, body: PredictRequest) -> list[list[LabelScore]]:
+    async def predict(name: str, body: PredictRequest) -> Response:
         if name not in models:
             raise HTTPException(404, f"no model {name!r}; the models are {', '.join(models)}")
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
@@ -275,21 +284,26 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
         answer = []
         for row in values:
             order = np.argsort(-row, kind="stable")[:top_k]
-            answer.append([LabelScore(label=predictor.labels[i], score=float(row[i])) for i in order])
-        return answer
+            answer.append([{"label": predictor.labels[i], "score": float(row[i])} for i in order])
+        # Plain JSON: building and validating a model object per label and text cost more than the forward pass.
+        return Response(json.dumps(answer), media_type="application/json")
 
     protected = [Depends(check_key)]
 
-    @app.post("/predict", dependencies=protected, summary="Classify with the default model")
-    async def predict_default(body: PredictRequest) -> list[list[LabelScore]]:
+    answers: dict[str, Any] = {"response_model": list[list[LabelScore]]}  # documented; the answer is built as JSON
+
+    @app.post("/predict", dependencies=protected, summary="Classify with the default model", **answers)
+    async def predict_default(body: PredictRequest) -> Response:
         return await predict(default, body)
 
-    @app.post("/", dependencies=protected, summary="Classify with the default model (Hugging Face URL style)")
-    async def predict_root(body: PredictRequest) -> list[list[LabelScore]]:
+    @app.post(
+        "/", dependencies=protected, summary="Classify with the default model (Hugging Face URL style)", **answers
+    )
+    async def predict_root(body: PredictRequest) -> Response:
         return await predict(default, body)
 
-    @app.post("/models/{name}/predict", dependencies=protected, summary="Classify with the named model")
-    async def predict_named(name: str, body: PredictRequest) -> list[list[LabelScore]]:
+    @app.post("/models/{name}/predict", dependencies=protected, summary="Classify with the named model", **answers)
+    async def predict_named(name: str, body: PredictRequest) -> Response:
         return await predict(name, body)
 
     @app.get("/health", summary="Liveness")
@@ -413,11 +427,13 @@ async def _json_error(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def run_server(specs: Sequence[str], host: str, port: int, options: ServeOptions) -> None:
+def run_server(
+    specs: Sequence[str], host: str, port: int, options: ServeOptions, precision: Literal["fp32", "bf16"] = "fp32"
+) -> None:
     """Load the models and serve until interrupted; SIGINT/SIGTERM finish in-flight requests first."""
     import uvicorn
 
-    models = load_models(specs)
+    models = load_models(specs, precision)
     app = create_app(models, options)
     if host not in ("127.0.0.1", "localhost", "::1") and options.api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach this port can use it", host)
