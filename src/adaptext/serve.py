@@ -83,6 +83,7 @@ class Batcher:
         self.queue: asyncio.Queue[tuple[list[str], asyncio.Future[np.ndarray]] | None] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"adaptext-{name}")
         self.task: asyncio.Task[None] | None = None
+        self.concurrent = True  # did the last batch have company? (then the next one waits for it)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
@@ -110,7 +111,10 @@ class Batcher:
                 break
             batch = [item]
             size = len(item[0])
-            deadline = loop.time() + self.options.max_wait_ms / 1000
+            # Wait for company only when requests have been arriving together: a lone client would otherwise pay
+            # the wait on every request for nothing. What is already queued always joins.
+            wait = self.options.max_wait_ms / 1000 if self.concurrent else 0.0
+            deadline = loop.time() + wait
             while not stopping and size < self.options.max_batch_size:
                 try:
                     if loop.time() >= deadline:
@@ -127,6 +131,7 @@ class Batcher:
                 else:
                     batch.append(nxt)
                     size += len(nxt[0])
+            self.concurrent = len(batch) > 1 or carried is not None or not self.queue.empty()
             await self._answer(batch)
 
     async def _answer(self, batch: list[tuple[list[str], asyncio.Future[np.ndarray]]]) -> None:
