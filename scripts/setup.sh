@@ -13,7 +13,9 @@ if [ "${1:-}" = "dev" ]; then extras="[dev]"; fi
 if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
   # The web page is tested in headless Chromium (Debian's package; playwright drives it).
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get install -y -qq chromium >/dev/null || echo "setup: could not install chromium; the browser test will be skipped" >&2
+    { apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
+      || echo "setup: could not install chromium; the browser test will be skipped" >&2
   else
     echo "setup: no chromium (sudo apt-get install chromium); the browser test will be skipped" >&2
   fi
