@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,8 @@ def peft_config(
     for reserved in ("task_type", "peft_type", "base_model_name_or_path"):
         if reserved in section.options:
             raise ConfigError(f"peft.options.{reserved} is set by adaptext; remove it")
-    extra = [m for m in options.get("modules_to_save") or [] if m not in head_modules(model)]
-    options["modules_to_save"] = head_modules(model) + extra
+    heads = head_modules(model)
+    options["modules_to_save"] = heads + [m for m in options.get("modules_to_save") or [] if m not in heads]
     try:
         config = config_class(task_type=TaskType.SEQ_CLS, **options)
     except TypeError as error:  # an option the method does not have
@@ -184,11 +184,10 @@ def default_options(method: str, model: PreTrainedModel, total_steps: int) -> di
     return {"target_modules": targets} if targets else {}
 
 
-def validate(section: PeftSection, model_name: str, labels: list[str], multi_label: bool, **sizes: int) -> None:
-    """Build the method on a weightless copy of the model, so a bad option fails before any work or file.
-
-    `sizes` are `wrap_model`'s `total_steps` and `max_length`.
-    """
+def validate(
+    section: PeftSection, model_name: str, labels: list[str], multi_label: bool, *, total_steps: int, max_length: int
+) -> None:
+    """Build the method on a weightless copy of the model, so a bad option fails before any work or file."""
     if section.method == "none":
         return
     from adaptext.model import model_config
@@ -196,7 +195,7 @@ def validate(section: PeftSection, model_name: str, labels: list[str], multi_lab
     config = model_config(model_name, labels, multi_label)
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
-    wrap_model(section, model, total_steps=sizes["total_steps"], max_length=sizes["max_length"])
+    wrap_model(section, model, total_steps=total_steps, max_length=max_length)
 
 
 def wrap_model(section: PeftSection, model: PreTrainedModel, *, total_steps: int, max_length: int) -> Any:
@@ -255,12 +254,17 @@ def base_model_name(folder: Path, metadata: Mapping[str, Any]) -> str:
     return str(name)
 
 
-def build_base(folder: Path, metadata: Mapping[str, Any]) -> PreTrainedModel:
+def _label_set(folder: Path, metadata: Mapping[str, Any]) -> tuple[list[str], bool]:
+    """The adapter's label names and whether it is multi-label, from its `adaptext.json`."""
     labels = metadata.get("labels")
     if not labels:
         raise AdaptextError(f"{folder}: adaptext.json has no label names; was this adapter saved by adaptext?")
-    multi_label = metadata.get("problem_type") == "multi_label_classification"
-    return build_model(base_model_name(folder, metadata), list(labels), multi_label)
+    return [str(label) for label in labels], metadata.get("problem_type") == "multi_label_classification"
+
+
+def build_base(folder: Path, metadata: Mapping[str, Any]) -> PreTrainedModel:
+    """The adapter's base model with a head for its labels, pretrained weights loaded."""
+    return build_model(base_model_name(folder, metadata), *_label_set(folder, metadata))
 
 
 @dataclass
@@ -283,11 +287,21 @@ class MergeCheck:
         )
 
 
+def decisions(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """The labels logits decide: class ids, or for multi-label a boolean row per example (logit > 0)."""
+    return logits > 0 if multi_label else logits.argmax(axis=1)
+
+
+def match_rate(predicted: np.ndarray, expected: np.ndarray, multi_label: bool) -> float:
+    """Share of examples whose decisions agree (every label of the row, for multi-label)."""
+    if not len(predicted):
+        return 1.0
+    same = predicted == expected
+    return float((same.all(axis=1) if multi_label else same).mean())
+
+
 def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, multi_label: bool) -> MergeCheck:
-    if multi_label:
-        agree = float(((reference > 0) == (other > 0)).all(axis=1).mean()) if len(reference) else 1.0
-    else:
-        agree = float((reference.argmax(axis=1) == other.argmax(axis=1)).mean()) if len(reference) else 1.0
+    agree = match_rate(decisions(other, multi_label), decisions(reference, multi_label), multi_label)
     diff = float(np.abs(reference - other).max()) if reference.size else 0.0
     return MergeCheck(n_examples=len(reference), max_abs_diff=diff, label_agreement=agree, tolerance=tolerance)
 
@@ -326,19 +340,11 @@ def share_base(models: Sequence[PreTrainedModel]) -> None:
             raise AdaptextError(f"the adapters' base models differ in their weights: {(unexpected + body_missing)[:3]}")
 
 
-def new_classifier(metadata: Mapping[str, Any], folder: Path, template: PreTrainedModel) -> PreTrainedModel:
-    """A model of `template`'s architecture with this adapter's label set, its weights not loaded (random)."""
-    labels = list(metadata.get("labels") or [])
-    multi_label = metadata.get("problem_type") == "multi_label_classification"
-    config = template.config.__class__.from_dict(
-        template.config.to_dict()
-        | {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)},
-            "problem_type": "multi_label_classification" if multi_label else "single_label_classification",
-        }
-    )
+def new_classifier(folder: Path, metadata: Mapping[str, Any]) -> PreTrainedModel:
+    """The adapter's base architecture with a head for its labels, weights not loaded (random; see share_base)."""
+    from adaptext.model import model_config
+
+    config = model_config(base_model_name(folder, metadata), *_label_set(folder, metadata))
     model: PreTrainedModel = AutoModelForSequenceClassification.from_config(config)
     return model
 
@@ -380,6 +386,8 @@ def merge_adapter(
     from adaptext.run import replace_dir, write_json
 
     model_dir = find_model_dir(path)
+    output = Path(output)
+    check_output(output, Path(path), model_dir)
     if not is_adapter_folder(model_dir):
         raise AdaptextError(f"{model_dir} is already a full model (no {ADAPTER_CONFIG}); there is nothing to merge")
     metadata = read_metadata(model_dir)
@@ -399,8 +407,6 @@ def merge_adapter(
     check = compare_logits(before, after, tolerance, predictor.multi_label)
     if not check.passed:
         raise AdaptextError(f"merge check failed, nothing written: {check.describe()}")
-    output = Path(output)
-    check_output(output, Path(path), model_dir)
 
     def write(folder: Path) -> None:
         merged.save_pretrained(folder)
@@ -412,12 +418,7 @@ def merge_adapter(
                 "peft_method": "none",
                 "merged_from": str(model_dir),
                 "merged_method": method,
-                "merge_check": {
-                    "n_examples": check.n_examples,
-                    "max_abs_diff": check.max_abs_diff,
-                    "label_agreement": check.label_agreement,
-                    "tolerance": check.tolerance,
-                },
+                "merge_check": asdict(check),
             },
         )
 

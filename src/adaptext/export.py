@@ -122,21 +122,21 @@ def export_onnx(
     metadata = read_metadata(model_dir)
     if (model_dir / ONNX_FILE).is_file():
         raise AdaptextError(f"{model_dir} is already an ONNX export; export the run or model folder it came from")
-    if adapters.is_adapter_folder(model_dir) and adapters.is_prompt_method(
-        adapters.adapter_method(model_dir, metadata)
-    ):
+    is_adapter = adapters.is_adapter_folder(model_dir)
+    method = adapters.adapter_method(model_dir, metadata) if is_adapter else "none"
+    if adapters.is_prompt_method(method):
         raise AdaptextError(
-            f"{adapters.adapter_method(model_dir, metadata)} adapters cannot be merged into the weights, so they "
-            "cannot be exported; serve the adapter folder with adaptext serve"
+            f"{method} adapters cannot be merged into the weights, so they cannot be exported; "
+            "serve the adapter folder with adaptext serve"
         )
     examples = adapters.parity_examples(Path(path), model_dir, data, metadata, sample)
+    if quantize is not None and examples.labels is None:
+        raise AdaptextError("an int8 export is checked on accuracy: give --data a labelled file")
     predictor = Predictor.from_dir(model_dir, device="cpu")
     start = time.perf_counter()
     reference = predictor.predict_logits(examples.texts, examples.pairs)
     torch_speed = len(examples.texts) / (time.perf_counter() - start)
-    model = predictor.model
-    if adapters.is_adapter_folder(model_dir):
-        model = adapters.merge_model(model)
+    model = adapters.merge_model(predictor.model) if is_adapter else predictor.model
     # Plain tokenizer users then truncate where the model was trained and checked to.
     predictor.tokenizer.model_max_length = predictor.max_length
 
@@ -157,12 +157,23 @@ def export_onnx(
         start = time.perf_counter()
         logits = exported.predict_logits(examples.texts, examples.pairs)
         export_speed = len(examples.texts) / (time.perf_counter() - start)
-        check = _compare(reference, logits, examples, predictor, quantize)
-        check.size_torch_mb = adapters.adapter_size_bytes(model_dir) / 2**20
-        if adapters.is_adapter_folder(model_dir):  # the merged model is what gets exported
-            check.size_torch_mb = 4 * sum(p.numel() for p in model.parameters()) / 2**20
-        check.size_export_mb = (staging / ONNX_FILE).stat().st_size / 2**20
-        check.torch_texts_per_s, check.export_texts_per_s = torch_speed, export_speed
+        parity = adapters.compare_logits(reference, logits, FP32_TOLERANCE, predictor.multi_label)
+        check = ExportCheck(
+            quantize=quantize,
+            n_examples=parity.n_examples,
+            max_abs_diff=parity.max_abs_diff,
+            label_agreement=parity.label_agreement,
+            accuracy_torch=_accuracy(reference, examples, predictor),
+            accuracy_export=_accuracy(logits, examples, predictor),
+            # for an adapter, the merged model is what gets exported: fp32 weights
+            size_torch_mb=(
+                4 * sum(p.numel() for p in model.parameters()) if is_adapter else adapters.adapter_size_bytes(model_dir)
+            )
+            / 2**20,
+            size_export_mb=(staging / ONNX_FILE).stat().st_size / 2**20,
+            torch_texts_per_s=torch_speed,
+            export_texts_per_s=export_speed,
+        )
         if not check.passed:
             raise AdaptextError(f"export check failed, nothing written: {check.describe()}")
 
@@ -246,32 +257,13 @@ def _quantize_int8(path: Path) -> None:
     quantized.replace(path)
 
 
-def _compare(
-    reference: np.ndarray, logits: np.ndarray, examples: Any, predictor: Any, quantize: str | None
-) -> ExportCheck:
+def _accuracy(logits: np.ndarray, examples: Any, predictor: Any) -> float | None:
+    """Accuracy of `logits` on the labelled `examples` (exact match of the label set for multi-label)."""
     from adaptext.data import label_targets
 
-    check = adapters.compare_logits(reference, logits, FP32_TOLERANCE, predictor.multi_label)
-    accuracy_torch = accuracy_export = None
-    if examples.labels is not None:
-        targets = label_targets(examples, predictor.labels, predictor.multi_label)
-        if predictor.multi_label:
-            accuracy_torch = float(((reference > 0) == targets.astype(bool)).all(axis=1).mean())
-            accuracy_export = float(((logits > 0) == targets.astype(bool)).all(axis=1).mean())
-        else:
-            accuracy_torch = float((reference.argmax(axis=1) == targets).mean())
-            accuracy_export = float((logits.argmax(axis=1) == targets).mean())
-    elif quantize is not None:
-        raise AdaptextError("an int8 export is checked on accuracy: give --data a labelled file")
-    return ExportCheck(
-        quantize=quantize,
-        n_examples=check.n_examples,
-        max_abs_diff=check.max_abs_diff,
-        label_agreement=check.label_agreement,
-        accuracy_torch=accuracy_torch,
-        accuracy_export=accuracy_export,
-        size_torch_mb=0.0,
-        size_export_mb=0.0,
-        torch_texts_per_s=0.0,
-        export_texts_per_s=0.0,
-    )
+    if examples.labels is None:
+        return None
+    targets = label_targets(examples, predictor.labels, predictor.multi_label)
+    if predictor.multi_label:
+        targets = targets.astype(bool)
+    return adapters.match_rate(adapters.decisions(logits, predictor.multi_label), targets, predictor.multi_label)

@@ -124,8 +124,7 @@ class Predictor:
         device: str | None,
         batch_size: int,
     ) -> Predictor:
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model.to(target)  # type: ignore[arg-type]  # transformers types `to` for dtype-or-device
+        model.to(default_device(device))  # type: ignore[arg-type]  # transformers types `to` for dtype-or-device
         model.eval()
         predictor = cls(
             model,
@@ -162,11 +161,7 @@ class Predictor:
         return out
 
     def _to_probs(self, logits: np.ndarray) -> np.ndarray:
-        if self.multi_label:
-            return 1.0 / (1.0 + np.exp(-logits))
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return scores(logits, "sigmoid" if self.multi_label else "softmax")
 
     def predict_logits(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, progress: bool = False
@@ -294,8 +289,8 @@ class MultiPredictor:
         tasks = list(folders)
         first = adapters.build_base(folders[tasks[0]], metadata[tasks[0]])
         # On the target device before sharing: moving each model there afterwards would copy the base per task.
-        first.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # type: ignore[arg-type]
-        bases = [first] + [adapters.new_classifier(metadata[t], folders[t], first) for t in tasks[1:]]
+        first.to(default_device(device))  # type: ignore[arg-type]
+        bases = [first] + [adapters.new_classifier(folders[t], metadata[t]) for t in tasks[1:]]
         adapters.share_base(bases)
         predictors = {}
         for task, base in zip(tasks, bases, strict=True):
@@ -303,6 +298,21 @@ class MultiPredictor:
             tokenizer = AutoTokenizer.from_pretrained(folders[task])
             predictors[task] = Predictor._ready(model, tokenizer, metadata[task], device=device, batch_size=batch_size)
         return cls(predictors)
+
+
+def scores(logits: np.ndarray, function: str) -> np.ndarray:
+    """Scores from logits (n, num_labels): `softmax` over labels, per-label `sigmoid`, or `none` (the logits)."""
+    if function == "softmax":
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return exp / exp.sum(axis=-1, keepdims=True)
+    if function == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    return logits
+
+
+def default_device(device: str | None) -> torch.device:
+    """`device`, else the GPU when there is one, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _check_texts(texts: Sequence[str], pairs: Sequence[str] | None) -> None:

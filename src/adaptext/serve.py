@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptext import __version__, adapters
 from adaptext.config import AdaptextError
-from adaptext.predict import MultiPredictor, Predictor, find_model_dir, read_metadata
+from adaptext.predict import MultiPredictor, Predictor, find_model_dir, read_metadata, scores
 
 logger = logging.getLogger(__name__)
 
@@ -185,15 +185,6 @@ def load_models(specs: Sequence[str], precision: Literal["fp32", "bf16"] = "fp32
             if predictor.metadata.get("backend") != "onnx":
                 predictor.autocast_dtype = torch.bfloat16
     return {name: predictors[name] for name in named}
-
-
-def scores(logits: np.ndarray, function: str) -> np.ndarray:
-    if function == "softmax":
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
-    if function == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
-    return logits
 
 
 def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = None) -> FastAPI:
