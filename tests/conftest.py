@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a download attempt must fail at once, never hang
@@ -12,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -77,6 +79,15 @@ def make_rows(n: int, seed: int = 0, labels: list[str] | None = None) -> list[di
     return rows
 
 
+def make_pair_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """The keyword task with the keywords in the second text (`text`); the first (`question`) is filler only."""
+    rng = random.Random(seed + 1000)
+    rows = make_rows(n, seed)
+    for row in rows:
+        row["question"] = " ".join(rng.sample(FILLER, 3))
+    return rows
+
+
 def make_chinese_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     rng = random.Random(seed)
     names = list(CHINESE_LABELS)
@@ -87,6 +98,23 @@ def make_chinese_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
         rng.shuffle(chars)
         rows.append({"text": "".join(chars), "label": label})
     return rows
+
+
+class SimulatedCrashError(Exception):
+    """Raised from `on_step` to stop a run half-way, as a crash would."""
+
+
+def stop_at(step: int) -> Callable[[int], None]:
+    def on_step(global_step: int) -> None:
+        if global_step == step:
+            raise SimulatedCrashError(f"stopped at step {global_step}")
+
+    return on_step
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -24,7 +24,7 @@ from adaptext.config import AdaptextError, Config, ConfigError, PeftSection, con
 from adaptext.model import build_model, load_tokenizer
 from adaptext.predict import MultiPredictor, Predictor
 from adaptext.train import TrainResult, train
-from conftest import LABELS, make_rows
+from conftest import LABELS, SimulatedCrashError, make_rows, read_log, stop_at
 
 TEXTS = [
     "my invoice is wrong again",
@@ -43,23 +43,6 @@ B_LABELS = ["billing", "shipping"]
 STEPS_PER_EPOCH = 3
 # The head of the tiny BERT: pooler.dense (32x32 + 32) and classifier (3x32 + 3).
 HEAD_PARAMETERS = 32 * 32 + 32 + 3 * 32 + 3
-
-
-class SimulatedCrashError(Exception):
-    """Raised from `on_step` to stop a run half-way, as a crash would."""
-
-
-def stop_at(step: int) -> Callable[[int], None]:
-    def on_step(global_step: int) -> None:
-        if global_step == step:
-            raise SimulatedCrashError(f"stopped at step {global_step}")
-
-    return on_step
-
-
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    lines = (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

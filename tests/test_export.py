@@ -24,7 +24,7 @@ from adaptext.cli import EXIT_USER_ERROR, main
 from adaptext.config import load_config
 from adaptext.predict import Predictor
 from adaptext.train import TrainResult, train
-from conftest import FILLER, KEYWORDS, LABELS, LEARNABLE, make_rows
+from conftest import FILLER, KEYWORDS, LABELS, LEARNABLE, make_pair_rows, make_rows
 
 MAX_LENGTH = 32
 LONG = " ".join(["the invoice is wrong and my parcel did not arrive with the courier"] * 12)  # > 32 and > 128 tokens
@@ -108,15 +108,6 @@ def make_multi_label_rows(n: int, seed: int) -> list[dict[str, Any]]:
             words += rng.sample(KEYWORDS[label], 2)
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": labels})
-    return rows
-
-
-def make_pair_rows(n: int, seed: int) -> list[dict[str, str]]:
-    """The keyword task with the keywords in the second text (`text`); the first (`question`) is filler."""
-    rng = random.Random(seed + 1000)
-    rows = make_rows(n, seed)
-    for row in rows:
-        row["question"] = " ".join(rng.sample(FILLER, 3))
     return rows
 
 

@@ -25,7 +25,20 @@ from adaptext.config import AdaptextError, Config, ConfigError, config_to_yaml, 
 from adaptext.model import build_model, load_tokenizer
 from adaptext.predict import Predictor
 from adaptext.train import TrainResult, train
-from conftest import CHINESE_LABELS, FILLER, KEYWORDS, LABELS, LEARNABLE, make_chinese_rows, make_rows, write_splits
+from conftest import (
+    CHINESE_LABELS,
+    FILLER,
+    KEYWORDS,
+    LABELS,
+    LEARNABLE,
+    SimulatedCrashError,
+    make_chinese_rows,
+    make_pair_rows,
+    make_rows,
+    read_log,
+    stop_at,
+    write_splits,
+)
 
 PROBE_TEXTS = [
     "my invoice is wrong again",
@@ -37,23 +50,6 @@ PROBE_TEXTS = [
 ]
 # Batches per epoch of the default 120-row training file at batch size 8.
 BATCHES_PER_EPOCH = 15
-
-
-class SimulatedCrashError(Exception):
-    """Raised from `on_step` to stop a run half-way, as a crash would."""
-
-
-def stop_at(step: int) -> Callable[[int], None]:
-    def on_step(global_step: int) -> None:
-        if global_step == step:
-            raise SimulatedCrashError(f"stopped at step {global_step}")
-
-    return on_step
-
-
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    lines = (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def loss_records(run_dir: Path) -> list[tuple[int, float]]:
@@ -547,17 +543,6 @@ def test_multi_label_training_and_prediction(
 
 
 # (k) text pairs -------------------------------------------------------------------------------
-
-
-def make_pair_rows(n: int, seed: int) -> list[dict[str, str]]:
-    """The keyword task with the keywords in the second text; the first text is filler only."""
-    import random
-
-    rng = random.Random(seed + 1000)
-    rows = make_rows(n, seed)
-    for row in rows:
-        row["question"] = " ".join(rng.sample(FILLER, 3))
-    return rows
 
 
 def test_text_pairs_train_and_predict(tiny_config: Callable[..., Config], write_csv: Callable[..., Path]) -> None:
