@@ -134,3 +134,57 @@ class Collator:
             dtype = torch.float32 if self.multi_label else torch.long
             batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=dtype)
         return batch
+
+
+def _find(sequence: list[int], part: list[int], start: int = 0) -> int:
+    for i in range(start, len(sequence) - len(part) + 1):
+        if sequence[i : i + len(part)] == part:
+            return i
+    raise ValueError(f"token ids {part} not found in {sequence}")
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Where a tokenizer puts its special tokens around one text (`prefix a suffix`) and a pair of texts
+    (`pair_prefix a middle b pair_suffix`), read off the tokenizer itself so that token ids built piece by piece
+    (a prompt template, an NLI hypothesis) get exactly the layout the tokenizer would give."""
+
+    prefix: list[int]
+    suffix: list[int]
+    pair_prefix: list[int]
+    middle: list[int]
+    pair_suffix: list[int]
+    second_type: int  # token type id of the second text (BERT: 1), or 0 where types are not used
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> SpecialTokens:
+        a = tokenizer("a", add_special_tokens=False)["input_ids"]
+        b = tokenizer("b", add_special_tokens=False)["input_ids"]
+        single = tokenizer("a")["input_ids"]
+        i = _find(single, a)
+        pair = tokenizer("a", "b")
+        ids = pair["input_ids"]
+        j = _find(ids, a)
+        k = _find(ids, b, j + len(a))
+        types = pair.get("token_type_ids")
+        return cls(
+            prefix=single[:i],
+            suffix=single[i + len(a) :],
+            pair_prefix=ids[:j],
+            middle=ids[j + len(a) : k],
+            pair_suffix=ids[k + len(b) :],
+            second_type=int(types[k]) if types else 0,
+        )
+
+    def single(self, ids: list[int]) -> list[int]:
+        return self.prefix + ids + self.suffix
+
+    def pair(self, first: list[int], second: list[int]) -> tuple[list[int], list[int]]:
+        """Input ids and token type ids of a text pair."""
+        head = self.pair_prefix + first + self.middle
+        tail = second + self.pair_suffix
+        return head + tail, [0] * len(head) + [self.second_type] * len(tail)
+
+    @property
+    def pair_overhead(self) -> int:
+        return len(self.pair_prefix) + len(self.middle) + len(self.pair_suffix)

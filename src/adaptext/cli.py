@@ -26,10 +26,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume, overwrite=args.overwrite)
     metrics = result.metrics
     print(f"run folder:  {result.run_dir}")
-    print(
-        f"model:       {result.model_dir}  (best {config.train.metric_for_best}="
-        f"{result.best_metric:.4f} at step {result.best_step} of {result.global_step})"
-    )
+    if config.strategy in ("finetune",):
+        print(
+            f"model:       {result.model_dir}  (best {config.train.metric_for_best}="
+            f"{result.best_metric:.4f} at step {result.best_step} of {result.global_step})"
+        )
+    else:
+        print(f"model:       {result.model_dir}  ({config.strategy}, {result.stats.get('train_seconds', 0):.0f} s)")
     print(f"{result.eval_split} accuracy {metrics['accuracy']:.4f}, macro_f1 {metrics['macro_f1']:.4f}")
     print(f"report:      {result.run_dir / 'report.html'}")
     return 0
@@ -69,6 +72,40 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         aggregate=args.aggregate,
     )
     print(f"{count} predictions written to {args.output}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from adaptext.config import DataConfig
+    from adaptext.data import SUPPORTED_SUFFIXES, DataError, load_examples, sample_per_class, write_table
+
+    outputs = [Path(args.output)] + ([Path(args.rest)] if args.rest else [])
+    for output in outputs:
+        if output.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise DataError(f"{output}: unsupported output format; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
+        if output.resolve() == Path(args.data).resolve():
+            raise DataError(f"{output}: the output would overwrite the input file; choose another file")
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise DataError("--output and --rest name the same file")
+    output = outputs[0]
+    cfg = DataConfig(
+        text_column=args.text_column or "text",
+        label_column=args.label_column or "label",
+        multi_label=args.multi_label,
+        label_delimiter=args.label_delimiter,
+    )
+    data = load_examples(args.data, cfg)
+    chosen, short = sample_per_class(data, args.per_class, args.seed)
+    for name, count in short.items():
+        logging.getLogger("adaptext").warning("label %r has only %d example(s); all are taken", name, count)
+    assert data.frame is not None
+    write_table(data.frame.iloc[chosen], output)
+    print(f"{len(chosen)} of {len(data)} rows ({args.per_class} per label, seed {args.seed}) written to {output}")
+    if args.rest:
+        taken = set(chosen)
+        rest = [i for i in range(len(data)) if i not in taken]
+        write_table(data.frame.iloc[rest], args.rest)
+        print(f"the other {len(rest)} rows written to {args.rest}")
     return 0
 
 
@@ -154,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
+        "sample",
+        help="draw N examples per label from a labelled file, reproducibly (few-shot training files)",
+        description="Write N rows of every label (all rows of a label that has fewer), in file order, with all "
+        "columns kept. The same file, N and seed always give the same rows.",
+    )
+    p.add_argument("data", help="labelled CSV/TSV/JSONL/Parquet file")
+    p.add_argument("--per-class", type=int, required=True, help="rows per label")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--output", required=True, help="output .csv, .tsv, .jsonl or .parquet file")
+    p.add_argument("--rest", help="also write the rows not drawn to this file (held-out data to evaluate on)")
+    _column_options(p, with_label=True, with_pair=False)
+    p.add_argument("--multi-label", action="store_true", help="rows carry several labels (see data.multi_label)")
+    p.add_argument("--label-delimiter", default="|", help="separator of labels in a CSV/TSV cell (default |)")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser(
         "merge",
         help="fold a run's adapter into its base model, checked against the unmerged model",
         description="Merge a LoRA-style adapter into the base weights and save a plain transformers model folder. "
@@ -206,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _column_options(parser: argparse.ArgumentParser, *, with_label: bool) -> None:
+def _column_options(parser: argparse.ArgumentParser, *, with_label: bool, with_pair: bool = True) -> None:
     parser.add_argument("--text-column", help="text column (default: as in training, else 'text')")
-    parser.add_argument("--text-pair-column", help="second text column for pair models")
+    if with_pair:
+        parser.add_argument("--text-pair-column", help="second text column for pair models")
     if with_label:
         parser.add_argument("--label-column", help="label column (default: as in training, else 'label')")
 

@@ -86,6 +86,11 @@ class DataConfig(_Section):
     )
     label_delimiter: str = Field("|", min_length=1, description="Separator of labels in a multi-label CSV/TSV cell.")
     max_length: Int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
+    label_descriptions: Path | None = Field(
+        None,
+        description="CSV/TSV/JSONL file with columns `label,description`: what each label means, in words. "
+        "Zero-shot scores texts against the descriptions; few-shot adds each as one more training example.",
+    )
 
 
 class TrainConfig(_Section):
@@ -149,6 +154,51 @@ class PeftSection(_Section):
         return value.strip().lower().replace("-", "_")
 
 
+class FewshotSection(_Section):
+    steps: Int | Literal["auto"] = Field(
+        "auto",
+        description="Contrastive training steps. `auto`: about 8 encodings per training example, 40 to 1000 steps.",
+    )
+    batch_size: Int = Field(32, ge=2, description="Examples per contrastive step; every pair among them is trained on.")
+    per_class: Int = Field(4, ge=1, description="Examples drawn from each class into a contrastive batch.")
+    learning_rate: Float = Field(2e-5, gt=0, description="Peak AdamW learning rate of the contrastive step.")
+    head_c: Float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic-regression head.")
+
+
+class ZeroshotSection(_Section):
+    template: str = Field(
+        "This example is about {label}.",
+        description="How a label (its description, or its name) becomes a sentence; must contain `{label}`. "
+        "Write it in the language of the texts.",
+    )
+    labels: list[str] | None = Field(
+        None, description="The label names, when no training file or label-description file gives them."
+    )
+    temperature: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
+        "auto",
+        description="Softmax temperature on cosine similarities. `auto`: fitted on labelled validation data "
+        "when there is any (it changes confidence, never the label), else 0.05.",
+    )
+    nli_model: str | None = Field(
+        None,
+        description="An NLI (entailment) model id or folder: labels are then scored by entailment of the template "
+        "as hypothesis, instead of by embedding similarity.",
+    )
+
+
+class PromptSection(_Section):
+    template: str = Field(
+        "{text} It was {mask}.",
+        description="Pattern turning a text into a cloze question for a masked-LM model: `{text}` and `{mask}` "
+        "(and `{pair}` for text pairs).",
+    )
+    verbalizer: dict[str, str] = Field(
+        default_factory=dict,
+        description="Label -> word the model should fill in at `{mask}` (one token each). "
+        "Empty: each label's own name.",
+    )
+
+
 class Config(_Section):
     format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
     output_dir: Path = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
@@ -157,6 +207,16 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     peft: PeftSection = Field(default_factory=PeftSection)
+    strategy: Literal["finetune", "fewshot", "zeroshot", "prompt"] = Field(
+        "finetune",
+        description="`finetune`: train the model with a classification head. `fewshot`: contrastive training "
+        "on pairs of the few examples, then a logistic-regression head (SetFit). `zeroshot`: no training, labels "
+        "scored by similarity to their descriptions (or by an NLI model). `prompt`: cloze-style fine-tuning of a "
+        "masked-LM model with a template and verbalizer (PET).",
+    )
+    fewshot: FewshotSection = Field(default_factory=FewshotSection)
+    zeroshot: ZeroshotSection = Field(default_factory=ZeroshotSection)
+    prompt: PromptSection = Field(default_factory=PromptSection)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:
@@ -166,6 +226,13 @@ class Config(_Section):
             )
         if self.data.test is not None and self.data.test_fraction is not None:
             raise ValueError("data.test and data.test_fraction are exclusive: give a test file or a fraction")
+        if "{label}" not in self.zeroshot.template:
+            raise ValueError(f"zeroshot.template must contain {{label}}, got {self.zeroshot.template!r}")
+        for key in ("{text}", "{mask}"):
+            if self.prompt.template.count(key) != 1:
+                raise ValueError(f"prompt.template must contain {key} once, got {self.prompt.template!r}")
+        if self.strategy != "finetune" and self.peft.method != "none":
+            raise ValueError(f"strategy {self.strategy} trains without peft; set peft.method=none")
         return self
 
 

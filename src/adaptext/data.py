@@ -343,3 +343,62 @@ def load_splits(config: Config) -> Splits:
         len(labels),
     )
     return Splits(train=train, validation=validation, test=test, labels=labels)
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write `frame` as CSV, TSV, JSONL or Parquet by `path`'s suffix, through a temporary file and a rename."""
+    path = Path(path)
+    fmt = SUPPORTED_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unsupported output format; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if fmt == "jsonl":
+        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    elif fmt == "parquet":
+        frame.to_parquet(tmp, index=False)
+    elif fmt == "tsv":
+        # TSV has no quoting (as read_table reads it), so a tab or line break inside a value cannot be written.
+        for column in frame.columns:
+            for row, value in enumerate(frame[column].astype(str), start=1):
+                if "\t" in value or "\n" in value or "\r" in value:
+                    raise DataError(
+                        f"{path}: row {row}, column {column!r} holds a tab or line break, which TSV cannot store; "
+                        "write .csv or .jsonl instead"
+                    )
+        frame.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_NONE)
+    else:
+        frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def sample_per_class(data: TextData, per_class: int, seed: int) -> tuple[list[int], dict[str, int]]:
+    """Indices (in file order) of `per_class` examples of every label, drawn reproducibly with `seed`,
+    and the labels that had fewer (all of theirs are taken) with their counts.
+
+    Multi-label rows: rows are drawn in a seeded order and a row is taken while one of its labels still has fewer
+    than `per_class` examples, so every label reaches `per_class` where the data allows.
+    """
+    assert data.labels is not None
+    if per_class < 1:
+        raise DataError(f"per-class sample size must be at least 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    counts: Counter[str] = Counter()
+    chosen: list[int] = []
+    if data.labels and isinstance(data.labels[0], list):
+        for index in rng.permutation(len(data)):
+            names = data.labels[int(index)]
+            if any(counts[name] < per_class for name in names):
+                chosen.append(int(index))
+                counts.update(names)
+    else:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, value in enumerate(data.labels):
+            groups[str(value)].append(index)
+        for name in sorted(groups):
+            members = groups[name]
+            take = rng.permutation(len(members))[:per_class]
+            chosen.extend(members[int(i)] for i in take)
+            counts[name] = len(take)
+    short = {name: n for name, n in sorted(counts.items()) if n < per_class}
+    return sorted(chosen), short

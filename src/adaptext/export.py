@@ -122,6 +122,12 @@ def export_onnx(
     metadata = read_metadata(model_dir)
     if (model_dir / ONNX_FILE).is_file():
         raise AdaptextError(f"{model_dir} is already an ONNX export; export the run or model folder it came from")
+    if metadata.get("strategy") == "prompt" or metadata.get("scorer") == "nli":
+        kind = "prompt (PET)" if metadata.get("strategy") == "prompt" else "NLI zero-shot"
+        raise AdaptextError(
+            f"{model_dir}: a {kind} model reads its text through a template, not as a plain classifier, so it "
+            "cannot be exported to ONNX; serve the folder with adaptext serve"
+        )
     is_adapter = adapters.is_adapter_folder(model_dir)
     method = adapters.adapter_method(model_dir, metadata) if is_adapter else "none"
     if adapters.is_prompt_method(method):

@@ -18,7 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from adaptext import adapters
 from adaptext.batching import Collator, tokenize
 from adaptext.config import AdaptextError, DataConfig
-from adaptext.data import load_examples
+from adaptext.data import load_examples, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +99,18 @@ class Predictor:
         sequence-classification folder). An adapter is loaded on its base model, unmerged."""
         model_dir = find_model_dir(path)
         metadata = read_metadata(model_dir)
+        model: Any  # a transformers model, or a module with the same call signature and `config`
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            if adapters.is_adapter_folder(model_dir):
+            if metadata.get("strategy") == "prompt":
+                from adaptext.prompting import load_prompt_model
+
+                model = load_prompt_model(model_dir, metadata)
+            elif metadata.get("scorer") == "nli":
+                from adaptext.zeroshot import load_nli_model
+
+                model = load_nli_model(model_dir, metadata)
+            elif adapters.is_adapter_folder(model_dir):
                 model = adapters.load_adapter_model(model_dir, metadata)
             elif (model_dir / "model.onnx").is_file():
                 from adaptext.export import OnnxClassifier
@@ -170,8 +179,14 @@ class Predictor:
         _check_texts(texts, pairs)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        features = tokenize(self.tokenizer, texts, pairs, self.max_length)
-        return self._logits(features, progress)
+        return self._logits(self._features(texts, pairs), progress)
+
+    def _features(self, texts: Sequence[str], pairs: Sequence[str] | None) -> dict[str, list[list[int]]]:
+        # A prompt model fills its template around the text; every other model reads the text as it is.
+        encode_texts = getattr(self.model, "encode_texts", None)
+        if encode_texts is not None:
+            return encode_texts(self.tokenizer, texts, pairs, self.max_length)
+        return tokenize(self.tokenizer, texts, pairs, self.max_length)
 
     def predict_proba(
         self,
@@ -195,6 +210,8 @@ class Predictor:
         _check_texts(texts, pairs)
         if pairs is not None:
             raise AdaptextError("sliding_window works on single texts, not text pairs")
+        if hasattr(self.model, "encode_texts"):
+            raise AdaptextError("sliding_window is not available for prompt (PET) models")
         if stride is None:
             stride = min(32, self.max_length // 4)
         if not 0 <= stride < self.max_length // 2:
@@ -361,9 +378,5 @@ def predict_file(
     else:
         frame["label"] = [p.label for p in predictions]
         frame["score"] = [p.score for p in predictions]
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    if as_lists:
-        frame.to_json(output_path, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_csv(output_path, sep="\t" if out_format == ".tsv" else ",", index=False)
+    write_table(frame, output_path)
     return len(frame)

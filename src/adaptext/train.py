@@ -64,7 +64,7 @@ class TrainResult:
 
 
 @dataclass
-class _State:
+class TrainingState:
     """Counters a checkpoint must restore for the resumed run to continue exactly."""
 
     global_step: int = 0
@@ -79,6 +79,7 @@ class _State:
     total_parameters: int = 0
     window_loss: float = 0.0  # summed loss of the steps since the last log record
     window_examples: int = 0
+    train_seconds: float = 0.0  # wall time of training (this process), evaluation and checkpoints included
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -161,11 +162,18 @@ def _optimizer(model: PreTrainedModel, cfg: TrainConfig, learning_rate: float) -
     return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: Config, target: Path) -> None:
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: Config,
+    target: Path,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Save a model folder that plain `transformers` loads, with label names in its config.
 
     For an adapter run `model` is a peft model and the folder holds the adapter and the head only; `adaptext.json`
-    then records the base model and the label names needed to rebuild it.
+    then records the base model and the label names needed to rebuild it. `extra` adds strategy-specific keys to
+    `adaptext.json`.
     """
     id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
     labels = [id2label[i] for i in range(len(id2label))]
@@ -181,6 +189,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, confi
                 "format_version": 1,
                 "base_model": config.model.name,
                 "base_model_path": resolve_model_name(config.model.name),
+                "strategy": config.strategy,
                 "peft_method": config.peft.method,
                 "labels": labels,
                 "problem_type": model.config.problem_type,
@@ -190,7 +199,8 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, confi
                 "text_pair_column": config.data.text_pair_column,
                 "label_column": config.data.label_column,
                 "label_delimiter": config.data.label_delimiter,
-            },
+            }
+            | (extra or {}),
         )
 
     replace_dir(target, write)
@@ -212,7 +222,7 @@ def _truncate_log(paths: RunPaths, step: int) -> None:
     paths.log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def _append_log(paths: RunPaths, record: dict[str, Any]) -> None:
+def append_log(paths: RunPaths, record: dict[str, Any]) -> None:
     with paths.log.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
 
@@ -233,6 +243,17 @@ def train(
     >>> result.metrics["accuracy"]  # doctest: +SKIP
     0.9
     """
+    if config.strategy != "finetune":
+        if resume:
+            raise AdaptextError(f"strategy {config.strategy} runs are short and not resumable; start without --resume")
+        from adaptext import fewshot, prompting, zeroshot
+
+        runners = {
+            "fewshot": fewshot.train_fewshot,
+            "zeroshot": zeroshot.build_zeroshot,
+            "prompt": prompting.train_prompt,
+        }
+        return runners[config.strategy](config, overwrite=overwrite)
     cfg = config.train
     multi_label = config.data.multi_label
     check_metric_name(cfg.metric_for_best, multi_label)
@@ -252,11 +273,13 @@ def train(
     )
     paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     write_json(paths.labels, splits.labels)
+    started = time.perf_counter()
     state = _fit(config, paths, splits, tokenizer, precision, weights, resume=resume, on_step=on_step)
+    state.train_seconds = time.perf_counter() - started
     # The training copies (model, gradients, optimizer state) are gone with _fit's frame; collect them before
     # the final evaluation loads the saved model, so the run's peak memory is that of training alone.
     gc.collect()
-    return _finish(config, paths, splits, state)
+    return finish(config, paths, splits, state)
 
 
 def _fit(
@@ -269,7 +292,7 @@ def _fit(
     *,
     resume: bool,
     on_step: Callable[[int], None] | None,
-) -> _State:
+) -> TrainingState:
     """The training loop: epochs x batches, evaluation, best model, checkpoints; returns the final state.
 
     `precision` is accelerate's mixed-precision mode; `weights` the per-class loss weights, if any.
@@ -331,10 +354,10 @@ def _fit(
     if weights is not None:
         weights = weights.to(accelerator.device)
 
-    state = _State(trainable_parameters=trainable, total_parameters=total)
+    state = TrainingState(trainable_parameters=trainable, total_parameters=total)
     if resume:
         accelerator.load_state(str(paths.checkpoint))
-        state = _State(**json.loads((paths.checkpoint / STATE_FILE).read_text(encoding="utf-8")))
+        state = TrainingState(**json.loads((paths.checkpoint / STATE_FILE).read_text(encoding="utf-8")))
         _truncate_log(paths, state.global_step)
         logger.info("resumed at step %d (epoch %d, batch %d)", state.global_step, state.epoch, state.batch_in_epoch)
 
@@ -367,7 +390,7 @@ def _fit(
         record = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / len(sampler)}
         record |= {f"eval_{k}": v for k, v in report.metrics.items()}
         state.history.append(record)
-        _append_log(paths, record)
+        append_log(paths, record)
         accelerator.log({f"eval/{k}": v for k, v in report.metrics.items()}, step=state.global_step)
         if is_improvement(cfg.metric_for_best, value, state.best_metric):
             state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
@@ -432,7 +455,7 @@ def _fit(
                     "learning_rate": scheduler.get_last_lr()[0],
                     "samples_per_second": state.window_examples / max(elapsed, 1e-9),
                 }
-                _append_log(paths, record)
+                append_log(paths, record)
                 accelerator.log(
                     {"train/loss": record["loss"], "train/learning_rate": record["learning_rate"]},
                     step=state.global_step,
@@ -466,7 +489,7 @@ def _fit(
     return state
 
 
-def _finish(config: Config, paths: RunPaths, splits: Splits, state: _State) -> TrainResult:
+def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState) -> TrainResult:
     """Evaluate the best saved model on the test split (or validation) and write the run's report."""
     from adaptext.report import write_report  # matplotlib is loaded only once training memory is freed
 
@@ -503,9 +526,10 @@ def _finish(config: Config, paths: RunPaths, splits: Splits, state: _State) -> T
     )
 
 
-def run_stats(config: Config, paths: RunPaths, state: _State) -> dict[str, Any]:
+def run_stats(config: Config, paths: RunPaths, state: TrainingState) -> dict[str, Any]:
     """What the run cost: parameters trained, size on disk of what it saved, and peak memory of the process."""
     stats: dict[str, Any] = {
+        "strategy": config.strategy,
         "method": config.peft.method,
         "trainable_parameters": state.trainable_parameters,
         "total_parameters": state.total_parameters,
@@ -513,6 +537,7 @@ def run_stats(config: Config, paths: RunPaths, state: _State) -> dict[str, Any]:
         "model_size_bytes": adapters.adapter_size_bytes(paths.model),
         # ru_maxrss is in KiB on Linux: the peak resident memory of this process so far.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "train_seconds": round(state.train_seconds, 2),
     }
     if torch.cuda.is_available():
         stats["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
