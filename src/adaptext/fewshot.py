@@ -218,6 +218,7 @@ def add_mean_pooling(model: PreTrainedModel) -> list[nn.Parameter]:
             setattr(module, "layer_idx", len(layers))  # noqa: B010
     layers.append(layer)
     model.config.num_hidden_layers = len(layers)
+    model.config.adaptext_mean_pooling = True  # saved in config.json: the last layer is this pooling layer
     fixed = [*layer.parameters(), *dense.parameters()]
     for parameter in fixed:
         parameter.requires_grad_(False)
@@ -264,6 +265,13 @@ def train_encoder(
     )
     tap = EmbeddingTap(model)
     model.train()
+    # Dropout on the embedding itself would zero a tenth of its dimensions in every pair's cosine; the encoder's
+    # own dropout (as in SetFit's sentence encoders) stays. So the head and the pooling layer run in eval mode.
+    for module in model.children():
+        if module is not model.base_model:
+            module.eval()
+    if getattr(model.config, "adaptext_mean_pooling", False):
+        model.base_model.encoder.layer[-1].eval()  # type: ignore[union-attr,index]
     start = time.perf_counter()
     window: list[float] = []
     try:
@@ -464,9 +472,11 @@ def train_fewshot(config: Config, *, overwrite: bool) -> TrainResult:
         precision,
     )
 
+    per_step = min(settings.batch_size, len(train_data))  # a batch cannot hold more examples than there are
+
     def log(record: dict[str, Any]) -> None:
-        record["epoch"] = record["step"] * settings.batch_size / len(train_data)
-        record["samples_per_second"] = record["step"] * settings.batch_size / max(record.pop("elapsed_s"), 1e-9)
+        record["epoch"] = record["step"] * per_step / len(train_data)
+        record["samples_per_second"] = record["step"] * per_step / max(record.pop("elapsed_s"), 1e-9)
         append_log(paths, record)
 
     train_encoder(
@@ -485,7 +495,7 @@ def train_fewshot(config: Config, *, overwrite: bool) -> TrainResult:
 
     predictor = Predictor(model, tokenizer, max_length=config.data.max_length, threshold=config.train.threshold)
     report = evaluate_data(predictor, splits.validation)
-    record = {"step": settings.steps, "epoch": settings.steps * settings.batch_size / len(train_data)}
+    record = {"step": settings.steps, "epoch": settings.steps * per_step / len(train_data)}
     append_log(paths, record | {f"eval_{k}": v for k, v in report.metrics.items()})
     save_model(model, tokenizer, config, paths.model)
     state = TrainingState(
