@@ -67,6 +67,7 @@ def fewshot_config(tiny_model_dir: Path, folder: Path, *overrides: str) -> Confi
             "data.max_length=32",
             "train.precision=fp32",
             "seed=7",
+            "fewshot.calibrate=false",  # the head is then exactly the regression; calibration is tested on its own
             *FEWSHOT,
             *overrides,
         ],
@@ -763,3 +764,31 @@ def test_multi_label_sample_reaches_n_of_every_label_where_possible(
         assert len(sample) < len(rows)  # not simply everything
         # Every row taken was needed when it was taken: no row has only labels that are far over N.
         assert len(sample) <= 5 * (len(LABELS) + 1)
+
+
+def test_calibration_fits_a_temperature_that_changes_confidence_not_labels(
+    tiny_model_dir: Path, tmp_path: Path, fewshot_run: dict[str, Any]
+) -> None:
+    calibrated = train(
+        fewshot_config(
+            tiny_model_dir, fewshot_run["folder"], "fewshot.calibrate=true", f"output_dir={tmp_path / 'calibrated'}"
+        )
+    )
+    saved = json.loads((calibrated.model_dir / "adaptext.json").read_text(encoding="utf-8"))
+    temperature = saved["temperature"]
+    assert 1e-2 <= temperature <= 1e2 and temperature != 1.0
+    plain = Predictor.from_dir(fewshot_run["result"].run_dir)
+    scaled = Predictor.from_dir(calibrated.run_dir)
+    # Same seed and data: the same encoder and regression, the calibrated head divided by the temperature.
+    np.testing.assert_allclose(
+        scaled.predict_logits(PROBE_TEXTS), plain.predict_logits(PROBE_TEXTS) / temperature, rtol=1e-4, atol=1e-4
+    )
+    validation = pd.read_csv(fewshot_run["folder"] / "validation.csv")
+    index = {name: i for i, name in enumerate(LABELS)}
+    targets = np.asarray([index[v] for v in validation["label"]])
+
+    def nll(predictor: Predictor) -> float:
+        probs = predictor.predict_proba(list(validation["text"]))
+        return float(-np.log(probs[np.arange(len(targets)), targets] + 1e-12).mean())
+
+    assert nll(scaled) <= nll(plain) + 1e-6

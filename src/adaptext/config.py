@@ -163,6 +163,11 @@ class FewshotSection(_Section):
     per_class: Int = Field(4, ge=1, description="Examples drawn from each class into a contrastive batch.")
     learning_rate: Float = Field(2e-5, gt=0, description="Peak AdamW learning rate of the contrastive step.")
     head_c: Float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic-regression head.")
+    calibrate: bool = Field(
+        True,
+        description="Fit a softmax temperature on the validation split (single-label): the regression's "
+        "probabilities are far too flat for many classes; the temperature changes confidence, never the label.",
+    )
 
 
 class ZeroshotSection(_Section):

@@ -491,13 +491,13 @@ def train_fewshot(config: Config, *, overwrite: bool) -> TrainResult:
     )
     embeddings = embed(model, encoded, pad_token_id=pad_id, autocast_dtype=autocast_dtype)
     fit_head(model, embeddings, targets, settings.head_c, config.seed)
-    train_seconds = time.perf_counter() - started
-
     predictor = Predictor(model, tokenizer, max_length=config.data.max_length, threshold=config.train.threshold)
+    temperature = calibrate_head(model, predictor, splits.validation, splits.labels) if fs.calibrate else 1.0
+    train_seconds = time.perf_counter() - started
     report = evaluate_data(predictor, splits.validation)
     record = {"step": settings.steps, "epoch": settings.steps * per_step / len(train_data)}
     append_log(paths, record | {f"eval_{k}": v for k, v in report.metrics.items()})
-    save_model(model, tokenizer, config, paths.model)
+    save_model(model, tokenizer, config, paths.model, {"temperature": temperature})
     state = TrainingState(
         global_step=settings.steps,
         best_step=settings.steps,
@@ -509,6 +509,23 @@ def train_fewshot(config: Config, *, overwrite: bool) -> TrainResult:
     )
     del model, predictor
     return finish(config, paths, splits, state)
+
+
+def calibrate_head(model: PreTrainedModel, predictor: Predictor, data: TextData, labels: list[str]) -> float:
+    """Temperature-scale the head on labelled `data` (single-label only): divide its weights and bias by the
+    temperature that minimises the negative log-likelihood. Returns the temperature (1.0 when not applicable)."""
+    from adaptext.zeroshot import fit_temperature
+
+    if predictor.multi_label or data.labels is None or len(data) == 0:
+        return 1.0
+    logits = predictor.predict_logits(data.texts, data.pairs)
+    temperature = fit_temperature(logits, label_targets(data, labels, False), low=1e-2, high=1e2)
+    layer = final_linear(model)
+    with torch.no_grad():
+        layer.weight.div_(temperature)
+        layer.bias.div_(temperature)
+    logger.info("few-shot: head temperature %.3g fitted on %d validation examples", temperature, len(data))
+    return temperature
 
 
 def prepare_encoder(model: PreTrainedModel) -> bool:

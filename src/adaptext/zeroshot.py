@@ -181,9 +181,10 @@ def label_texts(config: Config, labels: list[str], descriptions: dict[str, str])
     return [config.zeroshot.template.format(label=descriptions.get(name) or name.replace("_", " ")) for name in labels]
 
 
-def fit_temperature(logits_at_one: np.ndarray, targets: np.ndarray) -> float:
-    """The temperature minimising the negative log-likelihood of `targets` under softmax(similarity / T)."""
-    grid = np.exp(np.linspace(math.log(1e-3), math.log(1.0), 121))
+def fit_temperature(logits_at_one: np.ndarray, targets: np.ndarray, low: float = 1e-3, high: float = 1.0) -> float:
+    """The temperature in [low, high] minimising the negative log-likelihood of `targets` under softmax(logits / T)
+    (a grid of 60 points per decade)."""
+    grid = np.exp(np.linspace(math.log(low), math.log(high), round(60 * math.log10(high / low)) + 1))
     best, best_nll = DEFAULT_TEMPERATURE, math.inf
     for temperature in grid:
         z = logits_at_one / temperature
