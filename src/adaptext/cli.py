@@ -215,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or adapter folder")
     p.add_argument("--output", required=True, help="folder for the merged model")
     p.add_argument("--data", help="file of texts to check on (default: the run's validation split)")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed |logit difference|, times the largest |logit| when that is over 1 (default 1e-4)",
+    )
     p.add_argument("--sample", type=int, default=256, help="examples to check on (default 256)")
     p.set_defaults(func=_cmd_merge)
 

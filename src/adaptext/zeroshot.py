@@ -244,7 +244,8 @@ def build_zeroshot(config: Config, *, overwrite: bool) -> TrainResult:
     else:
         set_temperature(model, temperature)
         save_model(model, tokenizer, config, paths.model, extra)
-    state = TrainingState(done=True, train_seconds=time.perf_counter() - started)
+    total = sum(p.numel() for p in model.parameters())
+    state = TrainingState(done=True, total_parameters=total, train_seconds=time.perf_counter() - started)
     del model
     return finish(config, paths, splits, state)
 
