@@ -604,3 +604,19 @@ def test_missing_validation_data_suggests_data_and_data_works(
     assert code == 0, err
     assert metadata(output)["export_check"]["n_examples"] == 30
     assert Predictor.from_dir(output).metadata["backend"] == "onnx"
+
+
+def test_the_logit_tolerance_is_relative_to_large_logits() -> None:
+    from adaptext.adapters import compare_logits
+
+    small = np.array([[0.5, -0.25], [0.1, 0.2]], dtype=np.float32)
+    # Logits of size <= 1: the tolerance is the given one, absolute.
+    assert compare_logits(small, small + 5e-5, 1e-4, multi_label=False).tolerance == 1e-4
+    assert compare_logits(small, small + 5e-5, 1e-4, multi_label=False).passed
+    assert not compare_logits(small, small + 5e-4, 1e-4, multi_label=False).passed
+    # Logits in the hundreds (a zero-shot scorer at temperature 0.005): 1e-4 of the largest, so float32 rounding
+    # (about 1e-5 of 200) passes and a real difference does not.
+    large = small * 400
+    check = compare_logits(large, large + 3e-3, 1e-4, multi_label=False)
+    assert check.tolerance == pytest.approx(1e-4 * 200) and check.passed
+    assert not compare_logits(large, large + 0.05, 1e-4, multi_label=False).passed
