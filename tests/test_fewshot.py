@@ -169,11 +169,11 @@ def test_a_batch_below_two_examples_is_refused(batch_size: int) -> None:
         contrastive_batches([0, 1, 0, 1], batch_size, steps=3, per_class=2, seed=0)
 
 
-def test_default_steps_are_about_eight_encodings_per_example_within_bounds() -> None:
-    assert default_steps(24, 32) == 40  # 6 steps' worth, raised to the minimum
-    assert default_steps(400, 32) == 100
-    assert default_steps(401, 32) == 101  # rounded up
-    assert default_steps(100_000, 32) == 1000
+def test_default_steps_are_about_forty_encodings_per_example_within_bounds() -> None:
+    assert default_steps(16, 32) == 40  # a batch holds all 16 examples: 40 steps
+    assert default_steps(64, 32) == 80  # 40 x 64 encodings in batches of 32
+    assert default_steps(97, 32) == 122  # rounded up
+    assert default_steps(10_000, 32) == 500  # the ceiling
 
 
 # groups, pair targets and the loss --------------------------------------------------------------

@@ -157,7 +157,7 @@ class PeftSection(_Section):
 class FewshotSection(_Section):
     steps: Int | Literal["auto"] = Field(
         "auto",
-        description="Contrastive training steps. `auto`: about 8 encodings per training example, 40 to 1000 steps.",
+        description="Contrastive training steps. `auto`: about 40 encodings per training example, 40 to 500 steps.",
     )
     batch_size: Int = Field(32, ge=2, description="Examples per contrastive step; every pair among them is trained on.")
     per_class: Int = Field(4, ge=1, description="Examples drawn from each class into a contrastive batch.")
