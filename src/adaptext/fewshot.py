@@ -418,10 +418,10 @@ def label_descriptions(path: Path, labels: list[str] | None) -> dict[str, str]:
 def train_fewshot(config: Config, *, overwrite: bool) -> TrainResult:
     """Run `strategy: fewshot`: contrastive training, head fitting, evaluation and the run folder's report."""
     from adaptext.data import load_splits
-    from adaptext.evaluate import check_metric_name, evaluate_data
+    from adaptext.evaluate import check_metric_name
     from adaptext.model import build_model, count_parameters, load_tokenizer
     from adaptext.run import environment_record, prepare_run_dir, write_json
-    from adaptext.train import TrainingState, append_log, finish, resolve_precision, save_model
+    from adaptext.train import TrainingState, append_log, evaluate_and_log, finish, resolve_precision, save_model
 
     multi_label = config.data.multi_label
     check_metric_name(config.train.metric_for_best, multi_label)
@@ -497,9 +497,8 @@ def train_fewshot(config: Config, *, overwrite: bool) -> TrainResult:
     predictor = Predictor(model, tokenizer, max_length=config.data.max_length, threshold=config.train.threshold)
     temperature = calibrate_head(model, predictor, splits.validation, splits.labels) if fs.calibrate else 1.0
     train_seconds = time.perf_counter() - started
-    report = evaluate_data(predictor, splits.validation)
-    record = {"step": settings.steps, "epoch": settings.steps * per_step / len(train_data)}
-    append_log(paths, record | {f"eval_{k}": v for k, v in report.metrics.items()})
+    epoch = settings.steps * per_step / len(train_data)
+    report, _ = evaluate_and_log(paths, predictor, splits.validation, settings.steps, epoch)
     save_model(model, tokenizer, config, paths.model, {"temperature": temperature})
     state = TrainingState(
         global_step=settings.steps,

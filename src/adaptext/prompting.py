@@ -180,12 +180,12 @@ def build_prompt_model(config: Config, labels: list[str], tokenizer: PreTrainedT
 def train_prompt(config: Config, *, overwrite: bool) -> TrainResult:
     """Run `strategy: prompt`: PET fine-tuning for `train.epochs`, then evaluation and the report."""
     from adaptext.data import load_splits
-    from adaptext.evaluate import evaluate_data
     from adaptext.model import count_parameters
     from adaptext.run import environment_record, prepare_run_dir
     from adaptext.train import (
         TrainingState,
         append_log,
+        evaluate_and_log,
         finish,
         resolve_epochs,
         resolve_learning_rate,
@@ -277,10 +277,7 @@ def train_prompt(config: Config, *, overwrite: bool) -> TrainResult:
     model.eval()
     train_seconds = time.perf_counter() - started
     predictor = Predictor(model, tokenizer, max_length=config.data.max_length)  # type: ignore[arg-type]
-    report = evaluate_data(predictor, splits.validation)
-    append_log(
-        paths, {"step": step, "epoch": step / steps_per_epoch} | {f"eval_{k}": v for k, v in report.metrics.items()}
-    )
+    report, _ = evaluate_and_log(paths, predictor, splits.validation, step, step / steps_per_epoch)
     save_prompt_model(model, tokenizer, config, paths.model)
     state = TrainingState(
         global_step=step,

@@ -33,8 +33,8 @@ from adaptext.config import (
     ConfigError,
     TrainConfig,
 )
-from adaptext.data import Splits, label_targets, load_splits
-from adaptext.evaluate import check_metric_name, evaluate_data, is_improvement, read_train_log
+from adaptext.data import Splits, TextData, label_targets, load_splits
+from adaptext.evaluate import EvalReport, check_metric_name, evaluate_data, is_improvement, read_train_log
 from adaptext.model import build_model, count_parameters, load_tokenizer, resolve_model_name
 from adaptext.predict import METADATA_FILE, Predictor
 from adaptext.run import RunPaths, environment_record, prepare_run_dir, replace_dir, write_json
@@ -227,6 +227,16 @@ def append_log(paths: RunPaths, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def evaluate_and_log(
+    paths: RunPaths, predictor: Predictor, data: TextData, step: int, epoch: float
+) -> tuple[EvalReport, dict[str, Any]]:
+    """Evaluate on `data` and append the `eval_*` record of this step to the run's train log."""
+    report = evaluate_data(predictor, data)
+    record = {"step": step, "epoch": epoch} | {f"eval_{k}": v for k, v in report.metrics.items()}
+    append_log(paths, record)
+    return report, record
+
+
 def train(
     config: Config,
     *,
@@ -384,13 +394,11 @@ def _fit(
         saved_at = state.global_step
 
     def evaluate_now() -> None:
-        report = evaluate_data(eval_predictor, splits.validation)
+        epoch = state.epoch + state.batch_in_epoch / len(sampler)
+        report, record = evaluate_and_log(paths, eval_predictor, splits.validation, state.global_step, epoch)
         model.train()
         value = report.metrics[cfg.metric_for_best]
-        record = {"step": state.global_step, "epoch": state.epoch + state.batch_in_epoch / len(sampler)}
-        record |= {f"eval_{k}": v for k, v in report.metrics.items()}
         state.history.append(record)
-        append_log(paths, record)
         accelerator.log({f"eval/{k}": v for k, v in report.metrics.items()}, step=state.global_step)
         if is_improvement(cfg.metric_for_best, value, state.best_metric):
             state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
