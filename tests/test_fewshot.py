@@ -22,7 +22,6 @@ from adaptext.cli import EXIT_USER_ERROR, main
 from adaptext.config import AdaptextError, Config, ConfigError, load_config
 from adaptext.data import DataError, read_table
 from adaptext.fewshot import (
-    add_mean_pooling,
     contrastive_batches,
     contrastive_loss,
     default_steps,
@@ -31,6 +30,7 @@ from adaptext.fewshot import (
     fit_head,
     group_keys,
     pair_targets,
+    prepare_encoder,
 )
 from adaptext.model import build_model, load_tokenizer
 from adaptext.predict import Predictor
@@ -394,7 +394,7 @@ def test_the_head_is_the_regression_on_the_trained_encoder(fewshot_run: dict[str
     got = Predictor.from_dir(result.run_dir).predict_proba(PROBE_TEXTS)
     np.testing.assert_allclose(got, clf.predict_proba(probe / scale), atol=1e-5)
     # A head fitted on the untrained encoder's embeddings answers differently.
-    add_mean_pooling(base)  # the same embedding, on the untrained encoder
+    prepare_encoder(base)  # the same embedding, on the untrained encoder
     base_embeddings = embed(base.eval(), encode(tokenizer, [r["text"] for r in train_rows]), pad_token_id=0)
     assert not np.allclose(base_embeddings, embeddings, atol=1e-3)
 

@@ -58,6 +58,13 @@ class ModelConfig(_Section):
         "minilm",
         description="A Hugging Face model id, a local model folder, or `minilm` for the bundled offline model.",
     )
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto",
+        description="What the classification head reads: `cls` the [CLS] token's state (BERT's recipe), `mean` "
+        "the mean of the token states (one appended layer computes it, so the saved model stays a plain "
+        "`transformers` model). `auto`: `mean` for sentence-transformers models trained with mean pooling "
+        "(such as `minilm`) when fine-tuning without peft, `cls` otherwise.",
+    )
 
 
 class DataConfig(_Section):
@@ -238,6 +245,11 @@ class Config(_Section):
                 raise ValueError(f"prompt.template must contain {key} once, got {self.prompt.template!r}")
         if self.strategy != "finetune" and self.peft.method != "none":
             raise ValueError(f"strategy {self.strategy} trains without peft; set peft.method=none")
+        if self.model.pooling == "mean" and (self.peft.method != "none" or self.strategy != "finetune"):
+            raise ValueError(
+                "model.pooling=mean is for full fine-tuning (strategy finetune, peft.method none); "
+                "few-shot and zero-shot always pool the mean, peft methods read [CLS]"
+            )
         return self
 
 

@@ -3,7 +3,7 @@ examples, then a logistic-regression head fitted on the embeddings.
 
 The embedding is the mean of the token states, as the sentence encoders SetFit starts from are trained to use
 (on MiniLM it gives 68-70% on SST-2 with 16 examples per class where the pooled [CLS] gives 58-63%). A
-sequence-classification model reads the [CLS] state only, so `add_mean_pooling` appends one encoder layer that
+sequence-classification model reads the [CLS] state only, so `model.add_mean_pooling` appends one encoder layer that
 computes the mean into that position (uniform attention, identity values, no feed-forward) and makes the layer
 before the head nearly the identity. The result is still an ordinary `transformers` model: the fitted head is
 written into its final layer, and `pipeline`, `adaptext predict`, `export` and `serve` use it unchanged, with the
@@ -15,7 +15,6 @@ trains on every pair inside it, so a step of 32 encodings yields 496 labelled pa
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from adaptext.batching import Collator, Encoded, tokenize
 from adaptext.config import Config
 from adaptext.data import TextData, label_targets
+from adaptext.model import add_mean_pooling, mean_pooling_supported
 from adaptext.predict import Predictor, default_device
 
 if TYPE_CHECKING:
@@ -143,90 +143,9 @@ class EmbeddingTap:
         self._handle.remove()
 
 
-# The pooling layer's attention output is scaled so far above the residual [CLS] state that the LayerNorm after
-# it sees the mean alone (relative error ~1e-5); the tanh before the head gets inputs ~1e-3, where it is linear
-# to ~1e-5.
-POOL_SCALE = 1e6
+# The dense layer before the head is HEAD_SCALE times the identity and fixed: the tanh after it gets inputs ~1e-3,
+# where it is linear to ~1e-5, so the head sees the mean-pooled embedding itself.
 HEAD_SCALE = 1e-3
-
-
-def _pre_head_dense(model: PreTrainedModel) -> nn.Linear | None:
-    """The dense layer (followed by tanh) between the [CLS] state and the head: BERT's pooler, RoBERTa's head."""
-    pooler = getattr(model.base_model, "pooler", None)
-    dense = getattr(pooler, "dense", None) or getattr(getattr(model, "classifier", None), "dense", None)
-    return dense if isinstance(dense, nn.Linear) else None
-
-
-def mean_pooling_supported(model: PreTrainedModel) -> bool:
-    """True for BERT-style encoders (BERT, MiniLM, RoBERTa, XLM-R, ELECTRA-like layers) with a tanh dense layer
-    before the head."""
-    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0 or _pre_head_dense(model) is None:
-        return False
-    last = layers[-1]
-    paths = (
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "attention.output.LayerNorm",
-        "intermediate.dense",
-        "output.dense",
-        "output.LayerNorm",
-    )
-    try:
-        return all(isinstance(last.get_submodule(path), nn.Linear | nn.LayerNorm) for path in paths)
-    except AttributeError:
-        return False
-
-
-def add_mean_pooling(model: PreTrainedModel) -> list[nn.Parameter]:
-    """Append a layer that puts the mean of the token states (padding excluded) into the [CLS] position, and make
-    the dense layer before the head `HEAD_SCALE` times the identity; return the parameters that must stay fixed.
-
-    The [CLS] state after the new layer is LayerNorm(mean), so the head's input is HEAD_SCALE * LayerNorm(mean):
-    the mean-pooled sentence embedding, centred and scaled to norm sqrt(hidden) * HEAD_SCALE.
-    """
-    layers = cast(nn.ModuleList, model.base_model.encoder.layer)  # type: ignore[union-attr]
-    layer = copy.deepcopy(layers[-1])
-    size = int(model.config.hidden_size)
-    eye = torch.eye(size)
-    settings = {
-        "attention.self.query": (torch.zeros(size, size), 0.0),  # every score 0: uniform over unmasked tokens
-        "attention.self.key": (torch.zeros(size, size), 0.0),
-        "attention.self.value": (eye, 0.0),
-        "attention.output.dense": (eye * POOL_SCALE, 0.0),
-        "intermediate.dense": (torch.zeros_like(_linear(layer, "intermediate.dense").weight), 0.0),
-        "output.dense": (torch.zeros_like(_linear(layer, "output.dense").weight), 0.0),
-    }
-    with torch.no_grad():
-        for path, (weight, bias) in settings.items():
-            linear = _linear(layer, path)
-            linear.weight.copy_(weight)
-            linear.bias.fill_(bias)
-        for path in ("attention.output.LayerNorm", "output.LayerNorm"):
-            norm = cast(nn.LayerNorm, layer.get_submodule(path))
-            norm.weight.fill_(1.0)
-            norm.bias.fill_(0.0)
-        found = _pre_head_dense(model)
-        assert found is not None
-        dense: nn.Linear = found
-        dense.weight.copy_(eye * HEAD_SCALE)
-        dense.bias.fill_(0.0)
-    for module in layer.modules():
-        if hasattr(module, "layer_idx"):
-            setattr(module, "layer_idx", len(layers))  # noqa: B010
-    layers.append(layer)
-    model.config.num_hidden_layers = len(layers)
-    model.config.adaptext_mean_pooling = True  # saved in config.json: the last layer is this pooling layer
-    fixed = [*layer.parameters(), *dense.parameters()]
-    for parameter in fixed:
-        parameter.requires_grad_(False)
-    return fixed
-
-
-def _linear(module: nn.Module, path: str) -> nn.Linear:
-    return cast(nn.Linear, module.get_submodule(path))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -533,7 +452,7 @@ def calibrate_head(model: PreTrainedModel, predictor: Predictor, data: TextData,
 def prepare_encoder(model: PreTrainedModel) -> bool:
     """Give `model` a mean-pooled embedding where its architecture allows (True), else keep the [CLS] path."""
     if mean_pooling_supported(model):
-        add_mean_pooling(model)
+        add_mean_pooling(model, head_scale=HEAD_SCALE, freeze_head_dense=True)
         return True
     logger.warning(
         "%s: no mean-pooling layer for this architecture; the embedding is the head's own input ([CLS])",

@@ -35,7 +35,14 @@ from adaptext.config import (
 )
 from adaptext.data import Splits, TextData, label_targets, load_splits
 from adaptext.evaluate import EvalReport, check_metric_name, evaluate_data, is_improvement, read_train_log
-from adaptext.model import build_model, count_parameters, load_tokenizer, resolve_model_name
+from adaptext.model import (
+    build_model,
+    count_parameters,
+    has_mean_pooling,
+    load_tokenizer,
+    resolve_model_name,
+    resolve_pooling,
+)
 from adaptext.predict import METADATA_FILE, Predictor
 from adaptext.run import RunPaths, environment_record, prepare_run_dir, replace_dir, write_json
 
@@ -327,14 +334,16 @@ def _fit(
     sampler = LengthGroupedBatches(train_enc.lengths, cfg.batch_size, seed=config.seed)
     total_steps = _total_steps(cfg, len(sampler))
     method = config.peft.method
-    model = build_model(config.model.name, splits.labels, multi_label)
+    pooling = resolve_pooling(config.model.name, config.model.pooling, method)
+    model = build_model(config.model.name, splits.labels, multi_label, pooling)
     if method != "none":
         model = adapters.wrap_model(config.peft, model, total_steps=total_steps, max_length=config.data.max_length)
     trainable, total = count_parameters(model)
     logger.info(
-        "model: %s%s, %d of %d parameters trainable (%.2f%%)",
+        "model: %s%s, head on the %s, %d of %d parameters trainable (%.2f%%)",
         config.model.name,
         f" with {method}" if method != "none" else "",
+        "mean of the token states" if has_mean_pooling(model) else "[CLS] state",
         trainable,
         total,
         100 * trainable / total,

@@ -6,7 +6,7 @@ Two scorers, both saved as a model folder that `Predictor` (hence `predict`, `ev
   {label}.") and embedded with the sentence encoder; a text's label scores are its cosine similarities to those
   embeddings divided by a temperature. The temperature only sets how confident the probabilities are; it is fitted
   on labelled data when there is some. The scorer is a plain `transformers` sequence-classification model (the
-  mean-pooling layer of `fewshot.add_mean_pooling`, and the label embeddings as its head), so `pipeline` and
+  mean-pooling layer of `model.add_mean_pooling`, and the label embeddings as its head), so `pipeline` and
   `adaptext export` take it too.
 - **NLI**: with `zeroshot.nli_model`, an entailment model reads (text, template) for every label and the label's
   score is its entailment logit, as in `transformers`' zero-shot pipeline.
@@ -37,7 +37,7 @@ from adaptext import fewshot
 from adaptext.batching import SpecialTokens
 from adaptext.config import AdaptextError, Config
 from adaptext.data import DataError, Splits, TextData, check_known_labels, load_examples, read_table
-from adaptext.model import build_model, load_tokenizer, resolve_model_name
+from adaptext.model import add_mean_pooling, build_model, load_tokenizer, mean_pooling_supported, resolve_model_name
 from adaptext.predict import METADATA_FILE, Predictor, default_device
 from adaptext.run import replace_dir, write_json
 
@@ -64,17 +64,17 @@ def similarity_model(config: Config, labels: list[str], sentences: list[str]) ->
     """A sequence-classification model whose logits are the cosine similarities between a text's mean-pooled
     embedding and each label sentence's, at temperature 1 (`set_temperature` changes it).
 
-    The mean pooling is the layer `fewshot.add_mean_pooling` appends; every embedding it gives has the same norm
+    The mean pooling is the layer `model.add_mean_pooling` appends; every embedding it gives has the same norm
     (sqrt(hidden) * HEAD_SCALE), so a dot product with unit label vectors divided by that norm is the cosine, and
     the head stays one linear layer of a plain `transformers` model.
     """
     model = build_model(config.model.name, labels, multi_label=False)
-    if not fewshot.mean_pooling_supported(model):
+    if not mean_pooling_supported(model):
         raise AdaptextError(
             f"{config.model.name}: zero-shot similarity needs a BERT-style encoder (BERT, MiniLM, RoBERTa, XLM-R); "
             "give zeroshot.nli_model for NLI scoring instead"
         )
-    fewshot.add_mean_pooling(model)
+    add_mean_pooling(model, head_scale=fewshot.HEAD_SCALE, freeze_head_dense=True)
     model.to(default_device(None))  # type: ignore[arg-type]
     model.eval()
     tokenizer = load_tokenizer(config.model.name)
