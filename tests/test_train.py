@@ -749,3 +749,16 @@ def test_each_loss_record_averages_only_its_own_steps(
         window = losses[start:stop]
         expected = sum(loss * n for loss, n in window) / sum(n for _, n in window)
         assert record["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_training_bounds_the_onednn_kernel_cache_unless_the_user_set_it(
+    tiny_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    train(tiny_config("train.epochs=1"))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    train(tiny_config("train.epochs=1"), overwrite=True)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"

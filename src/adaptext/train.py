@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import math
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -99,6 +100,17 @@ def resolve_precision(requested: str) -> str:
     if requested == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
     return "no" if requested == "fp32" else requested
+
+
+# oneDNN, which runs torch's CPU matrix products in bf16, keeps a compiled kernel for every shape it has seen,
+# 1,024 by default. Dynamic padding makes a shape of every batch length, and on the SST-2 speed benchmark those
+# kernels held about 120 MB at the peak; 64 kept the same speed (docs/benchmarks.md). A value the user set wins.
+KERNEL_CACHE = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+
+def limit_kernel_cache() -> None:
+    """Bound oneDNN's per-shape kernel cache for this process unless the environment already sets it."""
+    os.environ.setdefault(*KERNEL_CACHE)
 
 
 def cpu_has_bf16() -> bool:
@@ -317,6 +329,7 @@ def _fit(
     cfg = config.train
     multi_label = config.data.multi_label
     set_seed(config.seed)
+    limit_kernel_cache()
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.grad_accum_steps,
