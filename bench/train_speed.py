@@ -6,6 +6,9 @@ caches); the order alternates between repeats so machine noise falls on every co
 
     python bench/train_speed.py                                  # defaults: 4,000 examples, 1 epoch, 1 repeat
     python bench/train_speed.py --train-size 4000 --repeats 2 --json results.json
+    python bench/train_speed.py --batch-size 16 --seeds 0 1 2       # one repeat per seed, order alternating
+
+A seed sets the training subset, the initialisation of the head and the shuffling, the same for every contender.
 
 Contenders:
   adaptext        adaptext.train with its defaults for precision and batching
@@ -225,14 +228,18 @@ def _table(rows: list[dict[str, Any]]) -> str:
     }
     ours = mean.get("adaptext")
     lines = [
-        "| contender | train samples/s | tokens/s | wall s | peak RSS MB | dev accuracy | adaptext speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| contender | train samples/s | tokens/s | wall s | peak RSS MB | dev accuracy (mean ± std) | runs "
+        "| adaptext speed-up | adaptext accuracy − this (points) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in mean.items():
         ratio = f"{ours['samples_per_s'] / m['samples_per_s']:.2f}x" if ours else "n/a"
+        accuracies = [r["dev_accuracy"] for r in by_name[name]]
+        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        gap = f"{100 * (ours['dev_accuracy'] - m['dev_accuracy']):+.2f}" if ours else "n/a"
         lines.append(
             f"| {name} | {m['samples_per_s']:.1f} | {m['tokens_per_s']:.0f} | {m['wall_s']:.1f} | "
-            f"{m['peak_rss_mb']:.0f} | {m['dev_accuracy']:.4f} | {ratio} |"
+            f"{m['peak_rss_mb']:.0f} | {m['dev_accuracy']:.4f} ± {spread:.4f} | {len(accuracies)} | {ratio} | {gap} |"
         )
     return "\n".join(lines)
 
@@ -245,7 +252,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a worker's seed
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one repeat per seed and per --repeats")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--contenders", nargs="+", default=CONTENDERS, choices=CONTENDERS)
     parser.add_argument("--json", help="also write all raw results to this file")
@@ -257,7 +265,8 @@ def main() -> None:
     if not (Path(args.data_dir) / "train.csv").is_file():
         sys.exit(f"no SST-2 data at {args.data_dir}; pass --data-dir")
     rows = []
-    for repeat in range(args.repeats):
+    runs = [(seed, r) for r in range(args.repeats) for seed in args.seeds]
+    for repeat, (seed, _) in enumerate(runs):
         order = args.contenders if repeat % 2 == 0 else list(reversed(args.contenders))
         for name in order:
             cmd = [
@@ -278,20 +287,21 @@ def main() -> None:
                 "--learning-rate",
                 str(args.learning_rate),
                 "--seed",
-                str(args.seed),
+                str(seed),
             ]
-            print(f"[repeat {repeat + 1}/{args.repeats}] {name} ...", file=sys.stderr, flush=True)
+            print(f"[run {repeat + 1}/{len(runs)}, seed {seed}] {name} ...", file=sys.stderr, flush=True)
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             result = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
             if out.returncode != 0 or not result:
                 sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
             row = json.loads(result[-1][len("RESULT ") :])
             row["repeat"] = repeat
+            row["seed"] = seed
             rows.append(row)
             print(f"  {row['samples_per_s']:.1f} samples/s, dev accuracy {row['dev_accuracy']:.4f}", file=sys.stderr)
     print(
         f"SST-2: {args.train_size} train examples, {args.epochs} epoch(s), batch {args.batch_size}, "
-        f"lr {args.learning_rate}, model {args.model}, {args.repeats} repeat(s)"
+        f"lr {args.learning_rate}, model {args.model}, seeds {args.seeds}, {args.repeats} repeat(s) each"
     )
     print(_table(rows))
     if args.json:
