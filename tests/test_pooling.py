@@ -125,7 +125,7 @@ def test_mean_pooling_on_an_unsupported_model_is_a_clear_error(tmp_path: Path) -
     DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=20)).save_pretrained(
         folder
     )
-    with pytest.raises(AdaptextError, match="model.pooling=cls"):
+    with pytest.raises(AdaptextError, match=r"model\.pooling=cls"):
         build_model(str(folder), LABELS, multi_label=False, pooling="mean")
 
 
@@ -136,7 +136,7 @@ def test_mean_pooling_on_an_unsupported_model_is_a_clear_error(tmp_path: Path) -
 def test_explicit_mean_pooling_with_peft_or_fewshot_is_a_config_error(
     tiny_config: Callable[..., Config], overrides: tuple[str, ...]
 ) -> None:
-    with pytest.raises(ConfigError, match="model.pooling=mean"):
+    with pytest.raises(ConfigError, match=r"model\.pooling=mean"):
         tiny_config(*overrides)
 
 
