@@ -185,12 +185,11 @@ def train_encoder(
     tap = EmbeddingTap(model)
     model.train()
     # Dropout on the embedding itself would zero a tenth of its dimensions in every pair's cosine; the encoder's
-    # own dropout (as in SetFit's sentence encoders) stays. So the head and the pooling layer run in eval mode.
+    # own dropout (as in SetFit's sentence encoders) stays. So the head runs in eval mode; the pooling layer has
+    # no dropout (`model.add_mean_pooling`).
     for module in model.children():
         if module is not model.base_model:
             module.eval()
-    if getattr(model.config, "adaptext_mean_pooling", False):
-        model.base_model.encoder.layer[-1].eval()  # type: ignore[union-attr,index]
     start = time.perf_counter()
     window: list[float] = []
     try:
