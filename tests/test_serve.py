@@ -27,12 +27,13 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 import adaptext
 from adaptext.config import AdaptextError, load_config
 from adaptext.predict import Predictor
-from adaptext.serve import ServeOptions, create_app, load_models
+from adaptext.serve import Batcher, ServeOptions, bind_socket, build_server, create_app, load_models
 from adaptext.train import train
 from conftest import LABELS, LEARNABLE, make_rows
 
@@ -315,7 +316,7 @@ def test_info_health_page_and_docs(client: TestClient) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="go"' in page.text and 'id="texts"' in page.text
 
-    assert client.get("/docs").status_code == 200
+    # /docs (Swagger UI from a CDN) is off by default: test_docs_are_off_unless_asked_for.
     spec = client.get("/openapi.json").json()
     assert {"/predict", "/", "/models/{name}/predict", "/health", "/info", "/metrics"} <= set(spec["paths"])
     assert "post" in spec["paths"]["/"] and "get" not in spec["paths"]["/"]  # the page stays out of the schema
@@ -601,6 +602,425 @@ def test_declared_oversize_body_is_counted_in_the_metrics(serve: Callable[..., T
     assert metric(text, "adaptext_requests_total", status="413") == 1
 
 
+# 2b. hardening: the key, metric labels, body messages, timeouts, start-up errors, dropped work ---------
+
+
+def asgi_requests(app: Any, requests: list[tuple[str, str, dict[str, Any]]]) -> list[httpx.Response]:
+    """Each `(method, path, httpx keyword arguments)` in turn, with the app's lifespan started, through httpx's ASGI
+    transport, which passes header bytes as they are (TestClient re-encodes them as UTF-8)."""
+
+    async def main() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://serve.test", timeout=60) as client:
+                return [await client.request(method, path, **kwargs) for method, path, kwargs in requests]
+
+    return asyncio.run(main())
+
+
+NON_ASCII_HEADERS = [b"Bearer \xff\xfe", b"Bearer cl\xe9", b"Bearer cl\xc3\xa9", b"\xc3\xa9 x", KEY.encode() + b"\xff"]
+
+
+def test_a_non_ascii_authorization_header_is_401_never_500(models: dict[str, Predictor]) -> None:
+    app = create_app(models, ServeOptions(api_key=KEY))
+    requests = []
+    for header in NON_ASCII_HEADERS:
+        for path in ("/predict", "/models/b/predict"):
+            requests.append(("POST", path, {"json": {"inputs": "a"}, "headers": {"authorization": header}}))
+        requests.append(("GET", "/info", {"headers": {"authorization": header}}))
+    responses = asgi_requests(app, requests)
+    for (_, path, kwargs), response in zip(requests, responses, strict=True):
+        assert dict(response.request.headers.raw)[b"authorization"] == kwargs["headers"]["authorization"]
+        assert "API key" in assert_error(response, 401), (path, kwargs)
+
+
+def test_a_non_ascii_api_key_works_when_sent_in_utf8(models: dict[str, Predictor]) -> None:
+    app = create_app(models, ServeOptions(api_key="clé"))
+    good = {"authorization": "Bearer clé".encode()}
+    wrong = [b"Bearer cl\xe9", b"Bearer cle", "Bearer clé!".encode(), b"Bearer", b""]  # cl\xe9: clé in Latin-1
+    responses = asgi_requests(
+        app,
+        [
+            ("POST", "/predict", {"json": {"inputs": TEXTS[0]}, "headers": good}),
+            ("GET", "/info", {"headers": good}),
+            ("POST", "/predict", {"json": {"inputs": "a"}}),
+            *[("POST", "/predict", {"json": {"inputs": "a"}, "headers": {"authorization": h}}) for h in wrong],
+        ],
+    )
+    assert responses[0].status_code == 200 and len(responses[0].json()) == 1, responses[0].text
+    assert responses[1].status_code == 200
+    for response in responses[2:]:
+        assert_error(response, 401)
+
+
+def series(text: str) -> int:
+    """How many samples (one per series and suffix) the Prometheus text has."""
+    return sum(len(family.samples) for family in text_string_to_metric_families(text))
+
+
+def test_invented_methods_and_paths_add_no_metric_series(serve: Callable[..., TestClient]) -> None:
+    client = serve(api_key=KEY)
+    good = {"authorization": f"Bearer {KEY}"}
+    assert_error(client.request("INVENTED", "/predict"), 405)
+    assert_error(client.request("INVENTED", "/no/such/path"), 404)
+    assert_error(client.request("INVENTED", "/info"), 405)
+    client.get("/metrics", headers=good)
+    before = client.get("/metrics", headers=good).text
+    for i in range(40):  # no key needed
+        assert_error(client.request(f"INVENTED-{i}", "/predict"), 405)
+        assert_error(client.request(f"M{i}", f"/no/such/path/{i}"), 404)
+        assert_error(client.request(f"get{i}", "/info"), 405)
+    after = client.get("/metrics", headers=good).text
+    assert series(after) == series(before)
+    assert metric(after, "adaptext_requests_total", method="other", path="/predict", status="405") == 41
+    assert metric(after, "adaptext_requests_total", method="other", path="unmatched", status="404") == 41
+    assert metric(after, "adaptext_requests_total", method="other", path="/info", status="405") == 41
+    assert metric(after, "adaptext_requests_total", method="GET", path="/metrics", status="200") == 2  # not this one
+    methods = {
+        s.labels["method"] for f in text_string_to_metric_families(after) for s in f.samples if "method" in s.labels
+    }
+    assert methods == {"GET", "other"}
+
+
+def test_the_api_key_is_checked_before_the_body(serve: Callable[..., TestClient]) -> None:
+    client = serve(api_key=KEY, max_body_bytes=300)
+    good = {"authorization": f"Bearer {KEY}"}
+    bodies = {  # what each body gets with the key
+        "malformed JSON": (b'{"inputs": ', 422),
+        "not UTF-8": (b'{"inputs": "\xff"}', 400),
+        "over the size limit": (BIG_BODY, 413),
+        "wrong schema": (b'{"nothing": 1}', 422),
+    }
+    for name, (content, status) in bodies.items():
+        for path in ("/predict", "/", "/models/b/predict"):
+            for headers in ({}, {"authorization": "Bearer wrong"}):
+                response = client.post(path, content=content, headers={**JSON_HEADERS, **headers})
+                assert "API key" in assert_error(response, 401), (name, path, headers)
+                assert response.headers["www-authenticate"] == "Bearer"
+            assert_error(client.post(path, content=content, headers={**JSON_HEADERS, **good}), status)
+    assert_error(client.post("/predict", content=chunked(BIG_BODY), headers=JSON_HEADERS), 401)
+    # The refusals are counted under their route.
+    text = client.get("/metrics", headers=good).text
+    assert metric(text, "adaptext_requests_total", method="POST", path="/predict", status="401") == 9
+    assert metric(text, "adaptext_requests_total", path="unmatched", status="401") == 0
+
+
+def test_empty_and_blank_texts_are_422_naming_the_text(client: TestClient) -> None:
+    for inputs, where in (
+        ("", "inputs[0]"),
+        ("   ", "inputs[0]"),
+        (["fine", ""], "inputs[1]"),
+        (["a", "b", " \n\t"], "inputs[2]"),
+    ):
+        error = assert_error(client.post("/predict", json={"inputs": inputs}), 422)
+        assert error.startswith(where) and "empty" in error, (inputs, error)
+    assert_error(client.post("/models/b/predict", json={"inputs": ["\u3000"]}), 422)  # an ideographic space
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "expected"),
+    [
+        (b'{"inputs": ', JSON_HEADERS, 422, "body: not valid JSON (Expecting value at line 1 column 12)"),
+        (b'{"inputs": "a"', JSON_HEADERS, 422, "body: not valid JSON (Expecting ',' delimiter at line 1 column 15)"),
+        (b'{"inputs":\n  "a",\n}', JSON_HEADERS, 422, "at line 3 column 1)"),
+        (b'{"inputs": "\xff\xfe"}', JSON_HEADERS, 400, "body: not valid UTF-8 (invalid start byte at byte 12)"),
+        (b"", JSON_HEADERS, 422, "body: missing"),
+        (b'{"inputs": "a"}', {"content-type": "text/plain"}, 422, "Content-Type: application/json"),
+        (b'["a"]', JSON_HEADERS, 422, "body: must be a JSON object"),
+    ],
+)
+def test_body_errors_say_what_is_wrong(
+    client: TestClient, content: bytes, headers: dict[str, str], status: int, expected: str
+) -> None:
+    error = assert_error(client.post("/predict", content=content, headers=headers), status)
+    assert expected in error
+    assert "JSON decode error" not in error and "error parsing the body" not in error
+
+
+def test_head_health_is_200(serve: Callable[..., TestClient]) -> None:
+    for client in (serve(), serve(api_key=KEY)):
+        response = client.head("/health")
+        assert response.status_code == 200 and response.content == b""
+        assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_docs_are_off_unless_asked_for(serve: Callable[..., TestClient]) -> None:
+    plain = serve()
+    assert_error(plain.get("/docs"), 404)
+    assert_error(plain.get("/redoc"), 404)
+    assert "/predict" in plain.get("/openapi.json").json()["paths"]
+    documented = serve(docs=True)
+    page = documented.get("/docs")
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert documented.get("/redoc").status_code == 200
+    assert "/predict" in documented.get("/openapi.json").json()["paths"]
+
+
+def test_a_slow_body_is_408(models: dict[str, Predictor]) -> None:
+    app = create_app(models, ServeOptions(request_timeout=0.5))
+
+    async def slow_body() -> Any:
+        yield b'{"inputs": '
+        await asyncio.sleep(30)  # a client that stalls (or drips its body)
+        yield b'"a"}'
+
+    async def main() -> tuple[httpx.Response, float]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://serve.test", timeout=60) as client:
+                start = time.monotonic()
+                response = await client.post("/predict", content=slow_body(), headers=JSON_HEADERS)
+                return response, time.monotonic() - start
+
+    response, seconds = asyncio.run(main())
+    assert "0.5 s" in assert_error(response, 408)
+    assert response.headers["connection"] == "close"
+    assert seconds < 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--port", "99999"], "port 99999"),
+        (["--port", "0"], "port 0"),
+        (["--max-body-bytes", "-1"], "--max-body-bytes"),
+        (["--max-texts", "0"], "--max-texts"),
+        (["--max-batch-size", "0"], "--max-batch-size"),
+        (["--max-chars", "-5"], "--max-chars"),
+        (["--max-wait-ms", "-1"], "--max-wait-ms"),
+        (["--max-wait-ms", "nan"], "--max-wait-ms"),
+        (["--request-timeout", "0"], "--request-timeout"),
+        (["--api-key", " spaced "], "API key"),
+    ],
+)
+def test_serve_refuses_bad_options_in_one_line_before_loading_models(
+    flags: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adaptext.cli import main
+
+    assert main(["-q", "serve", str(tmp_path / "no-such-model"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adaptext serve: error: ") and err.count("\n") == 1, err
+    assert named in err, err
+    assert "no-such-model" not in err  # refused before the models are looked at
+
+
+def test_serve_reports_a_port_in_use_before_loading_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adaptext.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["-q", "serve", str(tmp_path / "no-such-model"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"adaptext serve: error: 127.0.0.1:{port} is already in use") and err.count("\n") == 1, err
+
+
+def test_serve_flags_reach_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    import adaptext.serve
+    from adaptext.cli import main
+
+    calls: list[dict[str, Any]] = []
+
+    def run_server(specs: list[str], host: str, port: int, options: ServeOptions, precision: str = "fp32") -> None:
+        calls.append({"specs": specs, "port": port, "options": options})
+
+    monkeypatch.setattr(adaptext.serve, "run_server", run_server)
+    monkeypatch.setenv("ADAPTEXT_API_KEY", "clé")
+    assert main(["-q", "serve", "m", "--port", "8123", "--request-timeout", "2.5", "--docs"]) == 0
+    assert main(["-q", "serve", "m"]) == 0
+    first, second = calls
+    assert first["specs"] == ["m"] and first["port"] == 8123
+    assert first["options"].request_timeout == 2.5 and first["options"].docs is True
+    assert first["options"].api_key == "clé"
+    assert second["options"].request_timeout == 10.0 and second["options"].docs is False
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_texts": 0},
+        {"max_batch_size": -1},
+        {"max_chars": 0},
+        {"max_body_bytes": 0},
+        {"max_wait_ms": -0.5},
+        {"max_wait_ms": float("inf")},
+        {"request_timeout": 0},
+        {"request_timeout": float("nan")},
+        {"api_key": ""},
+        {"api_key": "key "},
+        {"api_key": "bad \udcff key"},
+    ],
+)
+def test_serve_options_refuse_impossible_values(options: dict[str, Any]) -> None:
+    with pytest.raises(AdaptextError):
+        ServeOptions(**options)
+
+
+def read_until_closed(conn: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything `conn` receives until the server closes it (or `limit` s pass), and how long that took."""
+    start = time.monotonic()
+    conn.settimeout(limit)
+    data = b""
+    try:
+        while chunk := conn.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pytest.fail(f"the server kept the connection open over {limit} s; got {data!r}")
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - start
+
+
+def test_idle_and_slow_connections_are_closed(models: dict[str, Predictor]) -> None:
+    options = ServeOptions(request_timeout=1.0)
+    port = free_port()
+    sock = bind_socket("127.0.0.1", port)
+    server = build_server(create_app(models, options), options)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{url}/predict", json={"inputs": TEXTS[0]}, timeout=30).status_code == 200
+
+        # A connection that never sends anything.
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            data, seconds = read_until_closed(idle, 8)
+        assert data == b"" and seconds < 6
+
+        # A request head that never ends: a header line every 0.2 s.
+        with socket.create_connection(("127.0.0.1", port)) as slow_head:
+            start = time.monotonic()
+            slow_head.settimeout(0.2)
+            closed = False
+            for i in range(40):
+                try:
+                    slow_head.sendall(b"POST /predict HTTP/1.1\r\n" if i == 0 else f"x-slow-{i}: 1\r\n".encode())
+                    closed = slow_head.recv(1) == b""
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+                if closed:
+                    break
+            assert closed and time.monotonic() - start < 6
+
+        # A body that stalls half-way: 408, then the connection is closed.
+        with socket.create_connection(("127.0.0.1", port)) as slow_body:
+            slow_body.sendall(
+                b"POST /predict HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+                b"content-length: 100\r\n\r\n" + b'{"inputs": '
+            )
+            data, seconds = read_until_closed(slow_body, 8)
+        assert data.startswith(b"HTTP/1.1 408"), data
+        assert b'"error"' in data and seconds < 6
+
+        # A kept-alive connection that goes quiet after its answer.
+        with httpx.Client(base_url=url, timeout=30) as kept:
+            assert kept.get("/health").status_code == 200
+            time.sleep(2.5)
+            assert kept.get("/health").status_code == 200  # httpx reconnects: the old one was closed
+        assert httpx.post(f"{url}/predict", json={"inputs": TEXTS[1]}, timeout=30).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+class Recorder:
+    """A predictor stand-in that records the texts of each forward pass."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.zeros((len(texts), 3), dtype=np.float32)
+
+
+def test_batcher_drops_requests_whose_caller_has_gone() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        registry = CollectorRegistry()
+        sizes = Histogram("batch", "texts per batch", ["model"], registry=registry)
+        batcher = Batcher(recorder, ServeOptions(max_wait_ms=300), sizes, "m")  # type: ignore[arg-type]
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        # Gone before the batcher takes it from the queue.
+        gone = loop.create_future()
+        gone.cancel()
+        await batcher.queue.put((["gone before"], gone))
+        assert (await batcher.logits(["kept 1"])).shape == (1, 3)
+        # Gone while its batch waits for company.
+        batcher.concurrent = True
+        leaving = loop.create_future()
+        await batcher.queue.put((["gone while waiting"], leaving))
+        kept = asyncio.ensure_future(batcher.logits(["kept 2"]))
+        await asyncio.sleep(0.05)
+        leaving.cancel()
+        assert (await kept).shape == (1, 3)
+        # Alone and gone: no forward pass at all.
+        alone = loop.create_future()
+        await batcher.queue.put((["gone alone"], alone))
+        alone.cancel()
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert recorder.calls == [["kept 1"], ["kept 2"]]
+
+
+def test_a_client_gone_before_its_batch_runs_is_not_scored(
+    models: dict[str, Predictor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(models["full"])
+    monkeypatch.setattr(models["full"], "predict_logits", spy)
+    app = create_app(models, ServeOptions(max_wait_ms=1_000))  # a lone first request waits 1 s for company
+    body = json.dumps({"inputs": [TEXTS[0]]}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("serve.test", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def main() -> float:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop(0)
+            await asyncio.sleep(0.1)  # the client hangs up while its request waits in the batcher
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async with app.router.lifespan_context(app):
+            start = time.monotonic()
+            await app(scope, receive, send)
+            return time.monotonic() - start
+
+    seconds = asyncio.run(main())
+    assert spy.sizes == []  # the model never saw the text
+    assert seconds < 0.9  # the handler did not wait for the batch
+    assert sent[0]["status"] == 499
+
+
 # load_models -----------------------------------------------------------------------------------
 
 
@@ -704,8 +1124,13 @@ def expected_status(body: Any, size: int) -> int | None:
     texts = [inputs] if isinstance(inputs, str) else inputs
     if not texts:
         return 422
-    if len(texts) > FUZZ_LIMITS["max_texts"] or any(len(t) > FUZZ_LIMITS["max_chars"] for t in texts):
+    if len(texts) > FUZZ_LIMITS["max_texts"]:
         return 413
+    for text in texts:  # the first text at fault decides
+        if not text.strip():
+            return 422
+        if len(text) > FUZZ_LIMITS["max_chars"]:
+            return 413
     return 200
 
 
@@ -851,6 +1276,12 @@ def test_inference_client_reads_the_server(
     # The named route is a model URL too.
     named = InferenceClient(model=f"{url}/models/b/predict", timeout=60).text_classification(TEXTS[0])
     assert sorted(item.label for item in named) == sorted(B_LABELS)
+
+
+def test_the_server_log_names_the_schema_not_the_docs(servers: dict[str, Server]) -> None:
+    output = servers["open"].output()
+    assert "serving full, b on http://127.0.0.1:" in output and "/openapi.json" in output, output
+    assert "/docs" not in output
 
 
 @pytest.fixture(scope="module")
