@@ -294,3 +294,79 @@ def test_config_module_does_not_import_torch() -> None:
 def test_integer_keys_reject_booleans_floats_and_strings(value: str) -> None:
     with pytest.raises(ConfigError, match=r"train\.batch_size"):
         load_config(None, [f"train.batch_size={value}"])
+
+
+# --- ~ in paths, moved run folders (issue item 12) -------------------------------------------------
+
+
+def test_tilde_in_path_keys_means_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    config = load_config(
+        None,
+        [
+            "output_dir=~/runs/a",
+            "data.train=~/data/train.csv",
+            "data.validation=~/data/validation.csv",
+            "data.test=~/data/test.csv",
+            "data.label_descriptions=~/data/labels.csv",
+            "model.name=~/models/mine",
+            "zeroshot.nli_model=~/models/nli",
+        ],
+    )
+    assert config.output_dir == tmp_path / "runs" / "a"
+    assert config.data.train == tmp_path / "data" / "train.csv"
+    assert config.data.validation == tmp_path / "data" / "validation.csv"
+    assert config.data.test == tmp_path / "data" / "test.csv"
+    assert config.data.label_descriptions == tmp_path / "data" / "labels.csv"
+    assert config.model.name == str(tmp_path / "models" / "mine")
+    assert config.zeroshot.nli_model == str(tmp_path / "models" / "nli")
+    # Hub ids and relative paths are left alone.
+    plain = load_config(None, ["model.name=org/model~v2", "output_dir=runs/~a", "data.train=data/train.csv"])
+    assert plain.model.name == "org/model~v2"
+    assert plain.output_dir == Path("runs/~a")
+    assert plain.data.train == Path("data/train.csv")
+
+
+def test_tilde_in_the_config_file_and_the_config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_yaml(tmp_path, "output_dir: ~/runs/b\ndata:\n  train: ~/train.csv\n", name="mine.yaml")
+    config = load_config("~/mine.yaml")
+    assert config.output_dir == tmp_path / "runs" / "b"
+    assert config.data.train == tmp_path / "train.csv"
+    # The resolved config written into the run folder holds the expanded paths.
+    assert f"output_dir: {tmp_path / 'runs' / 'b'}" in config_to_yaml(config)
+
+
+def test_tilde_of_an_unknown_user_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"data\.train: .*cannot expand '~no-such-user-adaptext/x.csv'"):
+        load_config(None, ["data.train=~no-such-user-adaptext/x.csv"])
+
+
+def _fake_run_folder(folder: Path, output_dir: Path) -> Path:
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "labels.json").write_text('["a", "b"]\n', encoding="utf-8")
+    return write_yaml(folder, f"output_dir: {output_dir}\ndata:\n  train: train.csv\n")
+
+
+def test_a_moved_run_folders_config_names_the_folder_it_lies_in(tmp_path: Path) -> None:
+    # After `mv runs/a runs/b`, runs/b/config.yaml still says output_dir: runs/a.
+    moved = tmp_path / "runs" / "b"
+    config_file = _fake_run_folder(moved, tmp_path / "runs" / "a")
+    assert load_config(config_file).output_dir == moved
+    assert load_config(config_file, ["train.epochs=3"]).output_dir == moved
+    # An explicit output_dir wins.
+    assert load_config(config_file, [f"output_dir={tmp_path / 'c'}"]).output_dir == tmp_path / "c"
+
+
+def test_a_config_outside_a_run_folder_keeps_its_output_dir(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "runs" / "a"
+    # Not named config.yaml: a user's own config file beside a run's files.
+    folder = tmp_path / "project"
+    _fake_run_folder(folder, elsewhere)
+    mine = write_yaml(folder, f"output_dir: {elsewhere}\n", name="mine.yaml")
+    assert load_config(mine).output_dir == elsewhere
+    # A config.yaml in a folder that holds no run.
+    (tmp_path / "configs").mkdir()
+    plain = write_yaml(tmp_path / "configs", f"output_dir: {elsewhere}\n")
+    assert load_config(plain).output_dir == elsewhere

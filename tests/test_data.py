@@ -509,3 +509,208 @@ def test_load_splits_too_few_rows_for_validation(write_csv: WriteFile) -> None:
     with pytest.raises(DataError, match=r"data\.validation") as info:
         load_splits(splits_config(f"data.train={train}"))
     assert str(train) in str(info.value)
+
+
+# --- one label spelling in every format (issue item 10) ---------------------------------------------
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _jsonl(path: Path, labels: list[object]) -> Path:
+    return _write_text(path, "".join(json.dumps({"text": f"t {i}", "label": v}) + "\n" for i, v in enumerate(labels)))
+
+
+def test_a_label_reads_the_same_in_every_format(tmp_path: Path) -> None:
+    # The same labels as a person writes them in CSV/TSV and as JSONL and Parquet type them.
+    expected = ["1", "2", "true", "false", "2.5", "pos"]
+
+    def delimited(name: str, sep: str, cells: list[str]) -> Path:
+        lines = [f"text{sep}label", *(f"t {i}{sep}{cell}" for i, cell in enumerate(cells))]
+        return _write_text(tmp_path / name, "\n".join(lines) + "\n")
+
+    files = {
+        "csv": delimited("a.csv", ",", ["1", "2", "true", "false", "2.5", "pos"]),
+        "csv, other spellings": delimited("b.csv", ",", ["1", "2", "True", "FALSE", "2.5", " pos "]),
+        "tsv": delimited("a.tsv", "\t", ["1", "2", "True", "False", "2.5", "pos"]),
+        "jsonl typed": _jsonl(tmp_path / "a.jsonl", [1, 2.0, True, False, 2.5, "pos"]),
+        "jsonl strings": _jsonl(tmp_path / "b.jsonl", ["1", "2", "true", "false", "2.5", "pos"]),
+    }
+    for name, path in files.items():
+        assert load_examples(path, DataConfig()).labels == expected, name
+    # Parquet columns have one type each: ints, floats (as an integer column that once had gaps is), booleans.
+    columns: dict[str, tuple[list[object], list[str]]] = {
+        "int": ([1, 2], ["1", "2"]),
+        "float": ([1.0, 2.0, 2.5], ["1", "2", "2.5"]),
+        "bool": ([True, False], ["true", "false"]),
+    }
+    for name, (values, want) in columns.items():
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"text": [f"t {i}" for i in range(len(values))], "label": values}).to_parquet(path)
+        assert load_examples(path, DataConfig()).labels == want, name
+
+
+def test_multi_label_names_read_the_same_in_every_format(tmp_path: Path) -> None:
+    csv_file = _write_text(tmp_path / "ml.csv", 'text,label\na,1|2|true\nb,"[1, 2.0, true]"\n')
+    jsonl = _jsonl(tmp_path / "ml.jsonl", [[1, 2.0, True], "1|2|True"])
+    parquet = tmp_path / "ml.parquet"
+    pd.DataFrame({"text": ["a", "b"], "label": [[1.0, 2.0], [2.0]]}).to_parquet(parquet)
+    config = DataConfig(multi_label=True)
+    assert load_examples(csv_file, config).labels == [["1", "2", "true"], ["1", "2", "true"]]
+    assert load_examples(jsonl, config).labels == [["1", "2", "true"], ["1", "2", "true"]]
+    assert load_examples(parquet, config).labels == [["1", "2"], ["2"]]
+
+
+def test_mixed_formats_give_one_label_map(write_csv: WriteFile, tmp_path: Path) -> None:
+    train = _jsonl(tmp_path / "train.jsonl", [i % 2 == 0 for i in range(20)])
+    validation = _write_text(tmp_path / "validation.csv", "text,label\nv 0,True\nv 1,false\n")
+    splits = load_splits(splits_config(f"data.train={train}", f"data.validation={validation}"))
+    assert splits.labels == ["false", "true"]
+    assert splits.validation.labels == ["true", "false"]
+
+
+def test_ordinary_label_names_are_kept_as_written(write_csv: WriteFile, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [{"text": f"t {i}", "label": name} for i, name in enumerate(["Card arrival", "lost_card", "Ü-Bahn", "x1"])]
+    with caplog.at_level("WARNING", logger="adaptext"):
+        data = load_examples(write_csv("train.csv", rows), DataConfig())
+    assert data.labels == ["Card arrival", "lost_card", "Ü-Bahn", "x1"]
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_labels_differing_only_in_number_format_are_warned_about(
+    write_csv: WriteFile, caplog: pytest.LogCaptureFixture, fmt: str
+) -> None:
+    labels = ["1"] * 5 + ["1.0"] * 2 + ["01", "2", "2", "pos"]
+    path = write_csv(f"train.{fmt}", [{"text": f"t {i}", "label": v} for i, v in enumerate(labels)])
+    with caplog.at_level("WARNING", logger="adaptext"):
+        data = load_examples(path, DataConfig())
+    assert data.labels == labels  # still separate classes: only the user knows whether they are one
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(messages) == 1, messages
+    message = messages[0]
+    assert str(path) in message
+    assert "column 'label'" in message
+    assert "labels '1', '1.0' and '01' differ only in number format; they are different classes" in message
+    assert "'1' in 5 rows, '1.0' in 2 rows, '01' in 1 row" in message
+
+
+def test_labels_differing_only_in_case_or_spacing_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _write_text(tmp_path / "train.csv", "text,sentiment\na,pos\nb,Pos\nc,very  good\nd,very good\ne,neg\n")
+    with caplog.at_level("WARNING", logger="adaptext"):
+        load_examples(path, DataConfig(label_column="sentiment"))
+    messages = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert len(messages) == 2, messages
+    assert all(str(path) in m and "column 'sentiment'" in m and "differ only in case or spacing" in m for m in messages)
+    assert "labels 'pos' and 'Pos'" in messages[0]
+    assert "labels 'very  good' and 'very good'" in messages[1]
+
+
+def test_multi_label_spellings_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _write_text(tmp_path / "ml.csv", "text,label\na,x|1\nb,X\nc,1.0|y\n")
+    with caplog.at_level("WARNING", logger="adaptext"):
+        load_examples(path, DataConfig(multi_label=True))
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "labels 'x' and 'X' differ only in case" in text
+    assert "labels '1' and '1.0' differ only in number format" in text
+
+
+def test_an_unseen_label_that_is_a_known_one_spelled_differently_says_so(tmp_path: Path) -> None:
+    train = _jsonl(tmp_path / "train.jsonl", [i % 2 for i in range(20)])
+    validation = _write_text(tmp_path / "validation.csv", "text,label\nv 0,0\nv 1,1.0\n")
+    with pytest.raises(DataError) as info:
+        load_splits(splits_config(f"data.train={train}", f"data.validation={validation}"))
+    message = str(info.value)
+    assert str(validation) in message and "row 2:" in message
+    assert "label '1.0' never appears in the training data" in message
+    assert "differs from the known label '1' only in number format" in message
+
+
+# --- texts shared by train and the evaluated splits (issue item 11) ---------------------------------
+
+
+def test_validation_and_test_texts_also_in_train_are_counted_and_warned_about(
+    write_csv: WriteFile, caplog: pytest.LogCaptureFixture
+) -> None:
+    train_rows = make_rows(60, seed=1)
+    validation_rows = [*train_rows[:3], *make_rows(17, seed=2)]
+    test_rows = [train_rows[5], *make_rows(9, seed=3)]
+    train_texts = {r["text"] for r in train_rows}
+    expected_validation = sum(r["text"] in train_texts for r in validation_rows)
+    expected_test = sum(r["text"] in train_texts for r in test_rows)
+    assert expected_validation >= 3 and expected_test >= 1
+    validation = write_csv("validation.csv", validation_rows)
+    config = splits_config(
+        f"data.train={write_csv('train.csv', train_rows)}",
+        f"data.validation={validation}",
+        f"data.test={write_csv('test.csv', test_rows)}",
+    )
+    with caplog.at_level("WARNING", logger="adaptext"):
+        splits = load_splits(config)
+    assert splits.in_train == {"validation": expected_validation, "test": expected_test}
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    share = 100 * expected_validation / 20
+    assert (
+        f"{expected_validation} texts of the validation split ({share:.1f}%, {validation}) also appear in train "
+        "(exact duplicates): scores on it are optimistic"
+    ) in messages
+    assert any(
+        m.startswith(f"{expected_test} text{'s' if expected_test > 1 else ''} of the test split") for m in messages
+    )
+
+
+def test_no_overlap_no_warning(data_files: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    config = splits_config(*(f"data.{name}={path}" for name, path in data_files.items()))
+    with caplog.at_level("WARNING", logger="adaptext"):
+        splits = load_splits(config)
+    assert splits.in_train == {"validation": 0, "test": 0}
+    assert not [r for r in caplog.records if "also appear in train" in r.getMessage()]
+
+
+def test_pair_overlap_compares_both_texts(write_csv: WriteFile, caplog: pytest.LogCaptureFixture) -> None:
+    train_rows = [{"q": f"question {i}", "text": f"answer {i}", "label": "ab"[i % 2]} for i in range(20)]
+    validation_rows = [
+        {"q": "question 0", "text": "answer 0", "label": "a"},  # the same pair: a duplicate
+        {"q": "question 0", "text": "answer 1", "label": "a"},  # both texts are in train, not as a pair
+        {"q": "question 99", "text": "answer 2", "label": "b"},
+    ]
+    config = splits_config(
+        f"data.train={write_csv('train.csv', train_rows)}",
+        f"data.validation={write_csv('validation.csv', validation_rows)}",
+        "data.text_pair_column=q",
+    )
+    with caplog.at_level("WARNING", logger="adaptext"):
+        splits = load_splits(config)
+    assert splits.in_train == {"validation": 1}
+    assert any(r.getMessage().startswith("1 text pair of the validation split (33.3%") for r in caplog.records)
+
+
+def test_duplicates_inside_train_reach_a_carved_validation_split(
+    write_csv: WriteFile, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = make_rows(60, seed=1)
+    rows = rows + rows[:30]  # 30 texts twice: a carved split holds some whose twin stays in train
+    with caplog.at_level("WARNING", logger="adaptext"):
+        splits = load_splits(
+            splits_config(f"data.train={write_csv('train.csv', rows)}", "data.validation_fraction=0.3")
+        )
+    assert splits.in_train["validation"] > 0
+    assert any("of the validation split" in r.getMessage() for r in caplog.records)
+
+
+# --- ~ in paths (issue item 12a) -------------------------------------------------------------------
+
+
+def test_data_paths_with_a_tilde_mean_the_home_folder(
+    write_csv: WriteFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_csv("train.csv", make_rows(30, seed=1))
+    assert len(load_examples("~/train.csv", DataConfig())) == 30
+    assert len(read_table(Path("~/train.csv"))) == 30
+    splits = load_splits(splits_config("data.train=~/train.csv"))
+    assert splits.train.source == str(tmp_path / "train.csv")

@@ -5,12 +5,14 @@ This module imports neither torch nor transformers, so `adaptext --help` and con
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -20,6 +22,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FORMAT_VERSION = 1
 _FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -40,7 +44,26 @@ def _coerce_float(value: Any) -> Any:
     return value
 
 
+def expand_user(path: Path) -> Path:
+    """`path` with a leading `~` or `~user` expanded as a shell would; a `ValueError` names an unknown user."""
+    if not str(path).startswith("~"):
+        return path
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {str(path)!r}: no such user's home folder") from None
+
+
+def _expand_name(value: str) -> str:
+    # A model name starting with `~` can only be a local folder: Hugging Face ids never start with one.
+    return str(expand_user(Path(value))) if value.startswith("~") else value
+
+
 Float = Annotated[float, BeforeValidator(_coerce_float)]
+# A path field: `~` is expanded, so `output_dir: ~/runs/a` means the home folder, as in a shell.
+UserPath = Annotated[Path, AfterValidator(expand_user)]
+# A model id or a local folder; a folder given with `~` is expanded.
+ModelName = Annotated[str, AfterValidator(_expand_name)]
 # Strict, so that `true` or `2.5` is not silently taken as 1 or 2.
 Int = Annotated[int, Strict()]
 
@@ -54,7 +77,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    name: str = Field(
+    name: ModelName = Field(
         "minilm",
         description="A Hugging Face model id, a local model folder, or `minilm` for the bundled offline model.",
     )
@@ -68,11 +91,11 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: Path | None = Field(None, description="Training file (CSV, TSV, JSONL or Parquet).")
-    validation: Path | None = Field(
+    train: UserPath | None = Field(None, description="Training file (CSV, TSV, JSONL or Parquet).")
+    validation: UserPath | None = Field(
         None, description="Validation file; when absent a stratified split of `train` is used."
     )
-    test: Path | None = Field(
+    test: UserPath | None = Field(
         None, description="Test file, evaluated once after training into the run folder's report."
     )
     validation_fraction: Float = Field(
@@ -93,7 +116,7 @@ class DataConfig(_Section):
     )
     label_delimiter: str = Field("|", min_length=1, description="Separator of labels in a multi-label CSV/TSV cell.")
     max_length: Int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
-    label_descriptions: Path | None = Field(
+    label_descriptions: UserPath | None = Field(
         None,
         description="CSV/TSV/JSONL file with columns `label,description`: what each label means, in words. "
         "Zero-shot scores texts against the descriptions; few-shot adds each as one more training example.",
@@ -191,7 +214,7 @@ class ZeroshotSection(_Section):
         description="Softmax temperature on cosine similarities. `auto`: fitted on labelled validation data "
         "when there is any (it changes confidence, never the label), else 0.05.",
     )
-    nli_model: str | None = Field(
+    nli_model: ModelName | None = Field(
         None,
         description="An NLI (entailment) model id or folder: labels are then scored by entailment of the template "
         "as hypothesis, instead of by embedding similarity.",
@@ -213,7 +236,7 @@ class PromptSection(_Section):
 
 class Config(_Section):
     format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
-    output_dir: Path = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
+    output_dir: UserPath = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
     seed: Int = Field(42, description="Seed for data splits, initialisation, shuffling and dropout.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -371,7 +394,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     tree: dict[str, Any] = {}
     source = "overrides"
     if path is not None:
-        path = Path(path)
+        path = Path(path).expanduser()
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -384,10 +407,35 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         tree = loaded
+    extra = parse_overrides(overrides) if overrides else {}
     if overrides:
-        tree = _merge(tree, parse_overrides(overrides))
+        tree = _merge(tree, extra)
         source = f"{source} + overrides" if path is not None else source
-    return build_config(tree, source)
+    config = build_config(tree, source)
+    if path is not None and "output_dir" not in extra:
+        config = _follow_moved_run(config, path)
+    return config
+
+
+def _is_run_folder(folder: Path) -> bool:
+    # What a training run leaves (see adaptext.run): its label names, and a checkpoint or a saved model.
+    return (folder / "labels.json").is_file() and any(
+        (folder / name).is_dir() for name in ("checkpoint", "checkpoint.old", "model", "model.old")
+    )
+
+
+def _follow_moved_run(config: Config, path: Path) -> Config:
+    """A run folder's own `config.yaml` names the folder the run was made in; after `mv runs/a runs/b`, loading
+    `runs/b/config.yaml` must mean the run in `runs/b` (to resume it, say), not a new run in the old place."""
+    if path.name != "config.yaml" or not _is_run_folder(path.parent):
+        return config
+    folder = path.parent
+    if config.output_dir.resolve() == folder.resolve():
+        return config
+    logger.info(
+        "%s: the run was made in %s and now lies in %s; output_dir is %s", path, config.output_dir, folder, folder
+    )
+    return config.model_copy(update={"output_dir": folder})
 
 
 def config_to_yaml(config: Config) -> str:

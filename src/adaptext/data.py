@@ -11,8 +11,11 @@ import io
 import json
 import logging
 import random
+import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +65,17 @@ class TextData:
 
 @dataclass
 class Splits:
-    """The data of one run: train, validation, optional test, and the label names in id order."""
+    """The data of one run: train, validation, optional test, and the label names in id order.
+
+    `in_train` counts, per evaluated split (`validation`, `test`), its examples whose text (and pair) also
+    appears in train: exact duplicates that make the scores on that split optimistic.
+    """
 
     train: TextData
     validation: TextData
     test: TextData | None
     labels: list[str]
+    in_train: dict[str, int] = field(default_factory=dict)
 
 
 def file_format(path: Path) -> str:
@@ -130,7 +138,7 @@ def _check_field_counts(path: Path, text: str, fmt: str) -> None:
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV/TSV/JSONL/Parquet file into a frame of raw values, raising `DataError` on any problem."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
@@ -186,6 +194,31 @@ def _text_column(path: Path, frame: pd.DataFrame, column: str) -> list[str]:
     return values
 
 
+def canonical_label(value: Any) -> str:
+    """The label name a cell holds, the same in every file format.
+
+    CSV and TSV give every cell as text, JSONL and Parquet give typed values; a label must not depend on that.
+    Numbers become their shortest decimal spelling, with whole numbers written as integers (the JSON number
+    1, 1.0 from a numeric column with gaps, the string "1" and the CSV cell 1 are all "1"). Booleans, typed
+    (JSON true, a Parquet bool) or spelled true/True/TRUE in a text cell, become "true" and "false", as JSON
+    writes them. Other text is kept as written, without surrounding whitespace: "1.0" or "01" written as text
+    stay as they are (see `label_spellings` for the warning about them).
+
+    >>> [canonical_label(v) for v in (1, 1.0, "1", " 1.0 ", 2.5, True, "True", "pos")]
+    ['1', '1', '1', '1.0', '2.5', 'true', 'true', 'pos']
+    """
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, Decimal):  # Parquet decimal columns
+        return str(int(value)) if value.is_finite() and value == value.to_integral_value() else str(value)
+    text = str(value).strip()
+    return text.lower() if text.lower() in ("true", "false") else text
+
+
 def _label_value(path: Path, row: int, column: str, value: Any, cfg: DataConfig) -> str | list[str]:
     if cfg.multi_label:
         if isinstance(value, str):
@@ -195,7 +228,7 @@ def _label_value(path: Path, row: int, column: str, value: Any, cfg: DataConfig)
                 except json.JSONDecodeError:
                     raise DataError(f"{path}: row {row}: column {column!r}: bad JSON list {value!r}") from None
             else:
-                return [part.strip() for part in value.split(cfg.label_delimiter) if part.strip()]
+                return [canonical_label(part) for part in value.split(cfg.label_delimiter) if part.strip()]
         if value is None or (isinstance(value, float) and value != value):
             return []
         if hasattr(value, "tolist"):
@@ -205,17 +238,76 @@ def _label_value(path: Path, row: int, column: str, value: Any, cfg: DataConfig)
                 f"{path}: row {row}: column {column!r}: expected a list of label names or a "
                 f"{cfg.label_delimiter!r}-separated string, got {value!r}"
             )
-        return [str(v).strip() for v in value]
+        return [canonical_label(v) for v in value]
     if _is_missing(value):
         raise DataError(f"{path}: row {row}: column {column!r} is empty; every example needs a label")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
     if isinstance(value, list | dict):
         raise DataError(
             f"{path}: row {row}: column {column!r}: got a list {value!r}; set data.multi_label=true "
             "for multi-label data"
         )
-    return str(value).strip()
+    return canonical_label(value)
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _number(name: str) -> Decimal | None:
+    if not _NUMBER.match(name):
+        return None
+    try:
+        return Decimal(name)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
+        return None
+
+
+def _loose(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def label_spellings(names: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """Groups of distinct label names that look like one label written differently: (how they differ, names).
+
+    Names that are equal as numbers ("1", "1.0", "01") differ in number format; other names equal but for
+    letter case or spacing ("Pos", "pos", "very  good" / "very good") differ in case or spacing.
+
+    >>> label_spellings(["1", "1.0", "2", "Pos", "pos", "neg"])
+    [('number format', ['1', '1.0']), ('case or spacing', ['Pos', 'pos'])]
+    """
+    by_number: dict[Decimal, list[str]] = defaultdict(list)
+    by_text: dict[str, list[str]] = defaultdict(list)
+    for name in dict.fromkeys(names):
+        number = _number(name)
+        if number is not None:
+            by_number[number].append(name)
+        else:
+            by_text[_loose(name)].append(name)
+    groups = [("number format", group) for group in by_number.values() if len(group) > 1]
+    return groups + [("case or spacing", group) for group in by_text.values() if len(group) > 1]
+
+
+def _quoted_list(names: list[str]) -> str:
+    quoted = [repr(name) for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def warn_label_spellings(source: str, column: str, labels: list[str] | list[list[str]]) -> None:
+    """Log a warning for every group of labels in one file that differ only in number format, case or spacing:
+    they are separate classes, which is rarely what the file's author meant."""
+    counts: Counter[str] = Counter()
+    for value in labels:
+        counts.update(value if isinstance(value, list) else [value])
+    for difference, group in label_spellings(name for name, _ in counts.most_common()):
+        rows = ", ".join(f"{name!r} in {counts[name]} row{'s' if counts[name] != 1 else ''}" for name in group)
+        logger.warning(
+            "%s: column %r: labels %s differ only in %s; they are different classes (%s). "
+            "Write them one way if they mean the same class",
+            source,
+            column,
+            _quoted_list(group),
+            difference,
+            rows,
+        )
 
 
 def load_examples(path: str | Path, cfg: DataConfig, *, with_labels: bool = True) -> TextData:
@@ -225,7 +317,7 @@ def load_examples(path: str | Path, cfg: DataConfig, *, with_labels: bool = True
     >>> data.texts[0], data.labels[0]  # doctest: +SKIP
     ('I am still waiting on my card?', 'card_arrival')
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     frame = read_table(path)
     columns = [cfg.text_column]
     if cfg.text_pair_column:
@@ -241,6 +333,7 @@ def load_examples(path: str | Path, cfg: DataConfig, *, with_labels: bool = True
             _label_value(path, row, cfg.label_column, value, cfg)
             for row, value in enumerate(frame[cfg.label_column].tolist(), start=1)
         ]
+        warn_label_spellings(str(path), cfg.label_column, labels)
     return TextData(
         texts=texts,
         source=str(path),
@@ -285,10 +378,50 @@ def check_known_labels(data: TextData, known: list[str]) -> None:
         for label in value if isinstance(value, list) else [value]:
             if label not in known_set:
                 shown = ", ".join(repr(k) for k in known[:20]) + (" ..." if len(known) > 20 else "")
+                near = [
+                    f"; it differs from the known label {other!r} only in {difference}"
+                    for difference, group in label_spellings([str(label), *known])
+                    if label in group
+                    for other in group
+                    if other != label
+                ]
                 raise DataError(
                     f"{data.source}: row {row}: label {label!r} never appears in the training data "
-                    f"(known labels: {shown})"
+                    f"(known labels: {shown}){near[0] if near else ''}"
                 )
+
+
+def _example_keys(data: TextData) -> list[tuple[str, str | None]]:
+    pairs: list[str] | list[None] = data.pairs if data.pairs is not None else [None] * len(data)
+    return list(zip(data.texts, pairs, strict=True))
+
+
+def count_in_train(train: TextData, other: TextData) -> int:
+    """How many examples of `other` have exactly the text (and pair) of some training example."""
+    seen = set(_example_keys(train))
+    return sum(key in seen for key in _example_keys(other))
+
+
+def check_train_overlap(train: TextData, evaluated: dict[str, TextData]) -> dict[str, int]:
+    """Count, and warn about, examples of each evaluated split (name -> data) whose text also appears in train.
+
+    Texts (with their pair, for pair data) are compared exactly. Returns name -> count for every split.
+    """
+    counts: dict[str, int] = {}
+    what = "text pair" if train.pairs is not None else "text"
+    for name, data in evaluated.items():
+        counts[name] = count_in_train(train, data)
+        if counts[name]:
+            logger.warning(
+                "%d %s of the %s split (%.1f%%, %s) also %s in train (exact duplicates): scores on it are optimistic",
+                counts[name],
+                what if counts[name] == 1 else what + "s",
+                name,
+                100 * counts[name] / len(data),
+                data.source,
+                "appears" if counts[name] == 1 else "appear",
+            )
+    return counts
 
 
 def stratified_split(data: TextData, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -335,6 +468,8 @@ def load_splits(config: Config) -> Splits:
     for split in (validation, test):
         if split is not None:
             check_known_labels(split, labels)
+    evaluated = {"validation": validation} | ({"test": test} if test is not None else {})
+    in_train = check_train_overlap(train, evaluated)
     logger.info(
         "data: %d train, %d validation, %s test examples, %d labels",
         len(train),
@@ -342,7 +477,7 @@ def load_splits(config: Config) -> Splits:
         len(test) if test is not None else "no",
         len(labels),
     )
-    return Splits(train=train, validation=validation, test=test, labels=labels)
+    return Splits(train=train, validation=validation, test=test, labels=labels, in_train=in_train)
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:

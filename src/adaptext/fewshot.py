@@ -314,7 +314,7 @@ def default_steps(num_examples: int, batch_size: int) -> int:
 def label_descriptions(path: Path, labels: list[str] | None) -> dict[str, str]:
     """Read a `label,description` file (CSV/TSV/JSONL/Parquet). With `labels`, every row must name a known label;
     labels without a row are described by their own name."""
-    from adaptext.data import DataError, read_table
+    from adaptext.data import DataError, canonical_label, read_table
 
     frame = read_table(path)
     missing = [c for c in ("label", "description") if c not in frame.columns]
@@ -324,7 +324,7 @@ def label_descriptions(path: Path, labels: list[str] | None) -> dict[str, str]:
     for row, (label, text) in enumerate(zip(frame["label"], frame["description"], strict=True), start=1):
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}: row {row}: column 'description' is empty")
-        name = str(label).strip()
+        name = canonical_label(label)
         if labels is not None and name not in labels:
             raise DataError(f"{path}: row {row}: label {name!r} is not one of the labels ({', '.join(labels[:20])})")
         if name in found:

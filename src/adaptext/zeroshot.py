@@ -36,7 +36,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from adaptext import fewshot
 from adaptext.batching import SpecialTokens
 from adaptext.config import AdaptextError, Config
-from adaptext.data import DataError, Splits, TextData, check_known_labels, load_examples, read_table
+from adaptext.data import DataError, Splits, TextData, canonical_label, check_known_labels, load_examples, read_table
 from adaptext.model import add_mean_pooling, build_model, load_tokenizer, mean_pooling_supported, resolve_model_name
 from adaptext.predict import METADATA_FILE, Predictor, default_device
 from adaptext.run import replace_dir, write_json
@@ -273,7 +273,7 @@ def _zeroshot_data(config: Config) -> tuple[Splits, TextData | None]:
             raise DataError(
                 f"{cfg.label_descriptions}: no 'label' column; a label-description file has columns label,description"
             )
-        labels = [str(v).strip() for v in frame["label"]]
+        labels = [canonical_label(v) for v in frame["label"]]
     if not labels or len(set(labels)) < 2:
         raise AdaptextError(
             "strategy zeroshot needs the label names: give data.train, data.label_descriptions or zeroshot.labels "
