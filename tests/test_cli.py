@@ -132,6 +132,7 @@ def test_evaluate_command_on_a_run_folder(
     assert "30 examples: accuracy" in printed
     assert f"report: {out_dir / 'report.html'}" in printed
     assert {p.name for p in out_dir.iterdir()} == {
+        ".adaptext",
         "metrics.json",
         "per_class.csv",
         "report.html",

@@ -22,6 +22,7 @@ import torch
 import adaptext.export as export_module
 from adaptext.cli import EXIT_USER_ERROR, main
 from adaptext.config import load_config
+from adaptext.outputs import write_marker
 from adaptext.predict import Predictor
 from adaptext.train import TrainResult, train
 from conftest import FILLER, KEYWORDS, LABELS, LEARNABLE, make_pair_rows, make_rows
@@ -408,8 +409,10 @@ def test_fp32_mismatch_fails_with_the_numbers_and_writes_nothing(
         output.mkdir()
         (output / "keep.txt").write_text("an earlier export", encoding="utf-8")
         (output / "model.onnx").write_bytes(b"old model")
+        write_marker(output, "export")
     before = snapshot(output) if existing else None
-    code, _, error = run_cli(capsys, "export", str(runs("full").run_dir), "--output", str(output))
+    overwrite = ["--overwrite"] if existing else []
+    code, _, error = run_cli(capsys, "export", str(runs("full").run_dir), "--output", str(output), *overwrite)
     assert code == EXIT_USER_ERROR
     assert "export check failed" in error
     assert "30 examples" in error
@@ -488,7 +491,7 @@ def test_output_equal_to_the_model_folder_is_refused(runs: Any, capsys: pytest.C
     before = snapshot(model_dir)
     code, _, error = run_cli(capsys, "export", str(runs("full").run_dir), "--output", str(model_dir))
     assert code == EXIT_USER_ERROR
-    assert "--output" in error
+    assert f"{model_dir}: this output folder would replace the input" in error
     assert snapshot(model_dir) == before
 
 

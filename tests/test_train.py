@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ def test_run_folder_holds_exactly_the_promised_files(trained: dict[str, Any]) ->
     run = result.run_dir
     assert result.model_dir == run / "model"
     assert {p.name for p in run.iterdir()} == {
+        ".adaptext",
         "config.yaml",
         "labels.json",
         "metrics.json",
@@ -762,3 +763,115 @@ def test_training_bounds_the_onednn_kernel_cache_unless_the_user_set_it(
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
     train(tiny_config("train.epochs=1"), overwrite=True)
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+
+
+# data safety: evaluation precision, moved run folders, texts shared with train ---------------------
+
+
+@pytest.fixture
+def fresh_accelerate_state() -> Iterator[None]:
+    """accelerate fixes one mixed-precision mode per process; a test training in another one than the other
+    tests starts and ends with a fresh state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_best_checkpoints_metric_is_what_the_saved_model_scores(
+    tiny_config: Callable[..., Config], precision: str
+) -> None:
+    # The metric that picks the best checkpoint must be the one the saved model gets from the final
+    # evaluation (and `adaptext evaluate`, `Predictor`): both in fp32, whatever precision training ran in.
+    config = tiny_config(
+        f"train.precision={precision}",
+        "data.test=",
+        "train.epochs=1",
+        "train.eval_steps=5",
+        "train.metric_for_best=loss",
+    )
+    result = train(config)
+    assert result.eval_split == "validation"
+    assert len(result.history) == 3
+    best = next(record for record in result.history if record["step"] == result.best_step)
+    assert result.best_metric == pytest.approx(result.metrics["loss"], rel=1e-6, abs=1e-7)
+    for key in ("loss", "accuracy", "macro_f1", "ece"):
+        assert best[f"eval_{key}"] == pytest.approx(result.metrics[key], rel=1e-6, abs=1e-7), key
+    metrics = json.loads((result.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["loss"] == pytest.approx(result.best_metric, rel=1e-6, abs=1e-7)
+
+
+def test_a_moved_run_folder_resumes_exactly(tiny_config: Callable[..., Config], tmp_path: Path) -> None:
+    overrides = ("train.epochs=1", "train.checkpoint_steps=3")
+    straight = train(tiny_config(*overrides, f"output_dir={tmp_path / 'straight'}"))
+    runs = tmp_path / "runs"
+    with pytest.raises(SimulatedCrashError):
+        train(tiny_config(*overrides, f"output_dir={runs / 'a'}"), on_step=stop_at(5))  # checkpoint at step 3
+    (runs / "a").rename(runs / "b")
+    # Resumed with the same config, output_dir pointing at the new place (and interrupted once more) ...
+    with pytest.raises(SimulatedCrashError):
+        train(tiny_config(*overrides, f"output_dir={runs / 'b'}"), resume=True, on_step=stop_at(10))  # at step 9
+    (runs / "b").rename(runs / "c")
+    # ... and with the moved folder's own config.yaml, which still names runs/b (`adaptext train
+    # runs/c/config.yaml --resume`).
+    assert f"output_dir: {runs / 'b'}" in (runs / "c" / "config.yaml").read_text(encoding="utf-8")
+    resumed = train(load_config(runs / "c" / "config.yaml"), resume=True)
+    assert resumed.run_dir == runs / "c"
+    assert not (runs / "a").exists() and not (runs / "b").exists()
+    assert f"output_dir: {runs / 'c'}" in (runs / "c" / "config.yaml").read_text(encoding="utf-8")
+    assert resumed.global_step == straight.global_step == BATCHES_PER_EPOCH
+    torch.testing.assert_close(
+        torch.from_numpy(logits_of(resumed.run_dir)), torch.from_numpy(logits_of(straight.run_dir)), atol=1e-5, rtol=0
+    )
+    mine = [r for r in read_log(resumed.run_dir) if "eval_loss" in r]
+    reference = [r for r in read_log(straight.run_dir) if "eval_loss" in r]
+    assert [r["step"] for r in mine] == [r["step"] for r in reference]
+    for record, expected in zip(mine, reference, strict=True):
+        assert record["eval_loss"] == pytest.approx(expected["eval_loss"], abs=1e-6)
+    assert resumed.metrics == pytest.approx(straight.metrics, abs=1e-6)
+
+
+def test_resume_accepts_another_spelling_of_the_run_folder(
+    tiny_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run folder is where the checkpoint is: output_dir spelled relative instead of absolute is the same run.
+    overrides = ("train.checkpoint_steps=2", "train.max_steps=4")
+    with pytest.raises(SimulatedCrashError):
+        train(tiny_config(*overrides), on_step=stop_at(3))
+    assert tiny_config().output_dir == tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    result = train(tiny_config(*overrides, "output_dir=run"), resume=True)
+    assert result.global_step == 4
+    # Other settings still may not change.
+    with pytest.raises(AdaptextError, match="learning_rate"):
+        train(tiny_config(*overrides, "output_dir=run", "train.learning_rate=1e-2"), resume=True)
+
+
+def test_run_stats_count_validation_texts_that_are_also_in_train(
+    tiny_config: Callable[..., Config], write_csv: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    train_rows = make_rows(60, seed=1)
+    validation_rows = [*train_rows[:4], *make_rows(16, seed=2)]
+    train_texts = {row["text"] for row in train_rows}
+    expected = sum(row["text"] in train_texts for row in validation_rows)
+    config = tiny_config(
+        f"data.train={write_csv('dup-train.csv', train_rows)}",
+        f"data.validation={write_csv('dup-validation.csv', validation_rows)}",
+        "data.test=",
+        "train.max_steps=2",
+    )
+    with caplog.at_level("WARNING", logger="adaptext"):
+        result = train(config)
+    assert any(
+        r.getMessage().startswith(f"{expected} texts of the validation split ({100 * expected / 20:.1f}%")
+        for r in caplog.records
+    )
+    stats = json.loads((result.run_dir / "run_stats.json").read_text(encoding="utf-8"))
+    assert stats["validation_duplicates_of_train"] == expected >= 4
+    assert "test_duplicates_of_train" not in stats
+    # A run with a test file counts it too.
+    stats = train(tiny_config("train.max_steps=2"), overwrite=True).stats
+    assert stats["validation_duplicates_of_train"] == 0 and stats["test_duplicates_of_train"] == 0

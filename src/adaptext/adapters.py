@@ -23,6 +23,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from adaptext.config import AdaptextError, ConfigError, PeftSection
 from adaptext.data import TextData
 from adaptext.model import HEAD_PREFIXES, build_model
+from adaptext.outputs import check_output_dir, expand, replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -314,14 +315,6 @@ def adapter_method(model_dir: Path, metadata: Mapping[str, Any]) -> str:
     return str(metadata.get("peft_method") or read_adapter_config(model_dir).get("peft_type", "")).lower()
 
 
-def check_output(output: Path, given: Path, model_dir: Path) -> None:
-    """Refuse an output folder that is, or holds, the model or run being read: replacing it would delete them."""
-    target = output.resolve()
-    for source in {given.resolve(), model_dir.resolve()}:
-        if target == source or target in source.parents:
-            raise AdaptextError(f"--output {output} would replace {source}; choose a new folder")
-
-
 def merge_model(model: Any) -> PreTrainedModel:
     """Fold the adapter into the base weights; the head's trained copy replaces the original."""
     merged: PreTrainedModel = model.merge_and_unload()
@@ -378,19 +371,21 @@ def merge_adapter(
     data: str | Path | None = None,
     tolerance: float = 1e-4,
     sample: int = 256,
+    overwrite: bool = False,
 ) -> MergeCheck:
     """Fold the adapter of a run (or adapter folder) into its base model and save a plain model folder.
 
     Before anything is written, the merged model's logits on `sample` validation examples (the run's validation
     split, or the labelled or unlabelled file `data`) must match the adapter model's within `tolerance` with every
-    label the same; otherwise an `AdaptextError` gives the numbers.
+    label the same; otherwise an `AdaptextError` gives the numbers. `output` must be a new or empty folder, or an
+    earlier merged model (replaced only with `overwrite`).
     """
     from adaptext.predict import METADATA_FILE, Predictor, find_model_dir, read_metadata
-    from adaptext.run import replace_dir, write_json
+    from adaptext.run import write_json
 
-    model_dir = find_model_dir(path)
-    output = Path(output)
-    check_output(output, Path(path), model_dir)
+    model_dir = find_model_dir(expand(path))
+    sources = [path, model_dir] + ([data] if data is not None else [])
+    output = check_output_dir(output, "merge", overwrite=overwrite, inputs=sources)
     if not is_adapter_folder(model_dir):
         raise AdaptextError(f"{model_dir} is already a full model (no {ADAPTER_CONFIG}); there is nothing to merge")
     metadata = read_metadata(model_dir)
@@ -425,8 +420,7 @@ def merge_adapter(
             },
         )
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(output, write)
+    replace_folder(output, write, "merge")
     logger.info("merged %s into %s: %s", method, output, check.describe())
     return check
 

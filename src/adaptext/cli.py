@@ -15,6 +15,7 @@ from pathlib import Path
 
 from adaptext import __version__
 from adaptext.config import AdaptextError, load_config
+from adaptext.outputs import check_output_file, expand
 
 EXIT_USER_ERROR = 2
 
@@ -46,7 +47,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "text_pair_column": args.text_pair_column,
         "label_column": args.label_column,
     }
-    report = evaluate_file(args.model, args.data, args.output, columns)
+    report = evaluate_file(args.model, args.data, args.output, columns, overwrite=args.overwrite)
     print(
         f"{report.n_examples} examples: accuracy {report.metrics['accuracy']:.4f}, "
         f"macro_f1 {report.metrics['macro_f1']:.4f}"
@@ -56,9 +57,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from adaptext.predict import Predictor, predict_file
+    from adaptext.predict import Predictor, check_predict_output, predict_file
 
-    predictor = Predictor.from_dir(args.model, batch_size=args.batch_size)
+    check_predict_output(args.input, args.output, overwrite=args.overwrite)  # before the model is loaded
+    predictor = Predictor.from_dir(expand(args.model), batch_size=args.batch_size)
     saved = predictor.metadata
     count = predict_file(
         predictor,
@@ -70,6 +72,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         sliding_window=args.sliding_window,
         stride=args.stride,
         aggregate=args.aggregate,
+        overwrite=args.overwrite,
     )
     print(f"{count} predictions written to {args.output}")
     return 0
@@ -79,12 +82,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from adaptext.config import DataConfig
     from adaptext.data import SUPPORTED_SUFFIXES, DataError, load_examples, sample_per_class, write_table
 
-    outputs = [Path(args.output)] + ([Path(args.rest)] if args.rest else [])
-    for output in outputs:
-        if output.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise DataError(f"{output}: unsupported output format; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
-        if output.resolve() == Path(args.data).resolve():
-            raise DataError(f"{output}: the output would overwrite the input file; choose another file")
+    names = [args.output] + ([args.rest] if args.rest else [])
+    outputs = [check_output_file(name, overwrite=args.overwrite, inputs=[args.data]) for name in names]
+    for name, path in zip(names, outputs, strict=True):
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise DataError(f"{name}: unsupported output format; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise DataError("--output and --rest name the same file")
     output = outputs[0]
@@ -94,7 +96,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         multi_label=args.multi_label,
         label_delimiter=args.label_delimiter,
     )
-    data = load_examples(args.data, cfg)
+    data = load_examples(expand(args.data), cfg)
     chosen, short = sample_per_class(data, args.per_class, args.seed)
     for name, count in short.items():
         logging.getLogger("adaptext").warning("label %r has only %d example(s); all are taken", name, count)
@@ -104,7 +106,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.rest:
         taken = set(chosen)
         rest = [i for i in range(len(data)) if i not in taken]
-        write_table(data.frame.iloc[rest], args.rest)
+        write_table(data.frame.iloc[rest], outputs[1])
         print(f"the other {len(rest)} rows written to {args.rest}")
     return 0
 
@@ -112,7 +114,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from adaptext.adapters import merge_adapter
 
-    check = merge_adapter(args.run, args.output, data=args.data, tolerance=args.tolerance, sample=args.sample)
+    check = merge_adapter(
+        args.run, args.output, data=args.data, tolerance=args.tolerance, sample=args.sample, overwrite=args.overwrite
+    )
     print(f"merge check passed on {check.describe()}")
     print(f"merged model: {args.output}")
     return 0
@@ -121,7 +125,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from adaptext.export import export_onnx
 
-    check = export_onnx(args.run, args.output, quantize=args.quantize, data=args.data, sample=args.sample)
+    check = export_onnx(
+        args.run, args.output, quantize=args.quantize, data=args.data, sample=args.sample, overwrite=args.overwrite
+    )
     print(f"export check passed on {check.describe()}")
     print(
         f"size: {check.size_export_mb:.1f} MB (PyTorch {check.size_torch_mb:.1f} MB); "
@@ -134,6 +140,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from adaptext.serve import ServeOptions, run_server
 
+    # ServeOptions checks the limits, and run_server the address, before any model is loaded.
     options = ServeOptions(
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
@@ -141,6 +148,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_chars=args.max_chars,
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or os.environ.get("ADAPTEXT_API_KEY") or None,
+        request_timeout=args.request_timeout,
+        docs=args.docs,
     )
     run_server(args.models, args.host, args.port, options, precision=args.precision)
     return 0
@@ -169,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a saved model on a labelled file")
     p.add_argument("model", help="run folder or model folder")
     p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file")
-    p.add_argument("--output", required=True, help="folder for metrics.json, report.html and plots")
+    p.add_argument("--output", required=True, help="new or empty folder for metrics.json, report.html and plots")
+    _overwrite_option(p, "an earlier evaluation report in --output")
     _column_options(p, with_label=True)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -177,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run folder or model folder")
     p.add_argument("--input", required=True, help="CSV/TSV/JSONL/Parquet file with a text column")
     p.add_argument("--output", required=True, help="output .csv, .tsv or .jsonl (input columns + label, score)")
+    _overwrite_option(p, "an existing --output file (never the input)")
     _column_options(p, with_label=False)
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
     p.add_argument(
@@ -201,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--output", required=True, help="output .csv, .tsv, .jsonl or .parquet file")
     p.add_argument("--rest", help="also write the rows not drawn to this file (held-out data to evaluate on)")
+    _overwrite_option(p, "existing --output / --rest files (never the input)")
     _column_options(p, with_label=True, with_pair=False)
     p.add_argument("--multi-label", action="store_true", help="rows carry several labels (see data.multi_label)")
     p.add_argument("--label-delimiter", default="|", help="separator of labels in a CSV/TSV cell (default |)")
@@ -213,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Fails without writing anything when the merged logits differ from the adapter model's.",
     )
     p.add_argument("run", help="run folder or adapter folder")
-    p.add_argument("--output", required=True, help="folder for the merged model")
+    p.add_argument("--output", required=True, help="new or empty folder for the merged model")
+    _overwrite_option(p, "an earlier merged model in --output")
     p.add_argument("--data", help="file of texts to check on (default: the run's validation split)")
     p.add_argument(
         "--tolerance",
@@ -234,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder, model folder or adapter folder")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
     p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantization of the weights")
-    p.add_argument("--output", required=True, help="folder for model.onnx, config, tokenizer")
+    p.add_argument("--output", required=True, help="new or empty folder for model.onnx, config, tokenizer")
+    _overwrite_option(p, "an earlier export in --output")
     p.add_argument("--data", help="file to check on (default: the run's validation split); int8 needs labels")
     p.add_argument("--sample", type=int, default=512, help="examples to check on (default 512)")
     p.set_defaults(func=_cmd_export)
@@ -255,6 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size (default 1 MB)")
     p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's head and body: 408 for a slower body; a connection that "
+        "sends no request in that time is closed (default 10)",
+    )
+    p.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve interactive API docs at /docs and /redoc; they load their scripts from a CDN, so the browser "
+        "needs internet access (/openapi.json is always served)",
+    )
+    p.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
         default="fp32",
@@ -262,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
     return parser
+
+
+def _overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
 
 def _column_options(parser: argparse.ArgumentParser, *, with_label: bool, with_pair: bool = True) -> None:

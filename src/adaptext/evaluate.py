@@ -19,6 +19,7 @@ from sklearn.metrics import (
 
 from adaptext.config import ConfigError, DataConfig
 from adaptext.data import TextData, check_known_labels, label_targets, load_examples
+from adaptext.outputs import check_output_dir, expand, replace_folder
 from adaptext.predict import Predictor
 
 SINGLE_LABEL_METRICS = ["accuracy", "loss", "ece"] + [
@@ -171,16 +172,21 @@ def evaluate_file(
     data_path: str | Path,
     output_dir: str | Path,
     columns: dict[str, str | None] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> EvalReport:
     """Evaluate a saved model (run or model folder) on a labelled file and write the report into `output_dir`.
 
     `columns` may set `text_column`, `text_pair_column` and `label_column`; by default those the model
-    was trained with. Pointing at a run folder adds its training curves to the report.
+    was trained with. Pointing at a run folder adds its training curves to the report. `output_dir` must be a new
+    or empty folder, or an earlier evaluation report (replaced only with `overwrite`); never a run folder.
 
     >>> evaluate_file("runs/quickstart", "data/banking77/train.csv", "eval-out")  # doctest: +SKIP
     """
     from adaptext.report import write_report  # matplotlib only when a report is written
 
+    model_path, data_path = expand(model_path), expand(data_path)
+    output = check_output_dir(output_dir, "evaluation", overwrite=overwrite, inputs=[model_path, data_path])
     predictor = Predictor.from_dir(model_path)
     saved = predictor.metadata
     settings = {
@@ -194,7 +200,11 @@ def evaluate_file(
     check_known_labels(data, predictor.labels)
     report = evaluate_data(predictor, data)
     history = read_train_log(Path(model_path) / "train_log.jsonl")
-    write_report(report, Path(output_dir), history=history, title=f"{model_path} on {data_path}")
+    replace_folder(
+        output,
+        lambda folder: write_report(report, folder, history=history, title=f"{model_path} on {data_path}"),
+        "evaluation",
+    )
     return report
 
 

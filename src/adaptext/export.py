@@ -21,6 +21,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from adaptext import adapters
 from adaptext.config import AdaptextError
+from adaptext.outputs import check_output_dir, expand, replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -104,21 +105,22 @@ def export_onnx(
     quantize: str | None = None,
     data: str | Path | None = None,
     sample: int = 512,
+    overwrite: bool = False,
 ) -> ExportCheck:
     """Export a run, model or adapter folder to ONNX in `output`, verified on `sample` validation examples.
 
     Adapters are merged first (prompt-style adapters cannot be). `quantize="int8"` applies onnxruntime's dynamic
     int8 quantization to the weights. Nothing is written unless the check passes; the `AdaptextError` then gives
-    the numbers.
+    the numbers. `output` must be a new or empty folder, or an earlier export (replaced only with `overwrite`).
     """
     from adaptext.predict import METADATA_FILE, Predictor, find_model_dir, read_metadata
-    from adaptext.run import replace_dir, write_json
+    from adaptext.run import write_json
 
     if quantize not in (None, "int8"):
         raise AdaptextError(f"--quantize: only int8 is supported, not {quantize!r}")
-    model_dir = find_model_dir(path)
-    output = Path(output)
-    adapters.check_output(output, Path(path), model_dir)
+    model_dir = find_model_dir(expand(path))
+    sources = [path, model_dir] + ([data] if data is not None else [])
+    output = check_output_dir(output, "export", overwrite=overwrite, inputs=sources)
     metadata = read_metadata(model_dir)
     if (model_dir / ONNX_FILE).is_file():
         raise AdaptextError(f"{model_dir} is already an ONNX export; export the run or model folder it came from")
@@ -198,8 +200,7 @@ def export_onnx(
                 },
             )
 
-        output.parent.mkdir(parents=True, exist_ok=True)
-        replace_dir(output, write)
+        replace_folder(output, write, "export")
     logger.info("exported %s to %s: %s", model_dir, output, check.describe())
     return check
 

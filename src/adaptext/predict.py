@@ -19,6 +19,7 @@ from adaptext import adapters
 from adaptext.batching import Collator, tokenize
 from adaptext.config import AdaptextError, DataConfig
 from adaptext.data import load_examples, write_table
+from adaptext.outputs import check_output_file, expand
 
 logger = logging.getLogger(__name__)
 
@@ -342,6 +343,14 @@ def _check_texts(texts: Sequence[str], pairs: Sequence[str] | None) -> None:
         raise AdaptextError(f"got {len(texts)} texts but {len(pairs)} text pairs")
 
 
+def check_predict_output(input_path: str | Path, output_path: str | Path, *, overwrite: bool) -> Path:
+    """Check, before any work, that predictions may be written to `output_path`; returns it with `~` expanded."""
+    output = check_output_file(output_path, overwrite=overwrite, inputs=[input_path])
+    if output.suffix.lower() not in (".csv", ".tsv", ".jsonl"):
+        raise AdaptextError(f"{output_path}: write predictions to a .csv, .tsv or .jsonl file")
+    return output
+
+
 def predict_file(
     predictor: Predictor,
     input_path: str | Path,
@@ -350,18 +359,19 @@ def predict_file(
     text_column: str = "text",
     text_pair_column: str | None = None,
     label_delimiter: str = "|",
+    overwrite: bool = False,
     **options: Any,
 ) -> int:
     """Predict every row of a CSV/TSV/JSONL/Parquet file and write it out with `label` and `score` added.
 
     The output format follows `output_path`'s suffix (`.csv`, `.tsv` or `.jsonl`); the input's columns are kept.
     Multi-label predictions are joined with `label_delimiter` in CSV/TSV and kept as lists in JSONL.
+    The output is never the input file, and an existing file is replaced only with `overwrite`.
     Returns the number of rows written.
     """
-    output_path = Path(output_path)
+    input_path = expand(input_path)
+    output_path = check_predict_output(input_path, output_path, overwrite=overwrite)
     out_format = output_path.suffix.lower()
-    if out_format not in (".csv", ".tsv", ".jsonl"):
-        raise AdaptextError(f"{output_path}: write predictions to a .csv, .tsv or .jsonl file")
     cfg = DataConfig(text_column=text_column, text_pair_column=text_pair_column)
     data = load_examples(input_path, cfg, with_labels=False)
     predictions = predictor.predict(data.texts, data.pairs, progress=True, **options)

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from adaptext.config import AdaptextError, Config, config_to_yaml, load_config
+from adaptext.outputs import MARKER, check_output_dir, expand, folder_kind, write_marker
 
 RUN_ARTEFACTS = (
+    MARKER,
     "model",
     "model.tmp",
     "model.old",
@@ -104,24 +106,48 @@ def recover_dir(target: Path) -> bool:
     return target.exists()
 
 
-def prepare_run_dir(config: Config, *, resume: bool, overwrite: bool) -> RunPaths:
-    """Check the run folder against the requested mode before anything is written to it."""
-    paths = RunPaths(Path(config.output_dir))
-    has_run = paths.config.exists() or paths.checkpoint.exists() or paths.model.exists()
+def run_inputs(config: Config) -> list[Path]:
+    """The files and folders a run reads: its output folder may neither be nor hold one of them."""
+    data = config.data
+    inputs = [p for p in (data.train, data.validation, data.test, data.label_descriptions) if p is not None]
+    model = expand(config.model.name)
+    if model.exists():
+        inputs.append(model)
+    return inputs
+
+
+def check_run_dir(config: Config, *, resume: bool, overwrite: bool) -> RunPaths:
+    """Check, without writing anything, that the run may use `config.output_dir` in the requested mode.
+
+    The folder must be new, empty, or an adaptext run folder (which `--resume` continues and `--overwrite`
+    replaces); `/`, the home folder, the current folder and folders holding the run's own inputs are refused.
+    """
+    # An existing run passes here; whether --resume or --overwrite may use it is decided below.
+    root = check_output_dir(config.output_dir, "run", overwrite=True, inputs=run_inputs(config))
+    paths = RunPaths(root)
     if resume:
-        if not recover_dir(paths.checkpoint):
+        if not (paths.checkpoint.exists() or paths.checkpoint.with_name("checkpoint.old").exists()):
             raise AdaptextError(f"{paths.root}: nothing to resume (no checkpoint); start without --resume")
+    elif folder_kind(root.resolve()) == "run" and not overwrite:  # an empty folder is a new run
+        raise AdaptextError(
+            f"{paths.root}: already holds a run; use --resume to continue it, --overwrite to replace it, "
+            "or set output_dir to another folder"
+        )
+    return paths
+
+
+def prepare_run_dir(config: Config, *, resume: bool, overwrite: bool) -> RunPaths:
+    """Check the run folder against the requested mode, then set it up: marker and resolved config."""
+    paths = check_run_dir(config, resume=resume, overwrite=overwrite)
+    if resume:
+        recover_dir(paths.checkpoint)
         recover_dir(paths.model)
         saved = load_config(paths.config)
         _check_same_config(saved, config)
-    elif has_run:
-        if not overwrite:
-            raise AdaptextError(
-                f"{paths.root}: already holds a run; use --resume to continue it, --overwrite to replace it, "
-                "or set output_dir to another folder"
-            )
+    elif paths.root.exists():
         remove_run(paths)
     paths.root.mkdir(parents=True, exist_ok=True)
+    write_marker(paths.root, "run")
     paths.config.write_text(config_to_yaml(config), encoding="utf-8")
     return paths
 
@@ -137,10 +163,11 @@ def remove_run(paths: RunPaths) -> None:
 
 
 def _check_same_config(saved: Config, given: Config) -> None:
-    # Resuming with other settings would silently mix two runs; only the run length may change.
+    # Resuming with other settings would silently mix two runs; only the run length may change. The run folder
+    # itself is the one holding the checkpoint, wherever it now lies: a moved folder (`mv runs/a runs/b`) resumes.
     old = _flatten(saved.model_dump(mode="json"))
     new = _flatten(given.model_dump(mode="json"))
-    allowed = {"train.epochs", "train.max_steps", "train.early_stopping_patience"}
+    allowed = {"output_dir", "train.epochs", "train.max_steps", "train.early_stopping_patience"}
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in allowed)
     if changed:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)

@@ -9,7 +9,8 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from adaptext.model import (
     resolve_pooling,
 )
 from adaptext.predict import METADATA_FILE, Predictor
-from adaptext.run import RunPaths, environment_record, prepare_run_dir, replace_dir, write_json
+from adaptext.run import RunPaths, check_run_dir, environment_record, prepare_run_dir, replace_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +247,32 @@ def append_log(paths: RunPaths, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """Examples per batch when evaluating, the same during training and in the final evaluation: padding
+    depends on how examples are batched, so another batch size gives slightly different logits."""
+    return cfg.eval_batch_size or cfg.batch_size * 2
+
+
+@contextmanager
+def full_precision(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` in fp32 inside this block, though accelerate prepared it for mixed precision.
+
+    For bf16/fp16 training accelerate replaces the model's `forward` by one under autocast (keeping the original
+    as `_original_forward`); evaluation must not use it: the best checkpoint is chosen on the validation metric,
+    and that metric must be the one the saved model gets from `adaptext evaluate` and `Predictor`, which run fp32.
+    """
+    original = model.__dict__.get("_original_forward")
+    if original is None:
+        yield
+        return
+    patched = model.__dict__["forward"]
+    model.__dict__["forward"] = original
+    try:
+        yield
+    finally:
+        model.__dict__["forward"] = patched
+
+
 def evaluate_and_log(
     paths: RunPaths, predictor: Predictor, data: TextData, step: int, epoch: float
 ) -> tuple[EvalReport, dict[str, Any]]:
@@ -272,6 +299,7 @@ def train(
     >>> result.metrics["accuracy"]  # doctest: +SKIP
     0.9
     """
+    check_run_dir(config, resume=resume, overwrite=overwrite)  # a refused output folder fails before any work
     if config.strategy != "finetune":
         if resume:
             raise AdaptextError(f"strategy {config.strategy} runs are short and not resumable; start without --resume")
@@ -393,14 +421,13 @@ def _fit(
         _truncate_log(paths, state.global_step)
         logger.info("resumed at step %d (epoch %d, batch %d)", state.global_step, state.epoch, state.batch_in_epoch)
 
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    # Evaluation runs in fp32 whatever the training precision (see `full_precision`).
     eval_predictor = Predictor(
         accelerator.unwrap_model(model),
         tokenizer,
         max_length=config.data.max_length,
         threshold=cfg.threshold,
-        batch_size=cfg.eval_batch_size or cfg.batch_size * 2,
-        autocast_dtype=autocast_dtype,
+        batch_size=eval_batch_size(cfg),
     )
 
     saved_at = state.global_step if resume else -1  # the step of the last checkpoint written
@@ -417,7 +444,8 @@ def _fit(
 
     def evaluate_now() -> None:
         epoch = state.epoch + state.batch_in_epoch / len(sampler)
-        report, record = evaluate_and_log(paths, eval_predictor, splits.validation, state.global_step, epoch)
+        with full_precision(eval_predictor.model):
+            report, record = evaluate_and_log(paths, eval_predictor, splits.validation, state.global_step, epoch)
         model.train()
         value = report.metrics[cfg.metric_for_best]
         state.history.append(record)
@@ -523,11 +551,11 @@ def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState
     """Evaluate the best saved model on the test split (or validation) and write the run's report."""
     from adaptext.report import write_report  # matplotlib is loaded only once training memory is freed
 
-    predictor = Predictor.from_dir(paths.model, batch_size=config.train.eval_batch_size or 64)
+    predictor = Predictor.from_dir(paths.model, batch_size=eval_batch_size(config.train))
     data = splits.test if splits.test is not None else splits.validation
     split = "test" if splits.test is not None else "validation"
     report = evaluate_data(predictor, data)
-    stats = run_stats(config, paths, state)
+    stats = run_stats(config, paths, state, splits)
     write_json(paths.root / STATS_FILE, stats)
     write_report(
         report,
@@ -556,8 +584,9 @@ def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState
     )
 
 
-def run_stats(config: Config, paths: RunPaths, state: TrainingState) -> dict[str, Any]:
-    """What the run cost: parameters trained, size on disk of what it saved, and peak memory of the process."""
+def run_stats(config: Config, paths: RunPaths, state: TrainingState, splits: Splits | None = None) -> dict[str, Any]:
+    """What the run cost: parameters trained, size on disk of what it saved, and peak memory of the process;
+    with `splits`, also how many validation/test examples are exact duplicates of training texts."""
     stats: dict[str, Any] = {
         "strategy": config.strategy,
         "method": config.peft.method,
@@ -571,4 +600,7 @@ def run_stats(config: Config, paths: RunPaths, state: TrainingState) -> dict[str
     }
     if torch.cuda.is_available():
         stats["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if splits is not None:
+        for name, count in splits.in_train.items():
+            stats[f"{name}_duplicates_of_train"] = count
     return stats
