@@ -27,8 +27,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 def _files(dataset: str, data_root: Path, train_size: int | None, folder: Path) -> dict[str, Path]:
     import pandas as pd
 
-    from adaptext.config import DataConfig
-    from adaptext.data import load_examples, stratified_split
+    from adaptext.core.config import DataConfig
+    from adaptext.data.io import load_examples
+    from adaptext.data.splits import stratified_split
 
     if dataset == "sst2":
         train = pd.read_csv(data_root / "sst2" / "train.csv", keep_default_na=False)
@@ -63,8 +64,8 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     args = parser.parse_args()
 
-    from adaptext.config import load_config
-    from adaptext.train import train
+    from adaptext.core.config import load_config
+    from adaptext.strategies import train
 
     data_root = Path(args.data_root)
     if not (data_root / args.dataset).is_dir():

@@ -27,10 +27,12 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=200, help="texts timed one at a time")
     args = parser.parse_args()
 
-    from adaptext.config import load_config
-    from adaptext.data import label_targets, load_splits
-    from adaptext.export import export_onnx
-    from adaptext.predict import Predictor, find_model_dir
+    from adaptext.core.config import load_config
+    from adaptext.core.info import find_model_dir
+    from adaptext.data.labels import label_targets
+    from adaptext.data.splits import load_splits
+    from adaptext.deploy.export import export_onnx
+    from adaptext.inference.predictor import Predictor
 
     run = Path(args.run)
     folders = {"PyTorch": find_model_dir(run)}

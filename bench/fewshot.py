@@ -74,8 +74,9 @@ SETFIT_BATCH = 16
 
 def prepare_dataset(name: str, data_root: Path, eval_size: int, folder: Path) -> dict[str, Any]:
     """Write the sampling pool and the evaluation set of `name` as CSVs in `folder`; return their paths and sizes."""
-    from adaptext.config import DataConfig
-    from adaptext.data import load_examples, read_table, stratified_split, write_table
+    from adaptext.core.config import DataConfig
+    from adaptext.data.io import load_examples, read_table, write_table
+    from adaptext.data.splits import stratified_split
 
     source = data_root / name
     if not (source / "train.csv").is_file():
@@ -121,8 +122,9 @@ def prepare_dataset(name: str, data_root: Path, eval_size: int, folder: Path) ->
 
 def write_sample(info: dict[str, Any], name: str, shots: int, seed: int, folder: Path) -> tuple[Path, int, dict]:
     """Draw `shots` per class from the pool with `seed` (as `adaptext sample` does) into a CSV."""
-    from adaptext.config import DataConfig
-    from adaptext.data import load_examples, sample_per_class, write_table
+    from adaptext.core.config import DataConfig
+    from adaptext.data.io import load_examples, write_table
+    from adaptext.data.splits import sample_per_class
 
     pool = load_examples(info["pool"], DataConfig())
     chosen, short = sample_per_class(pool, shots, seed)
@@ -133,8 +135,8 @@ def write_sample(info: dict[str, Any], name: str, shots: int, seed: int, folder:
 
 
 def adaptext_steps(examples: int) -> int:
-    from adaptext.config import FewshotSection
-    from adaptext.fewshot import default_steps
+    from adaptext.core.config import FewshotSection
+    from adaptext.strategies.fewshot import default_steps
 
     cfg = FewshotSection()
     return default_steps(examples, cfg.batch_size) if cfg.steps == "auto" else int(cfg.steps)
@@ -156,8 +158,8 @@ def _peak_rss_mb() -> float:
 
 
 def run_adaptext(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
-    from adaptext.config import load_config
-    from adaptext.train import train
+    from adaptext.core.config import load_config
+    from adaptext.strategies import train
 
     overrides = [
         f"strategy={strategy}",
@@ -194,9 +196,9 @@ def run_setfit(spec: dict[str, Any]) -> dict[str, Any]:
     from setfit import SetFitModel, Trainer, TrainingArguments
     from sklearn.metrics import f1_score
 
-    from adaptext.config import DataConfig
-    from adaptext.data import load_examples
-    from adaptext.model import resolve_model_name
+    from adaptext.core.config import DataConfig
+    from adaptext.data.io import load_examples
+    from adaptext.modeling.hub import resolve_model_name
 
     train_data = load_examples(spec["train"], DataConfig())
     eval_data = load_examples(spec["eval"], DataConfig())

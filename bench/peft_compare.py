@@ -36,8 +36,9 @@ EPOCHS = {"sst2": 3, "banking77": 3}
 def write_files(dataset: str, data_root: Path, train_size: int, folder: Path) -> dict[str, Path]:
     import pandas as pd
 
-    from adaptext.config import DataConfig
-    from adaptext.data import load_examples, stratified_split
+    from adaptext.core.config import DataConfig
+    from adaptext.data.io import load_examples
+    from adaptext.data.splits import stratified_split
 
     if dataset == "sst2":
         frame = pd.read_csv(data_root / "sst2" / "train.csv", keep_default_na=False)

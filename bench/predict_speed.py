@@ -31,8 +31,8 @@ def _texts(data_dir: Path, n: int) -> list[str]:
 
 
 def _train_small_model(data_dir: Path, folder: Path) -> Path:
-    from adaptext.config import load_config
-    from adaptext.train import train
+    from adaptext.core.config import load_config
+    from adaptext.strategies import train
 
     config = load_config(
         None,
@@ -62,7 +62,8 @@ def main() -> None:
     import torch
     from transformers import pipeline
 
-    from adaptext.predict import Predictor, find_model_dir
+    from adaptext.core.info import find_model_dir
+    from adaptext.inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = find_model_dir(args.model_dir) if args.model_dir else _train_small_model(data_dir, Path(tmp))

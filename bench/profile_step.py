@@ -38,8 +38,10 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from adaptext.batching import Collator, LengthGroupedBatches, tokenize
-    from adaptext.model import build_model, load_tokenizer, resolve_pooling
+    from adaptext.data.batching import Collator, LengthGroupedBatches, tokenize
+    from adaptext.modeling.build import build_model
+    from adaptext.modeling.hub import load_tokenizer
+    from adaptext.modeling.pooling import resolve_pooling
 
     if args.threads:
         torch.set_num_threads(args.threads)

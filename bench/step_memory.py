@@ -44,8 +44,10 @@ def worker(args: argparse.Namespace) -> None:
     import psutil
     import torch
 
-    from adaptext.batching import Collator, LengthGroupedBatches, tokenize
-    from adaptext.model import build_model, load_tokenizer, resolve_pooling
+    from adaptext.data.batching import Collator, LengthGroupedBatches, tokenize
+    from adaptext.modeling.build import build_model
+    from adaptext.modeling.hub import load_tokenizer
+    from adaptext.modeling.pooling import resolve_pooling
 
     process = psutil.Process()
 

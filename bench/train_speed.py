@@ -52,8 +52,8 @@ def _peak_rss_mb() -> float:
 def _run_adaptext(args: argparse.Namespace, data: tuple[list[str], ...]) -> dict[str, Any]:
     import pandas as pd
 
-    from adaptext.config import load_config
-    from adaptext.train import train
+    from adaptext.core.config import load_config
+    from adaptext.strategies import train
 
     texts, labels, dev_texts, dev_labels = data
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +82,7 @@ def _run_adaptext(args: argparse.Namespace, data: tuple[list[str], ...]) -> dict
 
 
 def _count_tokens(args: argparse.Namespace, texts: list[str]) -> int:
-    from adaptext.model import load_tokenizer
+    from adaptext.modeling.hub import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     return sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=128)["input_ids"])
@@ -98,7 +98,7 @@ def _run_trainer(args: argparse.Namespace, data: tuple[list[str], ...], bf16: bo
         TrainingArguments,
     )
 
-    from adaptext.model import load_tokenizer, resolve_model_name
+    from adaptext.modeling.hub import load_tokenizer, resolve_model_name
 
     texts, labels, dev_texts, dev_labels = data
     names = sorted(set(labels))
@@ -150,7 +150,7 @@ def _run_pad128(args: argparse.Namespace, data: tuple[list[str], ...]) -> dict[s
     import torch
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
-    from adaptext.model import load_tokenizer, resolve_model_name
+    from adaptext.modeling.hub import load_tokenizer, resolve_model_name
 
     texts, labels, dev_texts, dev_labels = data
     names = sorted(set(labels))

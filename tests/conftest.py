@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from adaptext.config import Config, load_config
+from adaptext.core.config import Config, load_config
 
 # Settings under which the tiny model learns the keyword task reliably (12 of 12 seeds reach 100%);
 # with batch 8 and 3 epochs it stalls at 2 of 3 classes for about half of the seeds.

@@ -17,13 +17,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import adaptext.adapters as adapters_module
-import adaptext.train as train_module
+import adaptext.deploy.merge as merge_module
+import adaptext.modeling.adapters as adapters_module
 from adaptext.cli import EXIT_USER_ERROR, main
-from adaptext.config import AdaptextError, Config, ConfigError, PeftSection, config_to_yaml, load_config
-from adaptext.model import build_model, load_tokenizer
-from adaptext.predict import MultiPredictor, Predictor
-from adaptext.train import TrainResult, train
+from adaptext.core.config import Config, PeftSection, config_to_yaml, load_config
+from adaptext.core.errors import AdaptextError, ConfigError
+from adaptext.inference.predictor import MultiPredictor, Predictor
+from adaptext.modeling.build import build_model
+from adaptext.modeling.hub import load_tokenizer
+from adaptext.strategies import train
+from adaptext.training.callbacks import Callback
+from adaptext.training.state import TrainingState, TrainResult
 from conftest import LABELS, SimulatedCrashError, make_rows, read_log, stop_at
 
 TEXTS = [
@@ -128,21 +132,15 @@ def runs(make_config: Callable[..., Config], data: dict[str, Path], tmp_path_fac
             method, extra = "lora", [f"data.train={data['train_b']}", f"data.validation={data['validation_b']}"]
         config = make_config(method, folder / name, *extra)
         captured: dict[str, Any] = {}
-        original_wrap, original_save = adapters_module.wrap_model, train_module.save_model
 
-        def wrap_spy(*args: Any, **kwargs: Any) -> Any:
-            wrapped = original_wrap(*args, **kwargs)
-            captured["initial"] = copy.deepcopy(wrapped)
-            return wrapped
+        class Capture(Callback):
+            def on_train_begin(self, state: TrainingState, model: Any) -> None:
+                captured["initial"] = copy.deepcopy(model)
 
-        def save_spy(model: Any, tokenizer: Any, cfg: Config, target: Path) -> None:
-            captured["saved"] = copy.deepcopy(model).eval()
-            original_save(model, tokenizer, cfg, target)
+            def on_save(self, model: Any, target: Path) -> None:
+                captured["saved"] = copy.deepcopy(model).eval()
 
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(adapters_module, "wrap_model", wrap_spy)
-            patch.setattr(train_module, "save_model", save_spy)
-            result = train(config)
+        result = train(config, callbacks=[Capture()])
         cache[name] = {"config": config, "result": result, **captured}
         return cache[name]
 
@@ -303,7 +301,7 @@ def test_merge_refuses_prompt_methods(
 def test_merge_that_changes_the_logits_fails_with_the_numbers(
     runs: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = adapters_module.merge_model
+    original = merge_module.merge_model
 
     def perturbed(model: Any) -> Any:
         merged = original(model)
@@ -311,7 +309,7 @@ def test_merge_that_changes_the_logits_fails_with_the_numbers(
             merged.classifier.bias[0] += 1.0  # every example's first logit moves by exactly 1
         return merged
 
-    monkeypatch.setattr(adapters_module, "merge_model", perturbed)
+    monkeypatch.setattr(merge_module, "merge_model", perturbed)
     output = tmp_path / "merged"
     code, line = run_cli(capsys, "merge", str(runs("lora")["result"].run_dir), "--output", str(output))
     assert code == EXIT_USER_ERROR

@@ -18,8 +18,8 @@ import pytest
 
 from adaptext import __version__
 from adaptext.cli import main
-from adaptext.config import Config, config_to_yaml, load_config
-from adaptext.predict import Predictor
+from adaptext.core.config import Config, config_to_yaml, load_config
+from adaptext.inference.predictor import Predictor
 from conftest import LABELS, LEARNABLE, make_rows, write_splits
 
 FLAT_METRICS = [

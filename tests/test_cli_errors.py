@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adaptext.cli import EXIT_USER_ERROR, main
-from adaptext.config import Config, config_to_yaml
+from adaptext.core.config import Config, config_to_yaml
 from conftest import make_rows
 
 WriteFile = Callable[[str, list[dict[str, object]]], Path]
@@ -201,7 +201,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int] | None]:
 @pytest.fixture
 def finished_run(tiny_config: Callable[..., Config], tmp_path: Path) -> tuple[Path, Path]:
     """(run folder, config file) of a run trained to the end on the tiny model."""
-    from adaptext.train import train
+    from adaptext.strategies import train
 
     config = tiny_config("train.epochs=1", "train.batch_size=16", "train.checkpoint_steps=1000")
     result = train(config)

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptext.config import (
-    CONFIG_FORMAT_VERSION,
-    Config,
-    ConfigError,
-    build_config,
-    config_to_yaml,
-    load_config,
-)
+from adaptext.core.config import CONFIG_FORMAT_VERSION, Config, build_config, config_to_yaml, load_config
+from adaptext.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -285,7 +279,7 @@ def test_default_config_round_trips(tmp_path: Path) -> None:
 
 def test_config_module_does_not_import_torch() -> None:
     # `adaptext --help` and config validation must stay instant.
-    code = "import sys, adaptext.config, adaptext.cli; print('torch' in sys.modules)"
+    code = "import sys, adaptext.core.config, adaptext.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
 

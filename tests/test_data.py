@@ -10,15 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adaptext.config import Config, DataConfig, load_config
-from adaptext.data import (
-    DataError,
-    TextData,
-    load_examples,
-    load_splits,
-    read_table,
-    stratified_split,
-)
+from adaptext.core.config import Config, DataConfig, load_config
+from adaptext.core.errors import DataError
+from adaptext.data.examples import TextData
+from adaptext.data.io import load_examples, read_table
+from adaptext.data.splits import load_splits, stratified_split
 from conftest import LABELS, make_chinese_rows, make_rows
 
 FORMATS = ["csv", "tsv", "jsonl", "parquet"]

@@ -19,12 +19,13 @@ import pandas as pd
 import pytest
 import torch
 
-import adaptext.export as export_module
+import adaptext.deploy.export as export_module
 from adaptext.cli import EXIT_USER_ERROR, main
-from adaptext.config import load_config
-from adaptext.outputs import write_marker
-from adaptext.predict import Predictor
-from adaptext.train import TrainResult, train
+from adaptext.core.config import load_config
+from adaptext.core.outputs import write_marker
+from adaptext.inference.predictor import Predictor
+from adaptext.strategies import train
+from adaptext.training.state import TrainResult
 from conftest import FILLER, KEYWORDS, LABELS, LEARNABLE, make_pair_rows, make_rows
 
 MAX_LENGTH = 32
@@ -262,7 +263,7 @@ def test_fp32_export_writes_a_complete_folder_with_check_numbers(exports: Any, r
 
 def test_lora_export_merges_a_trained_adapter(runs: Any, exports: Any, tiny_model_dir: Path) -> None:
     """The adapter changed the model, so an export that dropped it (instead of merging) would not match."""
-    from adaptext.model import build_model
+    from adaptext.modeling.build import build_model
 
     adapter = Predictor.from_dir(runs("lora").run_dir, device="cpu")
     base = build_model(str(tiny_model_dir), LABELS, False).eval()
@@ -610,7 +611,7 @@ def test_missing_validation_data_suggests_data_and_data_works(
 
 
 def test_the_logit_tolerance_is_relative_to_large_logits() -> None:
-    from adaptext.adapters import compare_logits
+    from adaptext.deploy.parity import compare_logits
 
     small = np.array([[0.5, -0.25], [0.1, 0.2]], dtype=np.float32)
     # Logits of size <= 1: the tolerance is the given one, absolute.

@@ -17,25 +17,26 @@ import torch
 from fastapi.testclient import TestClient
 from sklearn.linear_model import LogisticRegression
 
-from adaptext.batching import Encoded, tokenize
 from adaptext.cli import EXIT_USER_ERROR, main
-from adaptext.config import AdaptextError, Config, ConfigError, load_config
-from adaptext.data import DataError, read_table
-from adaptext.fewshot import (
+from adaptext.core.config import Config, load_config
+from adaptext.core.errors import AdaptextError, ConfigError, DataError
+from adaptext.data.batching import Encoded, tokenize
+from adaptext.data.io import read_table
+from adaptext.deploy.serve import ServeOptions, create_app
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.build import build_model
+from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
+from adaptext.modeling.hub import load_tokenizer
+from adaptext.strategies import train
+from adaptext.strategies.fewshot import (
     contrastive_batches,
     contrastive_loss,
     default_steps,
-    embed,
-    final_linear,
     fit_head,
     group_keys,
     pair_targets,
-    prepare_encoder,
 )
-from adaptext.model import build_model, load_tokenizer
-from adaptext.predict import Predictor
-from adaptext.serve import ServeOptions, create_app
-from adaptext.train import TrainResult, train
+from adaptext.training.state import TrainResult
 from conftest import FILLER, KEYWORDS, LABELS, make_rows, read_log
 
 PROBE_TEXTS = [
@@ -421,7 +422,7 @@ def test_evaluate_and_predict_commands_work_on_a_fewshot_run(
 
 
 def test_onnx_export_of_a_fewshot_run_passes_its_check(fewshot_run: dict[str, Any], tmp_path: Path) -> None:
-    from adaptext.export import export_onnx
+    from adaptext.deploy.export import export_onnx
 
     run = fewshot_run["result"].run_dir
     out = tmp_path / "onnx"

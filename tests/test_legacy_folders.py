@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adaptext.outputs import folder_kind
-from adaptext.predict import Predictor
+from adaptext.core.outputs import folder_kind
+from adaptext.inference.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGACY = Path("tests/fixtures/legacy")  # the adapter names its base model relative to the repository root

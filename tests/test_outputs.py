@@ -10,9 +10,11 @@ from typing import NamedTuple
 import pytest
 
 from adaptext.cli import EXIT_USER_ERROR, main
-from adaptext.config import AdaptextError, Config
-from adaptext.outputs import check_output_dir, folder_kind, replace_folder, write_marker
-from adaptext.train import TrainResult, train
+from adaptext.core.config import Config
+from adaptext.core.errors import AdaptextError
+from adaptext.core.outputs import check_output_dir, folder_kind, replace_folder, write_marker
+from adaptext.strategies import train
+from adaptext.training.state import TrainResult
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -60,7 +62,7 @@ class Runs(NamedTuple):
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """A full fine-tuning run and a LoRA run on the tiny model, trained once for the module."""
-    from adaptext.config import load_config
+    from adaptext.core.config import load_config
     from conftest import write_splits
 
     folder = tmp_path_factory.mktemp("output-runs")
@@ -147,7 +149,7 @@ def test_train_refuses_a_folder_of_the_users(
     target = user_folder(tmp_path / "mine")
     before = snapshot(target)
     config_file = tmp_path / "run.yaml"
-    from adaptext.config import config_to_yaml
+    from adaptext.core.config import config_to_yaml
 
     config_file.write_text(config_to_yaml(tiny_config("train.max_steps=2")), encoding="utf-8")
     for mode in ([], ["--overwrite"]):

@@ -13,17 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from adaptext.config import AdaptextError, Config, ConfigError
-from adaptext.model import (
-    add_mean_pooling,
-    build_model,
-    has_mean_pooling,
-    load_tokenizer,
-    resolve_pooling,
-    sentence_pooling,
-)
-from adaptext.predict import Predictor
-from adaptext.train import train
+from adaptext.core.config import Config
+from adaptext.core.errors import AdaptextError, ConfigError
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.build import build_model
+from adaptext.modeling.hub import load_tokenizer
+from adaptext.modeling.pooling import add_mean_pooling, has_mean_pooling, resolve_pooling, sentence_pooling
+from adaptext.strategies import train
 from conftest import LABELS
 
 TEXTS = ["my invoice is wrong again", "the parcel did not arrive", "login error on the screen please help"]

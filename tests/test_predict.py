@@ -1,4 +1,4 @@
-"""Contract tests of `adaptext.predict`: batching, Prediction fields, loading, plain transformers, windows, files."""
+"""Contract tests of `Predictor`: batching, Prediction fields, loading, plain transformers, windows, files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from adaptext.config import AdaptextError, load_config
-from adaptext.predict import Prediction, Predictor, find_model_dir, predict_file
-from adaptext.train import TrainResult, train
+from adaptext.core.config import load_config
+from adaptext.core.errors import AdaptextError
+from adaptext.core.info import find_model_dir
+from adaptext.inference.files import predict_file
+from adaptext.inference.predictor import Prediction, Predictor
+from adaptext.strategies import train
+from adaptext.training.state import TrainResult
 from conftest import FILLER, KEYWORDS, LABELS, LEARNABLE, make_rows, write_splits
 
 TEXTS = [

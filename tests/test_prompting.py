@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 import torch
 
-import adaptext.prompting as prompting
 from adaptext.cli import main
-from adaptext.config import AdaptextError, Config, ConfigError, load_config
-from adaptext.predict import Predictor
-from adaptext.prompting import encode_prompts, verbalizer_ids
-from adaptext.train import TrainResult, train
+from adaptext.core.config import Config, load_config
+from adaptext.core.errors import AdaptextError, ConfigError
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.cloze import encode_prompts, verbalizer_ids
+from adaptext.strategies import train
+from adaptext.training.callbacks import Callback
+from adaptext.training.state import TrainResult
 from conftest import LABELS, make_rows, read_log
 
 TEMPLATE = "{text} it is {mask} ."
@@ -184,15 +186,12 @@ def prompt_run(tiny_mlm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     folder = tmp_path_factory.mktemp("prompt")
     config = prompt_config(tiny_mlm_dir, folder, *PROMPT_LEARNABLE)
     saved: list[torch.nn.Module] = []
-    original = prompting.save_prompt_model
 
-    def spy(model: Any, tokenizer: Any, cfg: Config, target: Path) -> None:
-        saved.append(copy.deepcopy(model).eval())
-        original(model, tokenizer, cfg, target)
+    class KeepSaved(Callback):
+        def on_save(self, model: Any, target: Path) -> None:
+            saved.append(copy.deepcopy(model).eval())
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prompting, "save_prompt_model", spy)
-        result = train(config)
+    result = train(config, callbacks=[KeepSaved()])
     return {"config": config, "result": result, "saved": saved, "folder": folder}
 
 
@@ -300,7 +299,7 @@ def test_a_model_without_a_masked_lm_head_is_refused_or_warned_about(
 
 
 def test_exporting_a_prompt_run_is_refused_or_gives_a_usable_folder(prompt_run: dict[str, Any], tmp_path: Path) -> None:
-    from adaptext.export import export_onnx
+    from adaptext.deploy.export import export_onnx
 
     run = prompt_run["result"].run_dir
     out = tmp_path / "onnx"

@@ -31,10 +31,11 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 import adaptext
-from adaptext.config import AdaptextError, load_config
-from adaptext.predict import Predictor
-from adaptext.serve import Batcher, ServeOptions, bind_socket, build_server, create_app, load_models
-from adaptext.train import train
+from adaptext.core.config import load_config
+from adaptext.core.errors import AdaptextError
+from adaptext.deploy.serve import Batcher, ServeOptions, bind_socket, build_server, create_app, load_models
+from adaptext.inference.predictor import Predictor
+from adaptext.strategies import train
 from conftest import LABELS, LEARNABLE, make_rows
 
 B_LABELS = ["billing", "shipping"]
@@ -818,7 +819,7 @@ def test_serve_reports_a_port_in_use_before_loading_models(tmp_path: Path, capsy
 
 
 def test_serve_flags_reach_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    import adaptext.serve
+    import adaptext.deploy.serve
     from adaptext.cli import main
 
     calls: list[dict[str, Any]] = []
@@ -826,7 +827,7 @@ def test_serve_flags_reach_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     def run_server(specs: list[str], host: str, port: int, options: ServeOptions, precision: str = "fp32") -> None:
         calls.append({"specs": specs, "port": port, "options": options})
 
-    monkeypatch.setattr(adaptext.serve, "run_server", run_server)
+    monkeypatch.setattr(adaptext.deploy.serve, "run_server", run_server)
     monkeypatch.setenv("ADAPTEXT_API_KEY", "clé")
     assert main(["-q", "serve", "m", "--port", "8123", "--request-timeout", "2.5", "--docs"]) == 0
     assert main(["-q", "serve", "m"]) == 0

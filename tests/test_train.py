@@ -1,4 +1,4 @@
-"""Contract tests of `adaptext.train`: the run folder, save/reload, learning, seeding, resuming and options."""
+"""Contract tests of training: the run folder, save/reload, learning, seeding, resuming and options."""
 
 from __future__ import annotations
 
@@ -20,11 +20,16 @@ import pandas as pd
 import pytest
 import torch
 
-import adaptext.train as train_module
-from adaptext.config import AdaptextError, Config, ConfigError, config_to_yaml, load_config
-from adaptext.model import build_model, load_tokenizer
-from adaptext.predict import Predictor
-from adaptext.train import TrainResult, train
+import adaptext.training.engine as train_module
+from adaptext.core.config import Config, config_to_yaml, load_config
+from adaptext.core.errors import AdaptextError, ConfigError
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.build import build_model
+from adaptext.modeling.hub import load_tokenizer
+from adaptext.strategies import train
+from adaptext.training.callbacks import Callback
+from adaptext.training.objectives import class_weights
+from adaptext.training.state import TrainResult
 from conftest import (
     CHINESE_LABELS,
     FILLER,
@@ -80,15 +85,12 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         ],
     )
     saved: list[torch.nn.Module] = []
-    original = train_module.save_model
 
-    def spy(model: Any, tokenizer: Any, cfg: Config, target: Path) -> None:
-        saved.append(copy.deepcopy(model).eval())
-        original(model, tokenizer, cfg, target)
+    class KeepSaved(Callback):
+        def on_save(self, model: Any, target: Path) -> None:
+            saved.append(copy.deepcopy(model).eval())
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "save_model", spy)
-        result = train(config)
+    result = train(config, callbacks=[KeepSaved()])
     return {"config": config, "result": result, "saved_models": saved, "files": files}
 
 
@@ -182,7 +184,7 @@ def test_run_folder_holds_exactly_the_promised_files(trained: dict[str, Any]) ->
 
 
 def test_env_git_revision_is_none_when_git_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    from adaptext import run as run_module
+    from adaptext.core import run as run_module
 
     def failing_git(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         # What `git rev-parse HEAD` does in a repository without commits: echo HEAD, exit 128.
@@ -194,7 +196,7 @@ def test_env_git_revision_is_none_when_git_fails(monkeypatch: pytest.MonkeyPatch
 
 def test_env_git_revision_is_a_commit_hash_when_known() -> None:
     import adaptext
-    from adaptext.run import environment_record
+    from adaptext.core.run import environment_record
 
     source = Path(adaptext.__file__).resolve().parent
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, check=False)
@@ -450,20 +452,20 @@ def test_class_weights_run(tiny_config: Callable[..., Config], weights: str) -> 
 
 
 def test_class_weight_values(tiny_config: Callable[..., Config], write_csv: Callable[..., Path]) -> None:
-    from adaptext.data import load_splits
+    from adaptext.data.splits import load_splits
 
     rows = make_rows(30, seed=4) + [{"text": "invoice refund", "label": "billing"}] * 10  # 20 billing of 40
     config = tiny_config(f"data.train={write_csv('skewed.csv', rows)}", "train.class_weights=auto")
     splits = load_splits(config)
-    auto = train_module.class_weights(config.train, splits, multi_label=False)
+    auto = class_weights(config.train, splits, multi_label=False)
     assert auto is not None
     assert auto.tolist() == pytest.approx([40 / (3 * 20), 40 / (3 * 10), 40 / (3 * 10)])
 
     config = tiny_config("train.class_weights={shipping: 3.0}")
-    manual = train_module.class_weights(config.train, load_splits(config), multi_label=False)
+    manual = class_weights(config.train, load_splits(config), multi_label=False)
     assert manual is not None
     assert manual.tolist() == [1.0, 3.0, 1.0]
-    assert train_module.class_weights(tiny_config().train, splits, multi_label=False) is None
+    assert class_weights(tiny_config().train, splits, multi_label=False) is None
 
 
 def test_unknown_label_in_class_weights_is_a_config_error(tiny_config: Callable[..., Config]) -> None:
@@ -700,9 +702,9 @@ def test_bundled_minilm_fine_tunes_and_loads_with_plain_transformers(tmp_path: P
 
 
 def test_auto_learning_rate_follows_model_width(tiny_model_dir: Path) -> None:
-    from adaptext.config import TrainConfig
-    from adaptext.model import build_model
-    from adaptext.train import resolve_learning_rate
+    from adaptext.core.config import TrainConfig
+    from adaptext.modeling.build import build_model
+    from adaptext.training.optim import resolve_learning_rate
 
     model = build_model(str(tiny_model_dir), LABELS, multi_label=False)  # hidden size 32
     assert resolve_learning_rate(TrainConfig(), model) == 2e-4
@@ -715,8 +717,8 @@ def test_auto_learning_rate_follows_model_width(tiny_model_dir: Path) -> None:
 
 @pytest.mark.parametrize(("steps_per_epoch", "epochs"), [(10, 10.0), (250, 6.0), (1000, 2.0), (5000, 2.0)])
 def test_auto_epochs_aim_at_a_step_budget(steps_per_epoch: int, epochs: float) -> None:
-    from adaptext.config import TrainConfig
-    from adaptext.train import resolve_epochs
+    from adaptext.core.config import TrainConfig
+    from adaptext.training.optim import resolve_epochs
 
     assert resolve_epochs(TrainConfig(), steps_per_epoch) == epochs
     assert resolve_epochs(TrainConfig(epochs=1.5), steps_per_epoch) == 1.5
@@ -731,17 +733,16 @@ def test_auto_epochs_set_the_run_length(tiny_config: Callable[..., Config]) -> N
 def test_each_loss_record_averages_only_its_own_steps(
     tiny_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import adaptext.train as train_module
 
     losses: list[tuple[float, int]] = []
-    real_loss = train_module._loss
+    real_loss = train_module.cross_entropy_loss
 
     def recording_loss(logits: Any, targets: Any, weights: Any, multi_label: bool) -> Any:
         value = real_loss(logits, targets, weights, multi_label)
         losses.append((value.item(), len(targets)))
         return value
 
-    monkeypatch.setattr(train_module, "_loss", recording_loss)
+    monkeypatch.setattr(train_module, "cross_entropy_loss", recording_loss)
     result = train(tiny_config("train.epochs=3"))  # 45 steps of batch 8: records at steps 20, 40 and 45
     records = [r for r in read_log(result.run_dir) if "loss" in r]
     assert [r["step"] for r in records] == [20, 40, 45]

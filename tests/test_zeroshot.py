@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from fastapi.testclient import TestClient
 
-from adaptext.config import AdaptextError, Config, ConfigError, load_config
-from adaptext.data import DataError
-from adaptext.predict import Predictor
-from adaptext.serve import ServeOptions, create_app
-from adaptext.train import TrainResult, train
-from adaptext.zeroshot import fit_temperature
+from adaptext.core.config import Config, load_config
+from adaptext.core.errors import AdaptextError, ConfigError, DataError
+from adaptext.deploy.serve import ServeOptions, create_app
+from adaptext.evaluation.calibration import fit_temperature
+from adaptext.inference.predictor import Predictor
+from adaptext.strategies import train
+from adaptext.training.state import TrainResult
 from conftest import LABELS, make_rows
 
 # The tiny vocabulary holds these words, so neither the texts nor the hypotheses below hit [UNK].
@@ -503,7 +504,7 @@ def test_an_nli_model_without_an_entailment_label_is_an_error(tiny_model_dir: Pa
 def test_exporting_a_zeroshot_run_is_refused_or_gives_a_usable_folder(
     similarity_run: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from adaptext.export import export_onnx
+    from adaptext.deploy.export import export_onnx
 
     files = similarity_run["files"]
     config = zeroshot_config(

@@ -8,20 +8,22 @@ __version__ = "0.1.0"
 __all__ = ["Config", "EvalReport", "Prediction", "Predictor", "TrainResult", "evaluate_file", "load_config", "train"]
 
 if TYPE_CHECKING:
-    from adaptext.config import Config, load_config
-    from adaptext.evaluate import EvalReport, evaluate_file
-    from adaptext.predict import Prediction, Predictor
-    from adaptext.train import TrainResult, train
+    from adaptext.core.config import Config, load_config
+    from adaptext.evaluation.evaluate import evaluate_file
+    from adaptext.evaluation.metrics import EvalReport
+    from adaptext.inference.predictor import Prediction, Predictor
+    from adaptext.strategies import train
+    from adaptext.training.state import TrainResult
 
 _LAZY = {
-    "Config": "adaptext.config",
-    "load_config": "adaptext.config",
-    "EvalReport": "adaptext.evaluate",
-    "evaluate_file": "adaptext.evaluate",
-    "Prediction": "adaptext.predict",
-    "Predictor": "adaptext.predict",
-    "TrainResult": "adaptext.train",
-    "train": "adaptext.train",
+    "Config": "adaptext.core.config",
+    "load_config": "adaptext.core.config",
+    "EvalReport": "adaptext.evaluation.metrics",
+    "evaluate_file": "adaptext.evaluation.evaluate",
+    "Prediction": "adaptext.inference.predictor",
+    "Predictor": "adaptext.inference.predictor",
+    "TrainResult": "adaptext.training.state",
+    "train": "adaptext.strategies",
 }
 
 

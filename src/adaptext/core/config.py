@@ -1,0 +1,473 @@
+"""The run configuration: one typed, validated tree loaded from YAML plus `key.path=value` overrides.
+
+This module imports neither torch nor transformers, so `adaptext --help` and config validation stay instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from adaptext.core.errors import ConfigError
+from adaptext.core.registry import STRATEGIES
+
+logger = logging.getLogger(__name__)
+
+
+CONFIG_FORMAT_VERSION = 1
+
+
+_FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _coerce_float(value: Any) -> Any:
+    # PyYAML reads `1e-3` (no dot) as a string; accept it as the float the user meant.
+    if isinstance(value, str) and _FLOAT_STRING.match(value.strip()):
+        return float(value)
+    return value
+
+
+def expand_user(path: Path) -> Path:
+    """`path` with a leading `~` or `~user` expanded as a shell would; a `ValueError` names an unknown user."""
+    if not str(path).startswith("~"):
+        return path
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {str(path)!r}: no such user's home folder") from None
+
+
+def _expand_name(value: str) -> str:
+    # A model name starting with `~` can only be a local folder: Hugging Face ids never start with one.
+    return str(expand_user(Path(value))) if value.startswith("~") else value
+
+
+Float = Annotated[float, BeforeValidator(_coerce_float)]
+
+
+# A path field: `~` is expanded, so `output_dir: ~/runs/a` means the home folder, as in a shell.
+UserPath = Annotated[Path, AfterValidator(expand_user)]
+
+
+# A model id or a local folder; a folder given with `~` is expanded.
+ModelName = Annotated[str, AfterValidator(_expand_name)]
+
+
+# Strict, so that `true` or `2.5` is not silently taken as 1 or 2.
+Int = Annotated[int, Strict()]
+
+
+AUTO_TARGET_STEPS = 1500
+
+
+AUTO_MIN_EPOCHS = 2
+
+
+AUTO_MAX_EPOCHS = 10
+
+
+# The strategies adaptext ships (`adaptext.strategies`); others are known once registered.
+BUILTIN_STRATEGIES = ("finetune", "fewshot", "zeroshot", "prompt")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: ModelName = Field(
+        "minilm",
+        description="A Hugging Face model id, a local model folder, or `minilm` for the bundled offline model.",
+    )
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto",
+        description="What the classification head reads: `cls` the [CLS] token's state (BERT's recipe), `mean` "
+        "the mean of the token states (one appended layer computes it, so the saved model stays a plain "
+        "`transformers` model). `auto`: `mean` for sentence-transformers models trained with mean pooling "
+        "(such as `minilm`) when fine-tuning without peft, `cls` otherwise.",
+    )
+
+
+class DataConfig(_Section):
+    train: UserPath | None = Field(None, description="Training file (CSV, TSV, JSONL or Parquet).")
+    validation: UserPath | None = Field(
+        None, description="Validation file; when absent a stratified split of `train` is used."
+    )
+    test: UserPath | None = Field(
+        None, description="Test file, evaluated once after training into the run folder's report."
+    )
+    validation_fraction: Float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of `train` held out for validation when no file is given."
+    )
+    test_fraction: Float | None = Field(
+        None,
+        gt=0.0,
+        lt=0.5,
+        description="Share of `train` held out as a test split when no test file is given (stratified).",
+    )
+    text_column: str = Field("text", description="Column holding the text.")
+    text_pair_column: str | None = Field(None, description="Optional second text column for sentence-pair tasks.")
+    label_column: str = Field("label", description="Column holding the label (or labels).")
+    multi_label: bool = Field(
+        False,
+        description="Each row has any number of labels: a JSON list (JSONL/Parquet) or a delimited string.",
+    )
+    label_delimiter: str = Field("|", min_length=1, description="Separator of labels in a multi-label CSV/TSV cell.")
+    max_length: Int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
+    label_descriptions: UserPath | None = Field(
+        None,
+        description="CSV/TSV/JSONL file with columns `label,description`: what each label means, in words. "
+        "Zero-shot scores texts against the descriptions; few-shot adds each as one more training example.",
+    )
+
+
+class TrainConfig(_Section):
+    epochs: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
+        "auto",
+        description="Passes over the training data (fractions allowed). `auto`: enough passes for about "
+        f"{AUTO_TARGET_STEPS} optimizer steps, at least {AUTO_MIN_EPOCHS} and at most {AUTO_MAX_EPOCHS}.",
+    )
+    max_steps: Int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides `epochs` when set)."
+    )
+    batch_size: Int = Field(32, ge=1, description="Examples per forward pass.")
+    eval_batch_size: Int | None = Field(None, ge=1, description="Examples per batch when evaluating.")
+    learning_rate: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
+        "auto",
+        description="Peak learning rate for AdamW. `auto`: by model width (hidden size <= 512: 2e-4, "
+        "<= 768: 5e-5, larger: 2e-5); see docs/benchmarks.md for how these were chosen.",
+    )
+    weight_decay: Float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases/norms).")
+    warmup_ratio: Float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up linearly.")
+    grad_accum_steps: Int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    max_grad_norm: Float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables it.")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "auto", description="Mixed precision: `auto` picks bf16/fp16 on a capable GPU, fp32 otherwise."
+    )
+    class_weights: Literal["none", "auto"] | dict[str, Float] = Field(
+        "none",
+        description="Loss weights per class: `auto` (inverse frequency) or a `{label: weight}` mapping.",
+    )
+    eval_steps: Int | None = Field(
+        None, ge=1, description="Also evaluate every N optimizer steps (always at each epoch end)."
+    )
+    checkpoint_steps: Int = Field(
+        200, ge=1, description="Save a resumable checkpoint every N optimizer steps (and at each evaluation)."
+    )
+    early_stopping_patience: Int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    metric_for_best: str = Field(
+        "macro_f1", description="Validation metric that picks the best checkpoint (higher is better, except `loss`)."
+    )
+    threshold: Float = Field(0.5, gt=0, lt=1, description="Multi-label decision threshold on each label's probability.")
+    num_workers: Int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class PeftSection(_Section):
+    method: str = Field(
+        "none",
+        description="`none` (full fine-tuning), `lora`, `adalora`, `ia3`, `prefix_tuning`, `prompt_tuning`, "
+        "`p_tuning`, or any other peft method name for sequence classification (e.g. `loha`, `lokr`, `vera`).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options passed to the peft method's config (e.g. LoRA `r`, `lora_alpha`, `lora_dropout`, "
+        "`target_modules`, `use_rslora`, `use_dora`); peft validates them. Unset options get adaptext's defaults.",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _normalise_method(cls, value: str) -> str:
+        return value.strip().lower().replace("-", "_")
+
+
+class FewshotSection(_Section):
+    steps: Int | Literal["auto"] = Field(
+        "auto",
+        description="Contrastive training steps. `auto`: about 40 encodings per training example, 40 to 500 steps.",
+    )
+    batch_size: Int = Field(32, ge=2, description="Examples per contrastive step; every pair among them is trained on.")
+    per_class: Int = Field(4, ge=1, description="Examples drawn from each class into a contrastive batch.")
+    learning_rate: Float = Field(2e-5, gt=0, description="Peak AdamW learning rate of the contrastive step.")
+    head_c: Float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic-regression head.")
+    calibrate: bool = Field(
+        True,
+        description="Fit a softmax temperature on the validation split (single-label): the regression's "
+        "probabilities are far too flat for many classes; the temperature changes confidence, never the label.",
+    )
+
+
+class ZeroshotSection(_Section):
+    template: str = Field(
+        "This example is about {label}.",
+        description="How a label (its description, or its name) becomes a sentence; must contain `{label}`. "
+        "Write it in the language of the texts.",
+    )
+    labels: list[str] | None = Field(
+        None, description="The label names, when no training file or label-description file gives them."
+    )
+    temperature: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
+        "auto",
+        description="Softmax temperature on cosine similarities. `auto`: fitted on labelled validation data "
+        "when there is any (it changes confidence, never the label), else 0.05.",
+    )
+    nli_model: ModelName | None = Field(
+        None,
+        description="An NLI (entailment) model id or folder: labels are then scored by entailment of the template "
+        "as hypothesis, instead of by embedding similarity.",
+    )
+
+
+class PromptSection(_Section):
+    template: str = Field(
+        "{text} It was {mask}.",
+        description="Pattern turning a text into a cloze question for a masked-LM model: `{text}` and `{mask}` "
+        "(and `{pair}` for text pairs).",
+    )
+    verbalizer: dict[str, str] = Field(
+        default_factory=dict,
+        description="Label -> word the model should fill in at `{mask}` (one token each). "
+        "Empty: each label's own name.",
+    )
+
+
+class Config(_Section):
+    format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
+    output_dir: UserPath = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
+    seed: Int = Field(42, description="Seed for data splits, initialisation, shuffling and dropout.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    peft: PeftSection = Field(default_factory=PeftSection)
+    strategy: str = Field(
+        "finetune",
+        description="`finetune`: train the model with a classification head. `fewshot`: contrastive training "
+        "on pairs of the few examples, then a logistic-regression head (SetFit). `zeroshot`: no training, labels "
+        "scored by similarity to their descriptions (or by an NLI model). `prompt`: cloze-style fine-tuning of a "
+        "masked-LM model with a template and verbalizer (PET). A strategy registered in "
+        "`adaptext.training.strategy.STRATEGIES` is taken by its name.",
+    )
+    fewshot: FewshotSection = Field(default_factory=FewshotSection)
+    zeroshot: ZeroshotSection = Field(default_factory=ZeroshotSection)
+    prompt: PromptSection = Field(default_factory=PromptSection)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        known = [*BUILTIN_STRATEGIES, *(n for n in STRATEGIES.names() if n not in BUILTIN_STRATEGIES)]
+        if value not in known:
+            raise ValueError(f"unknown strategy {value!r}; the strategies are: {', '.join(known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Config:
+        if self.format_version != CONFIG_FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is not supported (expected {CONFIG_FORMAT_VERSION})"
+            )
+        if self.data.test is not None and self.data.test_fraction is not None:
+            raise ValueError("data.test and data.test_fraction are exclusive: give a test file or a fraction")
+        if "{label}" not in self.zeroshot.template:
+            raise ValueError(f"zeroshot.template must contain {{label}}, got {self.zeroshot.template!r}")
+        for key in ("{text}", "{mask}"):
+            if self.prompt.template.count(key) != 1:
+                raise ValueError(f"prompt.template must contain {key} once, got {self.prompt.template!r}")
+        if self.strategy != "finetune" and self.peft.method != "none":
+            raise ValueError(f"strategy {self.strategy} trains without peft; set peft.method=none")
+        if self.model.pooling == "mean" and (self.peft.method != "none" or self.strategy != "finetune"):
+            raise ValueError(
+                "model.pooling=mean is for full fine-tuning (strategy finetune, peft.method none); "
+                "few-shot and zero-shot always pool the mean, peft methods read [CLS]"
+            )
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn `key.path=value` strings into a nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        _set_dotted(tree, key.strip(), _parse_value(item, raw))
+    return tree
+
+
+def _parse_value(item: str, raw: str) -> Any:
+    if not raw.strip():
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it") from None
+    # YAML reads `|`, `>`, `&a` or `#x` as syntax, not text; a user typing them means the text.
+    if value in (None, "") and raw.strip() not in ("null", "Null", "NULL", "~", "''", '""'):
+        return raw
+    return value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_valid_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    return model
+
+
+def _field_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    # pydantic appends union-member tags ("literal[...]", "dict[...]") to a location; keep only field names.
+    path: list[str] = []
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            break
+        path.append(str(part))
+        field = model.model_fields.get(str(part))
+        if field is None:  # an unknown key
+            break
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return tuple(path)
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        loc = _field_path(item["loc"])
+        dotted = ".".join(loc) or "(root)"
+        if item["type"] == "extra_forbidden":
+            section = _section_model(loc)
+            prefix = ".".join(loc[:-1])
+            valid = ", ".join(_valid_keys(section, f"{prefix}." if prefix else ""))
+            problems.append(f"{dotted}: unknown key; valid keys here: {valid}")
+        else:
+            problem = f"{dotted}: {item['msg']} (got {item.get('input')!r})"
+            if problem not in problems:
+                problems.append(problem)
+    return f"invalid configuration ({source}): " + "; ".join(problems)
+
+
+def build_config(tree: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw config tree as a whole, raising `ConfigError` that names each bad dotted key."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config, apply `key.path=value` overrides and validate the result.
+
+    >>> cfg = load_config(None, ["data.train=train.csv", "train.learning_rate=5e-5"])
+    >>> cfg.train.learning_rate
+    5e-05
+    """
+    tree: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path).expanduser()
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        tree = loaded
+    extra = parse_overrides(overrides) if overrides else {}
+    if overrides:
+        tree = _merge(tree, extra)
+        source = f"{source} + overrides" if path is not None else source
+    config = build_config(tree, source)
+    if path is not None and "output_dir" not in extra:
+        config = _follow_moved_run(config, path)
+    return config
+
+
+def _is_run_folder(folder: Path) -> bool:
+    # What a training run leaves (see adaptext.run): its label names, and a checkpoint or a saved model.
+    return (folder / "labels.json").is_file() and any(
+        (folder / name).is_dir() for name in ("checkpoint", "checkpoint.old", "model", "model.old")
+    )
+
+
+def _follow_moved_run(config: Config, path: Path) -> Config:
+    """A run folder's own `config.yaml` names the folder the run was made in; after `mv runs/a runs/b`, loading
+    `runs/b/config.yaml` must mean the run in `runs/b` (to resume it, say), not a new run in the old place."""
+    if path.name != "config.yaml" or not _is_run_folder(path.parent):
+        return config
+    folder = path.parent
+    if config.output_dir.resolve() == folder.resolve():
+        return config
+    logger.info(
+        "%s: the run was made in %s and now lies in %s; output_dir is %s", path, config.output_dir, folder, folder
+    )
+    return config.model_copy(update={"output_dir": folder})
+
+
+def config_to_yaml(config: Config) -> str:
+    """Serialise a resolved config (paths as strings) for the run folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def default_value(dotted: str) -> Any:
+    """The default of the config key `dotted` (as it appears in a dumped config), e.g. `train.eval_steps`."""
+    value: Any = Config().model_dump(mode="json")
+    for part in dotted.split("."):
+        value = value[part]
+    return value

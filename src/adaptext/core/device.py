@@ -1,0 +1,46 @@
+"""Devices and precision: where to run, and which mixed-precision mode this machine supports."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from adaptext.core.errors import ConfigError
+
+
+def default_device(device: str | None) -> torch.device:
+    """`device`, else the GPU when there is one, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_precision(requested: str) -> str:
+    """The accelerate mixed-precision mode for `train.precision` on this machine."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_bf16() else "no"
+    if requested == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    return "no" if requested == "fp32" else requested
+
+
+# oneDNN, which runs torch's CPU matrix products in bf16, keeps a compiled kernel for every shape it has seen,
+# 1,024 by default. Dynamic padding makes a shape of every batch length, and on the SST-2 speed benchmark those
+# kernels held about 120 MB at the peak; 64 kept the same speed (docs/benchmarks.md). A value the user set wins.
+KERNEL_CACHE = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+
+def limit_kernel_cache() -> None:
+    """Bound oneDNN's per-shape kernel cache for this process unless the environment already sets it."""
+    os.environ.setdefault(*KERNEL_CACHE)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -1,0 +1,15 @@
+"""The errors adaptext raises for a user's mistakes: the CLI prints them as one line, exit code 2."""
+
+from __future__ import annotations
+
+
+class AdaptextError(Exception):
+    """A user error: bad config, bad data or a bad path. The CLI prints it without a traceback."""
+
+
+class ConfigError(AdaptextError):
+    """The configuration file or an override is invalid."""
+
+
+class DataError(AdaptextError):
+    """A data file is missing, unreadable or inconsistent with the configuration."""

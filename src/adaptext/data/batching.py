@@ -1,0 +1,191 @@
+"""Tokenising once, grouping examples of similar length, and padding each batch only as far as it needs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from transformers import PreTrainedTokenizerBase
+
+from adaptext.data.examples import TextData
+from adaptext.data.labels import label_targets
+
+TOKENIZE_CHUNK = 2048
+
+
+@dataclass
+class Encoded(Dataset[dict[str, Any]]):
+    """Token ids per example (unpadded) and, when labelled, a label target per example.
+
+    `targets` holds a class index per example, or a multi-hot list for multi-label data.
+    """
+
+    features: dict[str, list[list[int]]]
+    targets: list[int] | list[list[float]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.features["input_ids"])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {name: values[index] for name, values in self.features.items()}
+        item["index"] = index
+        if self.targets is not None:
+            item["labels"] = self.targets[index]
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.features["input_ids"]]
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    max_length: int,
+) -> dict[str, list[list[int]]]:
+    """Tokenise in large chunks (the fast tokenizer parallelises inside a call), truncating, without padding."""
+    features: dict[str, list[list[int]]] = {}
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        stop = start + TOKENIZE_CHUNK
+        chunk = tokenizer(
+            list(texts[start:stop]),
+            list(pairs[start:stop]) if pairs is not None else None,
+            truncation="longest_first" if pairs is not None else True,
+            max_length=max_length,
+        )
+        for name in ("input_ids", "attention_mask", "token_type_ids"):
+            if name in chunk:
+                features.setdefault(name, []).extend(chunk[name])
+    return features
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    data: TextData,
+    labels: list[str],
+    max_length: int,
+    multi_label: bool,
+) -> Encoded:
+    """Tokenise `data` once and map its label names to training targets."""
+    features = tokenize(tokenizer, data.texts, data.pairs, max_length)
+    targets = None if data.labels is None else label_targets(data, labels, multi_label).tolist()
+    return Encoded(features=features, targets=targets)
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of examples with similar length, so padding stays small.
+
+    Each epoch: shuffle, cut into mega-batches of `batch_size * 50`, sort each by length, cut into batches,
+    shuffle the batches. The order is a pure function of (seed, epoch), which makes resuming exact.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        order = list(range(len(self.lengths)))
+        if not self.shuffle:
+            order.sort(key=lambda i: self.lengths[i], reverse=True)
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        rng.shuffle(order)
+        mega = self.batch_size * 50
+        batches: list[list[int]] = []
+        for start in range(0, len(order), mega):
+            group = sorted(order[start : start + mega], key=lambda i: self.lengths[i], reverse=True)
+            batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+class Collator:
+    """Pads a list of encoded examples to the longest one in the batch."""
+
+    def __init__(self, pad_token_id: int, multi_label: bool = False) -> None:
+        self.pad_token_id = pad_token_id
+        self.multi_label = multi_label
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(item["input_ids"]) for item in items)
+        batch: dict[str, torch.Tensor] = {}
+        for name, pad in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            if name in items[0]:
+                rows = [item[name] + [pad] * (width - len(item[name])) for item in items]
+                batch[name] = torch.tensor(rows, dtype=torch.long)
+        batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+        if "labels" in items[0]:
+            dtype = torch.float32 if self.multi_label else torch.long
+            batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=dtype)
+        return batch
+
+
+def _find(sequence: list[int], part: list[int], start: int = 0) -> int:
+    for i in range(start, len(sequence) - len(part) + 1):
+        if sequence[i : i + len(part)] == part:
+            return i
+    raise ValueError(f"token ids {part} not found in {sequence}")
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Where a tokenizer puts its special tokens around one text (`prefix a suffix`) and a pair of texts
+    (`pair_prefix a middle b pair_suffix`), read off the tokenizer itself so that token ids built piece by piece
+    (a prompt template, an NLI hypothesis) get exactly the layout the tokenizer would give."""
+
+    prefix: list[int]
+    suffix: list[int]
+    pair_prefix: list[int]
+    middle: list[int]
+    pair_suffix: list[int]
+    second_type: int  # token type id of the second text (BERT: 1), or 0 where types are not used
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> SpecialTokens:
+        a = tokenizer("a", add_special_tokens=False)["input_ids"]
+        b = tokenizer("b", add_special_tokens=False)["input_ids"]
+        single = tokenizer("a")["input_ids"]
+        i = _find(single, a)
+        pair = tokenizer("a", "b")
+        ids = pair["input_ids"]
+        j = _find(ids, a)
+        k = _find(ids, b, j + len(a))
+        types = pair.get("token_type_ids")
+        return cls(
+            prefix=single[:i],
+            suffix=single[i + len(a) :],
+            pair_prefix=ids[:j],
+            middle=ids[j + len(a) : k],
+            pair_suffix=ids[k + len(b) :],
+            second_type=int(types[k]) if types else 0,
+        )
+
+    def single(self, ids: list[int]) -> list[int]:
+        return self.prefix + ids + self.suffix
+
+    def pair(self, first: list[int], second: list[int]) -> tuple[list[int], list[int]]:
+        """Input ids and token type ids of a text pair."""
+        head = self.pair_prefix + first + self.middle
+        tail = second + self.pair_suffix
+        return head + tail, [0] * len(head) + [self.second_type] * len(tail)
+
+    @property
+    def pair_overhead(self) -> int:
+        return len(self.pair_prefix) + len(self.middle) + len(self.pair_suffix)

@@ -1,0 +1,138 @@
+"""Training, validation and test splits: stratified hold-outs, leakage checks, per-class samples."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from adaptext.core.config import Config
+from adaptext.core.errors import DataError
+from adaptext.data.examples import Splits, TextData
+from adaptext.data.io import load_examples
+from adaptext.data.labels import check_known_labels, label_names
+
+logger = logging.getLogger(__name__)
+
+
+def _example_keys(data: TextData) -> list[tuple[str, str | None]]:
+    pairs: list[str] | list[None] = data.pairs if data.pairs is not None else [None] * len(data)
+    return list(zip(data.texts, pairs, strict=True))
+
+
+def count_in_train(train: TextData, other: TextData) -> int:
+    """How many examples of `other` have exactly the text (and pair) of some training example."""
+    seen = set(_example_keys(train))
+    return sum(key in seen for key in _example_keys(other))
+
+
+def check_train_overlap(train: TextData, evaluated: dict[str, TextData]) -> dict[str, int]:
+    """Count, and warn about, examples of each evaluated split (name -> data) whose text also appears in train.
+
+    Texts (with their pair, for pair data) are compared exactly. Returns name -> count for every split.
+    """
+    counts: dict[str, int] = {}
+    what = "text pair" if train.pairs is not None else "text"
+    for name, data in evaluated.items():
+        counts[name] = count_in_train(train, data)
+        if counts[name]:
+            logger.warning(
+                "%d %s of the %s split (%.1f%%, %s) also %s in train (exact duplicates): scores on it are optimistic",
+                counts[name],
+                what if counts[name] == 1 else what + "s",
+                name,
+                100 * counts[name] / len(data),
+                data.source,
+                "appears" if counts[name] == 1 else "appear",
+            )
+    return counts
+
+
+def stratified_split(data: TextData, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (kept, held out): about `fraction` of each class held out, every class kept in training.
+
+    Multi-label rows are stratified by their label combination. The result depends only on the data and seed.
+    """
+    assert data.labels is not None
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, value in enumerate(data.labels):
+        key = "\x1f".join(sorted(value)) if isinstance(value, list) else str(value)
+        groups[key].append(index)
+    rng = random.Random(seed)
+    kept: list[int] = []
+    held: list[int] = []
+    for key in sorted(groups):
+        members = groups[key][:]
+        rng.shuffle(members)
+        n_held = min(int(len(members) * fraction + 0.5), len(members) - 1)
+        held.extend(members[:n_held])
+        kept.extend(members[n_held:])
+    return sorted(kept), sorted(held)
+
+
+def load_splits(config: Config) -> Splits:
+    """Read and check every file of a run, carving validation/test splits from train where asked."""
+    cfg = config.data
+    if cfg.train is None:
+        raise DataError("data.train is not set; give the training file in the config or as data.train=PATH")
+    train = load_examples(cfg.train, cfg)
+    labels = label_names(train)
+    test = load_examples(cfg.test, cfg) if cfg.test is not None else None
+    validation = load_examples(cfg.validation, cfg) if cfg.validation is not None else None
+    if test is None and cfg.test_fraction is not None:
+        kept, held = stratified_split(train, cfg.test_fraction, config.seed)
+        test = train.subset(held, source=f"{train.source} (test split)")
+        train = train.subset(kept)
+    if validation is None:
+        kept, held = stratified_split(train, cfg.validation_fraction, config.seed + 1)
+        if not held:
+            raise DataError(f"{train.source}: too few rows to carve a validation split; give data.validation")
+        validation = train.subset(held, source=f"{train.source} (validation split)")
+        train = train.subset(kept)
+    for split in (validation, test):
+        if split is not None:
+            check_known_labels(split, labels)
+    evaluated = {"validation": validation} | ({"test": test} if test is not None else {})
+    in_train = check_train_overlap(train, evaluated)
+    logger.info(
+        "data: %d train, %d validation, %s test examples, %d labels",
+        len(train),
+        len(validation),
+        len(test) if test is not None else "no",
+        len(labels),
+    )
+    return Splits(train=train, validation=validation, test=test, labels=labels, in_train=in_train)
+
+
+def sample_per_class(data: TextData, per_class: int, seed: int) -> tuple[list[int], dict[str, int]]:
+    """Indices (in file order) of `per_class` examples of every label, drawn reproducibly with `seed`,
+    and the labels that had fewer (all of theirs are taken) with their counts.
+
+    Multi-label rows: rows are drawn in a seeded order and a row is taken while one of its labels still has fewer
+    than `per_class` examples, so every label reaches `per_class` where the data allows.
+    """
+    assert data.labels is not None
+    if per_class < 1:
+        raise DataError(f"per-class sample size must be at least 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    counts: Counter[str] = Counter()
+    chosen: list[int] = []
+    if data.labels and isinstance(data.labels[0], list):
+        for index in rng.permutation(len(data)):
+            names = data.labels[int(index)]
+            if any(counts[name] < per_class for name in names):
+                chosen.append(int(index))
+                counts.update(names)
+    else:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, value in enumerate(data.labels):
+            groups[str(value)].append(index)
+        for name in sorted(groups):
+            members = groups[name]
+            take = rng.permutation(len(members))[:per_class]
+            chosen.extend(members[int(i)] for i in take)
+            counts[name] = len(take)
+    short = {name: n for name, n in sorted(counts.items()) if n < per_class}
+    return sorted(chosen), short

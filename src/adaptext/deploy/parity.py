@@ -1,0 +1,95 @@
+"""Checks that a transformed model (merged, exported) answers as the original did."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adaptext.core.errors import AdaptextError
+from adaptext.data.examples import TextData
+
+
+@dataclass
+class MergeCheck:
+    """How the merged model compares with the adapter model on a sample."""
+
+    n_examples: int
+    max_abs_diff: float
+    label_agreement: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.label_agreement == 1.0
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_examples} examples: max |logit difference| {self.max_abs_diff:.2e} "
+            f"(tolerance {self.tolerance:.0e}), labels agree on {self.label_agreement:.2%}"
+        )
+
+
+def decisions(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """The labels logits decide: class ids, or for multi-label a boolean row per example (logit > 0)."""
+    return logits > 0 if multi_label else logits.argmax(axis=1)
+
+
+def match_rate(predicted: np.ndarray, expected: np.ndarray, multi_label: bool) -> float:
+    """Share of examples whose decisions agree (every label of the row, for multi-label)."""
+    if not len(predicted):
+        return 1.0
+    same = predicted == expected
+    return float((same.all(axis=1) if multi_label else same).mean())
+
+
+def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, multi_label: bool) -> MergeCheck:
+    agree = match_rate(decisions(other, multi_label), decisions(reference, multi_label), multi_label)
+    diff = float(np.abs(reference - other).max()) if reference.size else 0.0
+    # Relative to the logits' size: float32 keeps ~7 digits, so logits in the hundreds (a zero-shot scorer at a low
+    # temperature) differ by more than 1e-4 between two correct runtimes.
+    scale = max(1.0, float(np.abs(reference).max())) if reference.size else 1.0
+    return MergeCheck(n_examples=len(reference), max_abs_diff=diff, label_agreement=agree, tolerance=tolerance * scale)
+
+
+def parity_examples(
+    path: Path, model_dir: Path, data: str | Path | None, metadata: Mapping[str, Any], sample: int
+) -> TextData:
+    """Up to `sample` examples evenly spread over `data` (labelled or not) or over the run's validation split."""
+    if sample < 1:
+        raise AdaptextError(f"--sample must be at least 1, got {sample}")
+    from adaptext.core.config import DataConfig, load_config
+    from adaptext.data.io import load_examples, read_table
+    from adaptext.data.splits import load_splits
+
+    if data is not None:
+        columns = DataConfig(
+            text_column=str(metadata.get("text_column") or "text"),
+            text_pair_column=metadata.get("text_pair_column"),
+            label_column=str(metadata.get("label_column") or "label"),
+            label_delimiter=str(metadata.get("label_delimiter") or "|"),
+            multi_label=metadata.get("problem_type") == "multi_label_classification",
+        )
+        labelled = columns.label_column in read_table(data).columns
+        examples = load_examples(data, columns, with_labels=labelled)
+    else:
+        config_path = next((p / "config.yaml" for p in (path, model_dir.parent) if (p / "config.yaml").is_file()), None)
+        if config_path is None:
+            raise AdaptextError(f"{path}: not inside a run folder (no config.yaml); give --data FILE to check on")
+        try:
+            examples = load_splits(load_config(config_path)).validation
+        except AdaptextError as error:
+            raise AdaptextError(f"cannot read the run's validation data ({error}); give --data FILE") from None
+    if len(examples) == 0:
+        raise AdaptextError("no examples to check on")
+    idx = np.unique(np.linspace(0, len(examples) - 1, num=min(sample, len(examples))).astype(int)).tolist()
+    return TextData(
+        texts=[examples.texts[i] for i in idx],
+        source=examples.source,
+        pairs=[examples.pairs[i] for i in idx] if examples.pairs is not None else None,
+        labels=[examples.labels[i] for i in idx] if examples.labels is not None else None,
+        rows=[examples.rows[i] for i in idx] if examples.rows else [],
+    )

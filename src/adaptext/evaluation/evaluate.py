@@ -1,0 +1,54 @@
+"""Evaluating a saved model on a labelled file into a report folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adaptext.core.config import DataConfig
+from adaptext.core.outputs import check_output_dir, expand, replace_folder
+from adaptext.core.run import read_train_log
+from adaptext.data.io import load_examples
+from adaptext.data.labels import check_known_labels
+from adaptext.evaluation.metrics import EvalReport, evaluate_data
+from adaptext.inference.predictor import Predictor
+
+
+def evaluate_file(
+    model_path: str | Path,
+    data_path: str | Path,
+    output_dir: str | Path,
+    columns: dict[str, str | None] | None = None,
+    *,
+    overwrite: bool = False,
+) -> EvalReport:
+    """Evaluate a saved model (run or model folder) on a labelled file and write the report into `output_dir`.
+
+    `columns` may set `text_column`, `text_pair_column` and `label_column`; by default those the model
+    was trained with. Pointing at a run folder adds its training curves to the report. `output_dir` must be a new
+    or empty folder, or an earlier evaluation report (replaced only with `overwrite`); never a run folder.
+
+    >>> evaluate_file("runs/quickstart", "data/banking77/train.csv", "eval-out")  # doctest: +SKIP
+    """
+    from adaptext.evaluation.report import write_report  # matplotlib only when a report is written
+
+    model_path, data_path = expand(model_path), expand(data_path)
+    output = check_output_dir(output_dir, "evaluation", overwrite=overwrite, inputs=[model_path, data_path])
+    predictor = Predictor.from_dir(model_path)
+    saved = predictor.metadata
+    settings = {
+        k: saved[k]
+        for k in ("text_column", "text_pair_column", "label_column", "label_delimiter")
+        if saved.get(k) is not None
+    }
+    settings |= {k: v for k, v in (columns or {}).items() if v is not None}
+    cfg = DataConfig(multi_label=predictor.multi_label, **settings)
+    data = load_examples(data_path, cfg)
+    check_known_labels(data, predictor.labels)
+    report = evaluate_data(predictor, data)
+    history = read_train_log(Path(model_path) / "train_log.jsonl")
+    replace_folder(
+        output,
+        lambda folder: write_report(report, folder, history=history, title=f"{model_path} on {data_path}"),
+        "evaluation",
+    )
+    return report

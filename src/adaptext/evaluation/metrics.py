@@ -1,0 +1,169 @@
+"""Metrics for single- and multi-label classification, computed from class probabilities."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    hamming_loss,
+    precision_recall_fscore_support,
+)
+
+from adaptext.core.errors import ConfigError
+from adaptext.data.examples import TextData
+from adaptext.data.labels import label_targets
+from adaptext.inference.predictor import Predictor
+
+SINGLE_LABEL_METRICS = ["accuracy", "loss", "ece"] + [
+    f"{avg}_{kind}" for avg in ("macro", "micro", "weighted") for kind in ("precision", "recall", "f1")
+]
+
+
+MULTI_LABEL_METRICS = ["accuracy", "loss", "hamming_loss"] + [
+    f"{avg}_{kind}" for avg in ("macro", "micro", "weighted", "samples") for kind in ("precision", "recall", "f1")
+]
+
+
+LOWER_IS_BETTER = {"loss", "ece", "hamming_loss"}
+
+
+@dataclass
+class EvalReport:
+    """The evaluation of one model on one labelled data set.
+
+    `metrics` is flat (`accuracy`, `macro_f1`, ...); `per_class` has one row per label with precision,
+    recall, f1 and support; `confusion` is rows = true label, columns = predicted (single-label only).
+    """
+
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]]
+    labels: list[str]
+    multi_label: bool
+    confusion: list[list[int]] | None = None
+    reliability: list[dict[str, float]] = field(default_factory=list)
+    n_examples: int = 0
+    data_source: str = ""
+
+
+def metric_names(multi_label: bool) -> list[str]:
+    return MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS
+
+
+def check_metric_name(name: str, multi_label: bool) -> None:
+    """Fail early when `train.metric_for_best` names a metric that will never be computed."""
+    valid = metric_names(multi_label)
+    if name not in valid:
+        raise ConfigError(f"train.metric_for_best: {name!r} is not a metric here; choose one of {', '.join(valid)}")
+
+
+def is_improvement(name: str, value: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if name in LOWER_IS_BETTER else value > best
+
+
+def _reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[float, list[dict[str, float]]]:
+    # Expected calibration error over equal-width confidence bins, and the bins themselves for the plot.
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    table = []
+    ece = 0.0
+    for low, high in itertools.pairwise(edges):
+        mask = (confidence > low) & (confidence <= high)
+        if not mask.any():
+            continue
+        accuracy = float(correct[mask].mean())
+        mean_conf = float(confidence[mask].mean())
+        ece += mask.mean() * abs(accuracy - mean_conf)
+        table.append(
+            {
+                "low": float(low),
+                "high": float(high),
+                "accuracy": accuracy,
+                "confidence": mean_conf,
+                "count": int(mask.sum()),
+            }
+        )
+    return float(ece), table
+
+
+def _per_class(labels: list[str], y_true: np.ndarray, y_pred: np.ndarray) -> list[dict[str, Any]]:
+    ids = list(range(len(labels)))
+    kwargs: dict[str, Any] = {"zero_division": 0}
+    if y_true.ndim == 1:
+        kwargs["labels"] = ids
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, **kwargs)
+    return [
+        {"label": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+    ]
+
+
+def _averages(y_true: np.ndarray, y_pred: np.ndarray, averages: tuple[str, ...], n: int) -> dict[str, float]:
+    metrics = {}
+    kwargs: dict[str, Any] = {"zero_division": 0}
+    if y_true.ndim == 1:
+        kwargs["labels"] = list(range(n))
+    for avg in averages:
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=avg, **kwargs)
+        metrics.update({f"{avg}_precision": float(p), f"{avg}_recall": float(r), f"{avg}_f1": float(f)})
+    return metrics
+
+
+def compute_metrics(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    labels: list[str],
+    multi_label: bool,
+    threshold: float = 0.5,
+) -> EvalReport:
+    """Metrics from class probabilities `probs` (n, k) and `targets`: class ids (n,) or multi-hot (n, k)."""
+    eps = 1e-12
+    if multi_label:
+        y_true = targets.astype(int)
+        y_pred = (probs >= threshold).astype(int)
+        clipped = np.clip(probs, eps, 1 - eps)
+        loss = float(-(y_true * np.log(clipped) + (1 - y_true) * np.log(1 - clipped)).mean())
+        metrics = {
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "loss": loss,
+            "hamming_loss": float(hamming_loss(y_true, y_pred)),
+        }
+        metrics.update(_averages(y_true, y_pred, ("macro", "micro", "weighted", "samples"), len(labels)))
+        return EvalReport(
+            metrics=metrics,
+            per_class=_per_class(labels, y_true, y_pred),
+            labels=labels,
+            multi_label=True,
+            n_examples=len(targets),
+        )
+    y_true = targets.astype(int)
+    y_pred = probs.argmax(axis=1)
+    loss = float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0)).mean())
+    ece, bins = _reliability(probs.max(axis=1), (y_pred == y_true).astype(float))
+    metrics = {"accuracy": float(accuracy_score(y_true, y_pred)), "loss": loss, "ece": ece}
+    metrics.update(_averages(y_true, y_pred, ("macro", "micro", "weighted"), len(labels)))
+    confusion = confusion_matrix(y_true, y_pred, labels=list(range(len(labels)))).tolist()
+    return EvalReport(
+        metrics=metrics,
+        per_class=_per_class(labels, y_true, y_pred),
+        labels=labels,
+        multi_label=False,
+        confusion=confusion,
+        reliability=bins,
+        n_examples=len(targets),
+    )
+
+
+def evaluate_data(predictor: Predictor, data: TextData) -> EvalReport:
+    """Predict `data` with `predictor` and score the predictions against its labels."""
+    targets = label_targets(data, predictor.labels, predictor.multi_label)
+    probs = predictor.predict_proba(data.texts, data.pairs)
+    report = compute_metrics(probs, targets, predictor.labels, predictor.multi_label, predictor.threshold)
+    report.data_source = data.source
+    return report

@@ -1,0 +1,317 @@
+"""Loading a saved classifier and predicting: batched, length-sorted, with optional sliding windows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from adaptext.core.device import default_device
+from adaptext.core.errors import AdaptextError
+from adaptext.core.info import find_model_dir, is_adapter_folder, read_metadata
+from adaptext.data.batching import Collator, tokenize
+from adaptext.modeling.adapters import (
+    build_base,
+    load_adapter_model,
+    new_classifier,
+    same_base,
+    share_base,
+)
+
+
+@dataclass
+class Prediction:
+    """One text's prediction.
+
+    `label` / `score`: the most probable label and its probability. `labels`: the predicted label set
+    (single-label: `[label]`; multi-label: every label whose probability reaches the threshold, best first,
+    possibly empty). `scores`: every label's probability.
+    """
+
+    label: str
+    score: float
+    labels: list[str]
+    scores: dict[str, float]
+
+
+class Predictor:
+    """A classifier ready to predict.
+
+    >>> predictor = Predictor.from_dir("runs/quickstart")  # doctest: +SKIP
+    >>> predictor.predict(["I lost my card"])[0].label  # doctest: +SKIP
+    'lost_or_stolen_card'
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_length: int = 128,
+        threshold: float = 0.5,
+        batch_size: int = 64,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.threshold = threshold
+        self.batch_size = batch_size
+        self.autocast_dtype = autocast_dtype
+        # What adaptext saved beside the model (`adaptext.json`): column names, threshold, max_length.
+        self.metadata: dict[str, Any] = {}
+        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        self.labels = [id2label[i] for i in range(len(id2label))]
+        self.multi_label = model.config.problem_type == "multi_label_classification"
+        pad_id = tokenizer.pad_token_id
+        self._collate = Collator(pad_token_id=0 if pad_id is None else pad_id)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, *, device: str | None = None, batch_size: int = 64) -> Predictor:
+        """Load from a run folder, a model folder or an adapter folder saved by adaptext (or any
+        sequence-classification folder). An adapter is loaded on its base model, unmerged."""
+        model_dir = find_model_dir(path)
+        metadata = read_metadata(model_dir)
+        model: Any  # a transformers model, or a module with the same call signature and `config`
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            if metadata.get("strategy") == "prompt":
+                from adaptext.modeling.cloze import load_prompt_model
+
+                model = load_prompt_model(model_dir, metadata)
+            elif metadata.get("scorer") == "nli":
+                from adaptext.modeling.nli import load_nli_model
+
+                model = load_nli_model(model_dir, metadata)
+            elif is_adapter_folder(model_dir):
+                model = load_adapter_model(model_dir, metadata)
+            elif (model_dir / "model.onnx").is_file():
+                from adaptext.inference.onnx import OnnxClassifier
+
+                model = OnnxClassifier(model_dir)
+                device = device or "cpu"  # onnxruntime's CPU provider
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        except (OSError, ValueError) as error:
+            raise AdaptextError(f"{model_dir}: cannot load the model: {error}") from None
+        return cls._ready(model, tokenizer, metadata, device=device, batch_size=batch_size)
+
+    @classmethod
+    def _ready(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        metadata: dict[str, Any],
+        *,
+        device: str | None,
+        batch_size: int,
+    ) -> Predictor:
+        model.to(default_device(device))  # type: ignore[arg-type]  # transformers types `to` for dtype-or-device
+        model.eval()
+        predictor = cls(
+            model,
+            tokenizer,
+            max_length=int(metadata.get("max_length", min(tokenizer.model_max_length, 512))),
+            threshold=float(metadata.get("threshold", 0.5)),
+            batch_size=batch_size,
+        )
+        predictor.metadata = metadata
+        return predictor
+
+    @torch.inference_mode()
+    def _logits(self, features: dict[str, list[list[int]]], progress: bool) -> np.ndarray:
+        # Longest first, so each batch pads little and a memory problem shows up at once.
+        n = len(features["input_ids"])
+        order = sorted(range(n), key=lambda i: len(features["input_ids"][i]), reverse=True)
+        out = np.zeros((n, len(self.labels)), dtype=np.float32)
+        device = torch.device(self.model.device)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
+        )
+        self.model.eval()
+        batches = range(0, n, self.batch_size)
+        for start in tqdm(batches, desc="predict", unit="batch", disable=not progress or None):
+            idx = order[start : start + self.batch_size]
+            items = [{name: values[i] for name, values in features.items()} | {"index": i} for i in idx]
+            batch = self._collate(items)
+            inputs = {k: v.to(device) for k, v in batch.items() if k not in ("index", "labels")}
+            with autocast:
+                logits = self.model(**inputs).logits
+            out[idx] = logits.float().cpu().numpy()
+        return out
+
+    def _to_probs(self, logits: np.ndarray) -> np.ndarray:
+        return scores(logits, "sigmoid" if self.multi_label else "softmax")
+
+    def predict_logits(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, progress: bool = False
+    ) -> np.ndarray:
+        """Raw logits (n, num_labels), in input order, texts truncated to `max_length` tokens."""
+        _check_texts(texts, pairs)
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self._logits(self._features(texts, pairs), progress)
+
+    def _features(self, texts: Sequence[str], pairs: Sequence[str] | None) -> dict[str, list[list[int]]]:
+        # A prompt model fills its template around the text; every other model reads the text as it is.
+        encode_texts = getattr(self.model, "encode_texts", None)
+        if encode_texts is not None:
+            return encode_texts(self.tokenizer, texts, pairs, self.max_length)
+        return tokenize(self.tokenizer, texts, pairs, self.max_length)
+
+    def predict_proba(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        *,
+        sliding_window: bool = False,
+        stride: int | None = None,
+        aggregate: Literal["mean", "max"] = "mean",
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Class probabilities (n, num_labels): softmax, or per-label sigmoid for multi-label models.
+
+        With `sliding_window`, a text longer than `max_length` is cut into overlapping windows
+        (`stride` tokens of overlap; default `min(32, max_length // 4)`), each window is scored and the window
+        probabilities are
+        aggregated by `mean` or `max`, so the end of a long text counts too.
+        """
+        if not sliding_window:
+            return self._to_probs(self.predict_logits(texts, pairs, progress=progress))
+        _check_texts(texts, pairs)
+        if pairs is not None:
+            raise AdaptextError("sliding_window works on single texts, not text pairs")
+        if hasattr(self.model, "encode_texts"):
+            raise AdaptextError("sliding_window is not available for prompt (PET) models")
+        if stride is None:
+            stride = min(32, self.max_length // 4)
+        if not 0 <= stride < self.max_length // 2:
+            raise AdaptextError(f"stride must be between 0 and {self.max_length // 2 - 1}, got {stride}")
+        encoded = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            stride=stride,
+            return_overflowing_tokens=True,
+        )
+        owner = np.asarray(encoded["overflow_to_sample_mapping"])
+        features = {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
+        window_probs = self._to_probs(self._logits(features, progress))
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for i in range(len(texts)):
+            mine = window_probs[owner == i]
+            probs[i] = mine.mean(axis=0) if aggregate == "mean" else mine.max(axis=0)
+        return probs
+
+    def decide(self, probs: np.ndarray) -> list[Prediction]:
+        """Turn probabilities (n, num_labels) into `Prediction`s."""
+        results = []
+        for row in probs:
+            ranked = np.argsort(-row, kind="stable")
+            top = int(ranked[0])
+            if self.multi_label:
+                chosen = [self.labels[i] for i in ranked if row[i] >= self.threshold]
+            else:
+                chosen = [self.labels[top]]
+            results.append(
+                Prediction(
+                    label=self.labels[top],
+                    score=float(row[top]),
+                    labels=chosen,
+                    scores={name: float(p) for name, p in zip(self.labels, row, strict=True)},
+                )
+            )
+        return results
+
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs: Any) -> list[Prediction]:
+        """Predict one `Prediction` per text (keyword options as in `predict_proba`)."""
+        return self.decide(self.predict_proba(texts, pairs, **kwargs))
+
+
+class MultiPredictor:
+    """Several task adapters on one base model held in memory once; requests are routed by task name.
+
+    Each task keeps its own adapter and head (label sets may differ); the base model's weights are shared.
+
+    >>> router = MultiPredictor.from_dirs({"intent": "runs/intent", "sentiment": "runs/sst2"})  # doctest: +SKIP
+    >>> router.predict("intent", ["I lost my card"])[0].label  # doctest: +SKIP
+    'lost_or_stolen_card'
+    """
+
+    def __init__(self, predictors: Mapping[str, Predictor]) -> None:
+        if not predictors:
+            raise AdaptextError("MultiPredictor needs at least one task")
+        self.predictors = dict(predictors)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.predictors)
+
+    def __getitem__(self, task: str) -> Predictor:
+        try:
+            return self.predictors[task]
+        except KeyError:
+            raise AdaptextError(f"unknown task {task!r}; the tasks are {', '.join(self.predictors)}") from None
+
+    def predict(
+        self, task: str, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs: Any
+    ) -> list[Prediction]:
+        """Predict with the adapter of `task` (keyword options as in `Predictor.predict`)."""
+        return self[task].predict(texts, pairs, **kwargs)
+
+    @classmethod
+    def from_dirs(
+        cls, dirs: Mapping[str, str | Path], *, device: str | None = None, batch_size: int = 64
+    ) -> MultiPredictor:
+        """Load one adapter folder (or run folder) per task; all must share one base model."""
+        if not dirs:
+            raise AdaptextError("MultiPredictor needs at least one task")
+        folders = {task: find_model_dir(path) for task, path in dirs.items()}
+        for task, folder in folders.items():
+            if not is_adapter_folder(folder):
+                raise AdaptextError(
+                    f"task {task!r}: {folder} is a full model, not an adapter; only adapters share a base model"
+                )
+        metadata = {task: read_metadata(folder) for task, folder in folders.items()}
+        same_base(folders, metadata)
+        tasks = list(folders)
+        first = build_base(folders[tasks[0]], metadata[tasks[0]])
+        # On the target device before sharing: moving each model there afterwards would copy the base per task.
+        first.to(default_device(device))  # type: ignore[arg-type]
+        bases = [first] + [new_classifier(folders[t], metadata[t]) for t in tasks[1:]]
+        share_base(bases)
+        predictors = {}
+        for task, base in zip(tasks, bases, strict=True):
+            model = load_adapter_model(folders[task], metadata[task], base_model=base)
+            tokenizer = AutoTokenizer.from_pretrained(folders[task])
+            predictors[task] = Predictor._ready(model, tokenizer, metadata[task], device=device, batch_size=batch_size)
+        return cls(predictors)
+
+
+def scores(logits: np.ndarray, function: str) -> np.ndarray:
+    """Scores from logits (n, num_labels): `softmax` over labels, per-label `sigmoid`, or `none` (the logits)."""
+    if function == "softmax":
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return exp / exp.sum(axis=-1, keepdims=True)
+    if function == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    return logits
+
+
+def _check_texts(texts: Sequence[str], pairs: Sequence[str] | None) -> None:
+    if isinstance(texts, str):
+        raise AdaptextError("texts must be a list of strings, not one string")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise AdaptextError(f"text {i} is a {type(text).__name__}, expected a string")
+    if pairs is not None and len(pairs) != len(texts):
+        raise AdaptextError(f"got {len(texts)} texts but {len(pairs)} text pairs")

@@ -1,0 +1,115 @@
+"""Resolving a model name and building a sequence classifier whose config carries the label names.
+
+A sequence-classification model reads the [CLS] state. Sentence-transformers models (the bundled `minilm`
+among them) were trained to represent a text by the mean of its token states instead, and their [CLS] state and
+pooler were never trained for it, so `add_mean_pooling` can append one encoder layer that computes the mean into
+the [CLS] position (uniform attention over the unpadded tokens, identity values, no feed-forward). The result is
+still a plain `transformers` model: `pipeline`, export and serving take it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.utils import logging as hf_logging
+
+from adaptext.core.errors import AdaptextError
+from adaptext.modeling.hub import _first_line, resolve_model_name
+from adaptext.modeling.pooling import _fix_pooling_layer, add_mean_pooling, has_mean_pooling, mean_pooling_supported
+
+if TYPE_CHECKING:
+    pass
+
+
+logger = logging.getLogger(__name__)
+
+
+HEAD_PREFIXES = ("classifier", "score", "pre_classifier")
+
+
+def build_model(name: str, labels: list[str], multi_label: bool, pooling: str = "cls") -> PreTrainedModel:
+    """A pretrained encoder with a fresh classification head for `labels`, reading the [CLS] state or (`pooling`
+    `mean`, see `resolve_pooling`) the mean of the token states.
+
+    The label names go into the model config (`id2label`), so plain `transformers.pipeline` reports them. A model
+    folder that already has adaptext's pooling layer keeps it (frozen), whatever `pooling` says.
+    """
+    path = resolve_model_name(name)
+    config = model_config(name, labels, multi_label)
+    try:
+        # transformers warns about the new head's missing weights, which is expected here; we report
+        # only missing weights outside the head.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, output_loading_info=True
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except OSError as error:
+        raise AdaptextError(
+            f"cannot load model {name!r}: {_first_line(error)}. Give a local folder, a cached hub id, "
+            "or model.name=minilm for the bundled model."
+        ) from None
+    body_missing = [k for k in info.get("missing_keys", []) if not k.startswith(HEAD_PREFIXES)]
+    if body_missing:
+        logger.warning(
+            "%s: %d encoder weights were not in the checkpoint and start random: %s",
+            name,
+            len(body_missing),
+            ", ".join(sorted(body_missing)[:5]),
+        )
+    if has_mean_pooling(model):
+        _fix_pooling_layer(model)
+    elif pooling == "mean":
+        if not mean_pooling_supported(model):
+            raise AdaptextError(
+                f"{name}: model.pooling=mean needs a BERT-style encoder (BERT, MiniLM, RoBERTa, XLM-R) with a dense "
+                "layer before the head; use model.pooling=cls"
+            )
+        add_mean_pooling(model)
+    return model
+
+
+def model_config(name: str, labels: list[str], multi_label: bool) -> PretrainedConfig:
+    """The config of model `name` with a head for `labels` (their names in `id2label`)."""
+    try:
+        return AutoConfig.from_pretrained(
+            resolve_model_name(name),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        )
+    except OSError as error:
+        raise AdaptextError(
+            f"cannot load model {name!r}: {_first_line(error)}. Give a local folder, a cached hub id, "
+            "or model.name=minilm for the bundled model."
+        ) from None
+
+
+def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
+    """(trainable, total) parameter counts. For a peft model the total is base plus adapter, with the head counted
+    once (peft keeps the original head beside the trained copy)."""
+    named = [(name, p) for name, p in model.named_parameters() if ".original_module." not in name]
+    total = sum(p.numel() for _, p in named)
+    trainable = sum(p.numel() for _, p in named if p.requires_grad)
+    return trainable, total
+
+
+def label_config(base: PretrainedConfig, labels: list[str]) -> PretrainedConfig:
+    """`base` with `labels` as its label names (single-label)."""
+    config = base.__class__.from_dict(base.to_dict())
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.num_labels = len(labels)
+    config.problem_type = "single_label_classification"
+    return config

@@ -1,0 +1,175 @@
+"""The run lifecycle shared by every strategy: run folder, saving the model, final evaluation, report.
+
+`run_strategy` is how every config becomes a run folder: output-folder checks, the strategy's own checks and
+preparation (every failure before the folder is touched), the folder with its config, labels and environment
+record, the strategy's `fit`, then the final evaluation of the saved model, the report and `run_stats.json`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from adaptext.core.config import Config
+from adaptext.core.device import default_device
+from adaptext.core.errors import AdaptextError
+from adaptext.core.info import METADATA_FILE
+from adaptext.core.run import (
+    RunPaths,
+    check_run_dir,
+    environment_record,
+    prepare_run_dir,
+    read_train_log,
+    replace_dir,
+    write_json,
+)
+from adaptext.data.examples import Splits
+from adaptext.evaluation.metrics import evaluate_data
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.adapters import adapter_size_bytes
+from adaptext.modeling.hub import resolve_model_name
+from adaptext.training.callbacks import Callback
+from adaptext.training.optim import eval_batch_size
+from adaptext.training.state import STATS_FILE, TrainingState, TrainResult
+from adaptext.training.strategy import Run, Strategy
+
+logger = logging.getLogger(__name__)
+
+
+def run_strategy(
+    strategy: Strategy,
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Run `strategy` on `config` from the checks to the report; see the module's docstring."""
+    check_run_dir(config, resume=resume, overwrite=overwrite)  # a refused output folder fails before any work
+    if resume and not strategy.resumable:
+        raise AdaptextError(f"strategy {config.strategy} runs are not resumable; start without --resume")
+    strategy.check(config)
+    prepared = strategy.prepare(config)
+    splits = prepared.splits
+    paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    write_json(paths.labels, splits.labels)
+    write_json(paths.env, environment_record(str(default_device(None)), prepared.precision))
+    started = time.perf_counter()
+    state = strategy.fit(prepared, Run(config, paths, resume=resume, callbacks=list(callbacks)))
+    state.train_seconds = time.perf_counter() - started
+    # The training copies (model, gradients, optimizer state) are gone with fit's frame; collect them before the
+    # final evaluation loads the saved model, so the run's peak memory is that of training alone.
+    del prepared
+    gc.collect()
+    return finish(config, paths, splits, state)
+
+
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: Config,
+    target: Path,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Save a model folder that plain `transformers` loads, with label names in its config.
+
+    For an adapter run `model` is a peft model and the folder holds the adapter and the head only; `adaptext.json`
+    then records the base model and the label names needed to rebuild it. `extra` adds strategy-specific keys to
+    `adaptext.json`.
+    """
+    id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+    labels = [id2label[i] for i in range(len(id2label))]
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        # Plain `transformers` users then truncate where adaptext trained and predicts.
+        tokenizer.model_max_length = config.data.max_length
+        tokenizer.save_pretrained(folder)
+        write_json(
+            folder / METADATA_FILE,
+            {
+                "format_version": 1,
+                "base_model": config.model.name,
+                "base_model_path": resolve_model_name(config.model.name),
+                "strategy": config.strategy,
+                "peft_method": config.peft.method,
+                "labels": labels,
+                "problem_type": model.config.problem_type,
+                "max_length": config.data.max_length,
+                "threshold": config.train.threshold,
+                "text_column": config.data.text_column,
+                "text_pair_column": config.data.text_pair_column,
+                "label_column": config.data.label_column,
+                "label_delimiter": config.data.label_delimiter,
+            }
+            | (extra or {}),
+        )
+
+    replace_dir(target, write)
+
+
+def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState) -> TrainResult:
+    """Evaluate the best saved model on the test split (or validation) and write the run's report."""
+    from adaptext.evaluation.report import write_report  # matplotlib is loaded only once training memory is freed
+
+    predictor = Predictor.from_dir(paths.model, batch_size=eval_batch_size(config.train))
+    data = splits.test if splits.test is not None else splits.validation
+    split = "test" if splits.test is not None else "validation"
+    report = evaluate_data(predictor, data)
+    stats = run_stats(config, paths, state, splits)
+    write_json(paths.root / STATS_FILE, stats)
+    write_report(
+        report,
+        paths.root,
+        history=read_train_log(paths.log),
+        title=f"{config.model.name} on {split}: {data.source}",
+        run_info=stats,
+    )
+    logger.info(
+        "%s accuracy %.4f, macro_f1 %.4f",
+        split,
+        report.metrics["accuracy"],
+        report.metrics.get("macro_f1", float("nan")),
+    )
+    return TrainResult(
+        run_dir=paths.root,
+        model_dir=paths.model,
+        best_step=state.best_step,
+        best_metric=float(state.best_metric if state.best_metric is not None else float("nan")),
+        global_step=state.global_step,
+        stopped_early=state.stopped_early,
+        metrics=report.metrics,
+        eval_split=split,
+        history=state.history,
+        stats=stats,
+    )
+
+
+def run_stats(config: Config, paths: RunPaths, state: TrainingState, splits: Splits | None = None) -> dict[str, Any]:
+    """What the run cost: parameters trained, size on disk of what it saved, and peak memory of the process;
+    with `splits`, also how many validation/test examples are exact duplicates of training texts."""
+    stats: dict[str, Any] = {
+        "strategy": config.strategy,
+        "method": config.peft.method,
+        "trainable_parameters": state.trainable_parameters,
+        "total_parameters": state.total_parameters,
+        "trainable_percent": round(100 * state.trainable_parameters / max(state.total_parameters, 1), 4),
+        "model_size_bytes": adapter_size_bytes(paths.model),
+        # ru_maxrss is in KiB on Linux: the peak resident memory of this process so far.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "train_seconds": round(state.train_seconds, 2),
+    }
+    if torch.cuda.is_available():
+        stats["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if splits is not None:
+        for name, count in splits.in_train.items():
+            stats[f"{name}_duplicates_of_train"] = count
+    return stats
