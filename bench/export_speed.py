@@ -44,7 +44,7 @@ def main() -> None:
     validation = load_splits(load_config(run / "config.yaml")).validation
     predictors = {name: Predictor.from_dir(folder, device="cpu") for name, folder in folders.items()}
     reference = predictors["PyTorch"]
-    targets = label_targets(validation, reference.labels, reference.multi_label)
+    targets = label_targets(validation, reference.labels, reference.task)
     batched: dict[str, list[float]] = {name: [] for name in predictors}
     single: dict[str, list[float]] = {name: [] for name in predictors}
     logits = {}

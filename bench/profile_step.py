@@ -38,6 +38,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
+    from adaptext.core.task import SINGLE_LABEL
     from adaptext.data.batching import Collator, LengthGroupedBatches, tokenize
     from adaptext.modeling.build import build_model
     from adaptext.modeling.hub import load_tokenizer
@@ -49,7 +50,7 @@ def main() -> None:
     labels = sorted(frame.label.unique())
     tokenizer = load_tokenizer("minilm")
     pooling = resolve_pooling("minilm", "auto") if args.recipe == "adaptext" else "cls"
-    model = build_model("minilm", labels, multi_label=False, pooling=pooling)
+    model = build_model("minilm", labels, SINGLE_LABEL, pooling=pooling)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.recipe == "adaptext")
     targets = [labels.index(label) for label in frame.label]
     batch_size = 16 if args.recipe == "pad128" else args.batch_size

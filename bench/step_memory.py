@@ -44,6 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     import psutil
     import torch
 
+    from adaptext.core.task import SINGLE_LABEL
     from adaptext.data.batching import Collator, LengthGroupedBatches, tokenize
     from adaptext.modeling.build import build_model
     from adaptext.modeling.hub import load_tokenizer
@@ -58,7 +59,7 @@ def worker(args: argparse.Namespace) -> None:
     frame = pd.read_csv(Path(args.data_dir) / "train.csv", keep_default_na=False).sample(n=4000, random_state=0)
     labels = sorted(frame.label.unique())
     tokenizer = load_tokenizer("minilm")
-    model = build_model("minilm", labels, multi_label=False, pooling=resolve_pooling("minilm", "auto"))
+    model = build_model("minilm", labels, SINGLE_LABEL, pooling=resolve_pooling("minilm", "auto"))
     after_build = rss()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     encoded = tokenize(tokenizer, frame.text.tolist(), None, 128)

@@ -22,6 +22,7 @@ import adaptext.modeling.adapters as adapters_module
 from adaptext.cli import EXIT_USER_ERROR, main
 from adaptext.core.config import Config, PeftSection, config_to_yaml, load_config
 from adaptext.core.errors import AdaptextError, ConfigError
+from adaptext.core.task import SINGLE_LABEL
 from adaptext.inference.predictor import MultiPredictor, Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.hub import load_tokenizer
@@ -154,7 +155,7 @@ def runs(make_config: Callable[..., Config], data: dict[str, Path], tmp_path_fac
 def test_only_adapter_and_head_train_and_the_base_stays_unchanged(runs: Any, tiny_model_dir: Path, method: str) -> None:
     run = runs(method)
     initial, final = run["initial"], run["saved"]
-    plain = build_model(str(tiny_model_dir), LABELS, False)
+    plain = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL)
     base_keys = set(plain.state_dict())  # every weight of the plain classifier, head included
     head_modules = {"classifier", "bert.pooler.dense"}
 
@@ -590,7 +591,7 @@ def test_peft_config_errors_leave_no_run_folder(
 
 
 def test_prompt_method_position_limit_counts_virtual_tokens(tiny_model_dir: Path) -> None:
-    model = build_model(str(tiny_model_dir), LABELS, False)
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL)
     # 108 + 20 = 128 positions: just fits.
     adapters_module.peft_config(PeftSection(method="prompt_tuning"), model, total_steps=10, max_length=108)
     with pytest.raises(ConfigError, match=r"data.max_length \(109\)"):
@@ -600,7 +601,7 @@ def test_prompt_method_position_limit_counts_virtual_tokens(tiny_model_dir: Path
 
 
 def test_prefix_tuning_position_limit(tiny_model_dir: Path) -> None:
-    model = build_model(str(tiny_model_dir), LABELS, False)
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL)
     section = PeftSection(method="prefix_tuning")
     try:
         wrapped = adapters_module.wrap_model(section, model, total_steps=10, max_length=120)
@@ -622,7 +623,7 @@ def _lora_layers(model: Any) -> set[str]:
 
 
 def test_head_modules_of_bert_and_lora_targets(tiny_model_dir: Path) -> None:
-    model = build_model(str(tiny_model_dir), LABELS, False)
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL)
     assert set(adapters_module.head_modules(model)) == {"classifier", "pooler.dense"}
     target = adapters_module.peft_config(
         PeftSection(method="lora"), model, total_steps=10, max_length=32

@@ -23,6 +23,7 @@ import adaptext.deploy.export as export_module
 from adaptext.cli import EXIT_USER_ERROR, main
 from adaptext.core.config import load_config
 from adaptext.core.outputs import write_marker
+from adaptext.core.task import SINGLE_LABEL
 from adaptext.inference.predictor import Predictor
 from adaptext.strategies import train
 from adaptext.training.state import TrainResult
@@ -266,7 +267,7 @@ def test_lora_export_merges_a_trained_adapter(runs: Any, exports: Any, tiny_mode
     from adaptext.modeling.build import build_model
 
     adapter = Predictor.from_dir(runs("lora").run_dir, device="cpu")
-    base = build_model(str(tiny_model_dir), LABELS, False).eval()
+    base = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL).eval()
     lora_only = {n: p for n, p in adapter.model.named_parameters() if "lora_B" in n}
     assert lora_only and any(p.abs().max() > 0 for p in lora_only.values()), "the LoRA weights never trained"
     output, _ = exports("lora")
@@ -615,12 +616,12 @@ def test_the_logit_tolerance_is_relative_to_large_logits() -> None:
 
     small = np.array([[0.5, -0.25], [0.1, 0.2]], dtype=np.float32)
     # Logits of size <= 1: the tolerance is the given one, absolute.
-    assert compare_logits(small, small + 5e-5, 1e-4, multi_label=False).tolerance == 1e-4
-    assert compare_logits(small, small + 5e-5, 1e-4, multi_label=False).passed
-    assert not compare_logits(small, small + 5e-4, 1e-4, multi_label=False).passed
+    assert compare_logits(small, small + 5e-5, 1e-4, SINGLE_LABEL).tolerance == 1e-4
+    assert compare_logits(small, small + 5e-5, 1e-4, SINGLE_LABEL).passed
+    assert not compare_logits(small, small + 5e-4, 1e-4, SINGLE_LABEL).passed
     # Logits in the hundreds (a zero-shot scorer at temperature 0.005): 1e-4 of the largest, so float32 rounding
     # (about 1e-5 of 200) passes and a real difference does not.
     large = small * 400
-    check = compare_logits(large, large + 3e-3, 1e-4, multi_label=False)
+    check = compare_logits(large, large + 3e-3, 1e-4, SINGLE_LABEL)
     assert check.tolerance == pytest.approx(1e-4 * 200) and check.passed
-    assert not compare_logits(large, large + 0.05, 1e-4, multi_label=False).passed
+    assert not compare_logits(large, large + 0.05, 1e-4, SINGLE_LABEL).passed

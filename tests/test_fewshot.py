@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from adaptext.cli import EXIT_USER_ERROR, main
 from adaptext.core.config import Config, load_config
 from adaptext.core.errors import AdaptextError, ConfigError, DataError
+from adaptext.core.task import MULTI_LABEL, SINGLE_LABEL
 from adaptext.data.batching import Encoded, tokenize
 from adaptext.data.io import read_table
 from adaptext.deploy.serve import ServeOptions, create_app
@@ -28,16 +30,11 @@ from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
 from adaptext.modeling.hub import load_tokenizer
 from adaptext.strategies import train
-from adaptext.strategies.fewshot import (
-    contrastive_batches,
-    contrastive_loss,
-    default_steps,
-    fit_head,
-    group_keys,
-    pair_targets,
-)
+from adaptext.strategies.fewshot import contrastive_batches, default_steps, fit_head, group_keys
+from adaptext.training.callbacks import Callback
+from adaptext.training.objectives import contrastive_loss, pair_targets
 from adaptext.training.state import TrainResult
-from conftest import FILLER, KEYWORDS, LABELS, make_rows, read_log
+from conftest import FILLER, KEYWORDS, LABELS, SimulatedCrashError, make_rows, read_log, stop_at
 
 PROBE_TEXTS = [
     "my invoice is not right again",
@@ -243,7 +240,7 @@ def test_fit_head_makes_the_model_answer_with_the_regression_probabilities(
 ) -> None:
     tokenizer = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
-    model = build_model(str(tiny_model_dir), labels, multi_label=False).eval()
+    model = build_model(str(tiny_model_dir), labels, SINGLE_LABEL).eval()
     rows = make_rows(8 * len(labels), seed=4, labels=labels)
     texts = [r["text"] for r in rows]
     targets = np.asarray([labels.index(r["label"]) for r in rows])
@@ -274,7 +271,7 @@ def test_fit_head_multi_label_is_one_regression_per_label(tiny_model_dir: Path) 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     labels = [*LABELS, "always"]
     torch.manual_seed(0)
-    model = build_model(str(tiny_model_dir), labels, multi_label=True).eval()
+    model = build_model(str(tiny_model_dir), labels, MULTI_LABEL).eval()
     rows = make_multi_label_rows(20, seed=6)
     texts = [r["text"] for r in rows]
     targets = np.zeros((len(rows), len(labels)), dtype=np.float32)
@@ -296,7 +293,7 @@ def test_fit_head_multi_label_is_one_regression_per_label(tiny_model_dir: Path) 
 def test_fit_head_gives_an_absent_class_no_probability(tiny_model_dir: Path) -> None:
     tokenizer = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
-    model = build_model(str(tiny_model_dir), LABELS, multi_label=False).eval()
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL).eval()
     rows = make_rows(16, seed=4, labels=["billing", "technical"])
     texts = [r["text"] for r in rows]
     targets = np.asarray([LABELS.index(r["label"]) for r in rows])  # classes 0 and 2; shipping (1) absent
@@ -376,7 +373,7 @@ def test_the_head_is_the_regression_on_the_trained_encoder(fewshot_run: dict[str
 
     result: TrainResult = fewshot_run["result"]
     saved = AutoModelForSequenceClassification.from_pretrained(result.model_dir).eval()
-    base = build_model(str(tiny_model_dir), LABELS, multi_label=False)
+    base = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL)
     base_params = dict(base.named_parameters())
     assert saved.config.num_hidden_layers == base.config.num_hidden_layers + 1  # the mean-pooling layer
     head_ids = {id(p) for p in final_linear(saved).parameters()}
@@ -584,10 +581,78 @@ def test_bad_fewshot_settings_are_config_errors(tiny_model_dir: Path, tmp_path: 
         fewshot_config(tiny_model_dir, tmp_path, setting)
 
 
-def test_resuming_a_fewshot_run_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(AdaptextError, match="--resume"):
+def test_an_interrupted_fewshot_run_resumes_exactly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    overrides = ("train.checkpoint_steps=6",)
+    straight = train(fewshot_config(tiny_model_dir, tmp_path, *overrides, f"output_dir={tmp_path / 'straight'}"))
+    config = fewshot_config(tiny_model_dir, tmp_path, *overrides, f"output_dir={tmp_path / 'resumed'}")
+    with pytest.raises(SimulatedCrashError):
+        train(config, on_step=stop_at(25))  # the checkpoint is at step 24, after the loss record of step 20
+    resumed = train(config, resume=True)
+
+    assert resumed.global_step == straight.global_step == 40
+    expected = Predictor.from_dir(straight.run_dir).predict_logits(PROBE_TEXTS)
+    np.testing.assert_allclose(Predictor.from_dir(resumed.run_dir).predict_logits(PROBE_TEXTS), expected, atol=1e-5)
+    mine, reference = read_log(resumed.run_dir), read_log(straight.run_dir)
+    assert [r["step"] for r in mine] == [r["step"] for r in reference] == [20, 40, 40]
+    for ours, theirs in zip(mine, reference, strict=True):
+        for key in ("loss", "eval_loss", "eval_accuracy"):
+            assert ours.get(key) == pytest.approx(theirs.get(key), abs=1e-6), (key, ours["step"])
+
+
+def test_a_run_interrupted_after_its_last_step_fits_the_head_once_on_resume(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    class CrashOnEvaluation(Callback):
+        def on_evaluate(self, record: dict[str, Any]) -> None:
+            raise SimulatedCrashError("after the validation record of the fitted head")
+
+    config = fewshot_config(tiny_model_dir, tmp_path, "fewshot.steps=4")
+    with pytest.raises(SimulatedCrashError):
+        train(config, callbacks=[CrashOnEvaluation()])
+    result = train(config, resume=True)
+    assert [(r["step"], "eval_accuracy" in r) for r in read_log(result.run_dir)] == [(4, False), (4, True)]
+    assert result.global_step == result.best_step == 4
+
+
+def test_resuming_a_fewshot_run_without_a_checkpoint_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(AdaptextError, match="nothing to resume"):
         train(fewshot_config(tiny_model_dir, tmp_path), resume=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "train.epochs=3",
+        "train.max_steps=10",
+        "train.learning_rate=0.001",
+        "train.warmup_ratio=0.2",
+        "train.class_weights=auto",
+        "train.eval_steps=5",
+        "train.early_stopping_patience=2",
+    ],
+)
+def test_train_settings_the_contrastive_phase_does_not_use_are_refused(
+    tiny_model_dir: Path, tmp_path: Path, setting: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"strategy fewshot does not use {re.escape(setting)}"):
+        train(fewshot_config(tiny_model_dir, tmp_path, setting))
+    assert not (tmp_path / "run").exists()
+
+
+def test_gradient_accumulation_and_checkpoints_apply_to_the_contrastive_phase(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    steps: list[int] = []
+    config = fewshot_config(
+        tiny_model_dir, tmp_path, "fewshot.steps=6", "train.grad_accum_steps=2", "train.checkpoint_steps=4"
+    )
+    result = train(config, on_step=steps.append)
+    assert steps == list(range(1, 7)) and result.global_step == 6  # fewshot.steps counts optimizer steps
+    state = json.loads((result.run_dir / "checkpoint" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["global_step"] == 6 and state["done"] is True
+    losses = [r for r in read_log(result.run_dir) if "loss" in r]
+    assert losses[-1]["epoch"] == pytest.approx(12 * 16 / 24)  # 12 batches of 16 of the 24 examples
 
 
 # adaptext sample --------------------------------------------------------------------------------

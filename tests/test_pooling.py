@@ -15,6 +15,7 @@ from torch import nn
 
 from adaptext.core.config import Config
 from adaptext.core.errors import AdaptextError, ConfigError
+from adaptext.core.task import SINGLE_LABEL
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.hub import load_tokenizer
@@ -72,7 +73,7 @@ def test_the_bundled_model_is_pooled_by_the_mean() -> None:
 
 def test_the_head_reads_the_mean_of_the_token_states(tiny_model_dir: Path) -> None:
     """logits = classifier(tanh(dense(LayerNorm(mean of the last layer's unpadded token states))))."""
-    model = build_model(str(tiny_model_dir), LABELS, multi_label=False, pooling="mean").eval()
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL, pooling="mean").eval()
     assert has_mean_pooling(model) and model.config.num_hidden_layers == 3
     tokenizer = load_tokenizer(str(tiny_model_dir))
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
@@ -92,7 +93,7 @@ def test_the_head_reads_the_mean_of_the_token_states(tiny_model_dir: Path) -> No
 
 
 def test_the_pooling_layer_has_no_dropout_in_training_mode(tiny_model_dir: Path) -> None:
-    model = build_model(str(tiny_model_dir), LABELS, multi_label=False, pooling="mean").train()
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL, pooling="mean").train()
     layer = model.bert.encoder.layer[-1]
     assert all(m.p == 0.0 for m in layer.modules() if isinstance(m, nn.Dropout))
     # With the encoder's own dropout off, two training-mode passes agree: the mean is not resampled.
@@ -122,7 +123,7 @@ def test_mean_pooling_on_an_unsupported_model_is_a_clear_error(tmp_path: Path) -
         folder
     )
     with pytest.raises(AdaptextError, match=r"model\.pooling=cls"):
-        build_model(str(folder), LABELS, multi_label=False, pooling="mean")
+        build_model(str(folder), LABELS, SINGLE_LABEL, pooling="mean")
 
 
 @pytest.mark.parametrize(
@@ -146,7 +147,7 @@ def test_a_mean_pooled_run_saves_a_plain_transformers_model(
 
     saved = AutoModelForSequenceClassification.from_pretrained(result.model_dir).eval()
     assert saved.config.adaptext_mean_pooling is True and saved.config.num_hidden_layers == 3
-    base = build_model(str(st_model_dir), LABELS, multi_label=False, pooling="mean")
+    base = build_model(str(st_model_dir), LABELS, SINGLE_LABEL, pooling="mean")
     # The pooling layer is saved as it was built; the dense layer before the head was trained.
     for (name, mine), theirs in zip(
         saved.bert.encoder.layer[-1].named_parameters(), base.bert.encoder.layer[-1].parameters(), strict=True
@@ -166,7 +167,7 @@ def test_training_on_from_a_mean_pooled_folder_keeps_one_pooling_layer(
     tiny_config: Callable[..., Config], st_model_dir: Path, tmp_path: Path
 ) -> None:
     first = train(tiny_config(f"model.name={st_model_dir}", f"output_dir={tmp_path / 'first'}"))
-    again = build_model(str(first.model_dir), LABELS, multi_label=False, pooling="mean")
+    again = build_model(str(first.model_dir), LABELS, SINGLE_LABEL, pooling="mean")
     assert again.config.num_hidden_layers == 3  # not a second pooling layer
     assert not any(p.requires_grad for p in again.bert.encoder.layer[-1].parameters())
     assert all(m.p == 0.0 for m in again.bert.encoder.layer[-1].modules() if isinstance(m, nn.Dropout))

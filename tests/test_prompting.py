@@ -22,7 +22,7 @@ from adaptext.modeling.cloze import encode_prompts, verbalizer_ids
 from adaptext.strategies import train
 from adaptext.training.callbacks import Callback
 from adaptext.training.state import TrainResult
-from conftest import LABELS, make_rows, read_log
+from conftest import LABELS, SimulatedCrashError, make_rows, read_log, stop_at
 
 TEMPLATE = "{text} it is {mask} ."
 VERBALIZER = {"billing": "invoice", "shipping": "parcel", "technical": "crash"}
@@ -217,7 +217,7 @@ def test_prompt_training_learns_and_writes_a_run_folder(prompt_run: dict[str, An
 
 
 def test_the_saved_prompt_model_predicts_as_the_trained_one(prompt_run: dict[str, Any]) -> None:
-    (trained,) = prompt_run["saved"]
+    trained = prompt_run["saved"][-1]  # the best model of the run, the last one saved
     predictor = Predictor.from_dir(prompt_run["result"].run_dir)
     assert predictor.labels == LABELS and not predictor.multi_label
     in_memory = Predictor(trained, predictor.tokenizer, max_length=32)
@@ -312,3 +312,73 @@ def test_exporting_a_prompt_run_is_refused_or_gives_a_usable_folder(prompt_run: 
     np.testing.assert_allclose(
         exported.predict_logits(PROBE_TEXTS), Predictor.from_dir(run).predict_logits(PROBE_TEXTS), atol=1e-4
     )
+
+
+# prompt runs on the training engine -------------------------------------------------------------
+
+# 120 rows at batch 8: 15 batches an epoch.
+PROMPT_SHORT = ("train.epochs=2", "train.batch_size=8", "train.learning_rate=5e-3")
+
+
+def test_an_interrupted_prompt_run_resumes_exactly(tiny_mlm_dir: Path, tmp_path: Path) -> None:
+    overrides = (*PROMPT_SHORT, "train.checkpoint_steps=3")
+    straight = train(prompt_config(tiny_mlm_dir, tmp_path, *overrides, f"output_dir={tmp_path / 'straight'}"))
+    config = prompt_config(tiny_mlm_dir, tmp_path, *overrides, f"output_dir={tmp_path / 'resumed'}")
+    with pytest.raises(SimulatedCrashError):
+        train(config, on_step=stop_at(10))  # the checkpoint is at step 9
+    resumed = train(config, resume=True)
+
+    assert resumed.global_step == straight.global_step == 30
+    expected = Predictor.from_dir(straight.run_dir).predict_logits(PROBE_TEXTS)
+    np.testing.assert_allclose(Predictor.from_dir(resumed.run_dir).predict_logits(PROBE_TEXTS), expected, atol=1e-5)
+    mine, reference = read_log(resumed.run_dir), read_log(straight.run_dir)
+    assert [r["step"] for r in mine] == [r["step"] for r in reference]
+    for ours, theirs in zip(mine, reference, strict=True):
+        for key in ("loss", "eval_loss", "eval_accuracy"):
+            assert ours.get(key) == pytest.approx(theirs.get(key), abs=1e-6), (key, ours["step"])
+
+
+def test_prompt_accumulates_gradients_and_evaluates_every_n_steps(tiny_mlm_dir: Path, tmp_path: Path) -> None:
+    steps: list[int] = []
+    config = prompt_config(tiny_mlm_dir, tmp_path, *PROMPT_SHORT, "train.grad_accum_steps=2", "train.eval_steps=3")
+    result = train(config, on_step=steps.append)
+    per_epoch = 8  # 15 batches: 7 full pairs and a last single batch
+    assert result.global_step == 2 * per_epoch
+    assert steps == list(range(1, 2 * per_epoch + 1))
+    # Every 3 steps, and at the epoch ends (8 and 16).
+    assert [r["step"] for r in result.history] == [3, 6, 8, 9, 12, 15, 16]
+    assert result.best_step in [r["step"] for r in result.history]
+
+
+def test_prompt_stops_early_and_keeps_the_best_model(tiny_mlm_dir: Path, tmp_path: Path) -> None:
+    saved: list[int] = []
+
+    class SavedSteps(Callback):
+        def on_evaluate(self, record: dict[str, Any]) -> None:
+            self.step = record["step"]
+
+        def on_save(self, model: Any, target: Path) -> None:
+            saved.append(self.step)
+
+    config = prompt_config(
+        tiny_mlm_dir,
+        tmp_path,
+        "train.epochs=5",
+        "train.batch_size=8",
+        "train.learning_rate=1e-9",
+        "train.early_stopping_patience=1",
+        "train.metric_for_best=accuracy",
+        "train.class_weights=auto",
+    )
+    result = train(config, callbacks=[SavedSteps()])
+    assert result.stopped_early
+    assert result.global_step == 30 < 5 * 15
+    assert result.best_step == 15 and saved == [15]
+    assert len(result.history) == 2
+
+
+def test_prompt_uses_every_training_setting() -> None:
+    from adaptext.strategies.prompt import Prompt
+
+    assert Prompt.ignores == ()
+    assert Prompt.resumable

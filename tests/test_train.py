@@ -20,15 +20,17 @@ import pandas as pd
 import pytest
 import torch
 
-import adaptext.training.engine as train_module
 from adaptext.core.config import Config, config_to_yaml, load_config
 from adaptext.core.errors import AdaptextError, ConfigError
+from adaptext.core.task import SINGLE_LABEL, task_for
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.hub import load_tokenizer
 from adaptext.strategies import train
+from adaptext.strategies.finetune import Finetune
 from adaptext.training.callbacks import Callback
-from adaptext.training.objectives import class_weights
+from adaptext.training.lifecycle import run_strategy
+from adaptext.training.objectives import OBJECTIVES, CrossEntropy, class_weights
 from adaptext.training.state import TrainResult
 from conftest import (
     CHINESE_LABELS,
@@ -457,15 +459,15 @@ def test_class_weight_values(tiny_config: Callable[..., Config], write_csv: Call
     rows = make_rows(30, seed=4) + [{"text": "invoice refund", "label": "billing"}] * 10  # 20 billing of 40
     config = tiny_config(f"data.train={write_csv('skewed.csv', rows)}", "train.class_weights=auto")
     splits = load_splits(config)
-    auto = class_weights(config.train, splits, multi_label=False)
+    auto = class_weights(config.train, splits, SINGLE_LABEL)
     assert auto is not None
     assert auto.tolist() == pytest.approx([40 / (3 * 20), 40 / (3 * 10), 40 / (3 * 10)])
 
     config = tiny_config("train.class_weights={shipping: 3.0}")
-    manual = class_weights(config.train, load_splits(config), multi_label=False)
+    manual = class_weights(config.train, load_splits(config), SINGLE_LABEL)
     assert manual is not None
     assert manual.tolist() == [1.0, 3.0, 1.0]
-    assert class_weights(tiny_config().train, splits, multi_label=False) is None
+    assert class_weights(tiny_config().train, splits, SINGLE_LABEL) is None
 
 
 def test_unknown_label_in_class_weights_is_a_config_error(tiny_config: Callable[..., Config]) -> None:
@@ -635,7 +637,7 @@ def test_resume_without_a_checkpoint_is_refused(tiny_config: Callable[..., Confi
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_every_trainable_parameter_gets_a_gradient(tiny_model_dir: Path, multi_label: bool) -> None:
     torch.manual_seed(0)
-    model = build_model(str(tiny_model_dir), LABELS, multi_label)
+    model = build_model(str(tiny_model_dir), LABELS, task_for(multi_label=multi_label))
     tokenizer = load_tokenizer(str(tiny_model_dir))
     assert model.config.id2label == dict(enumerate(LABELS))
     batch = tokenizer(["my invoice is wrong", "where is the parcel", "login error"], padding=True, return_tensors="pt")
@@ -706,7 +708,7 @@ def test_auto_learning_rate_follows_model_width(tiny_model_dir: Path) -> None:
     from adaptext.modeling.build import build_model
     from adaptext.training.optim import resolve_learning_rate
 
-    model = build_model(str(tiny_model_dir), LABELS, multi_label=False)  # hidden size 32
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL)  # hidden size 32
     assert resolve_learning_rate(TrainConfig(), model) == 2e-4
     model.config.hidden_size = 768
     assert resolve_learning_rate(TrainConfig(), model) == 5e-5
@@ -730,22 +732,28 @@ def test_auto_epochs_set_the_run_length(tiny_config: Callable[..., Config]) -> N
     assert result.global_step == 10 * 2  # 120 rows at batch 60: 2 steps per epoch, 10 epochs (the maximum)
 
 
-def test_each_loss_record_averages_only_its_own_steps(
-    tiny_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
-) -> None:
-
+def test_each_loss_record_averages_only_its_own_steps(tiny_config: Callable[..., Config]) -> None:
     losses: list[tuple[float, int]] = []
-    real_loss = train_module.cross_entropy_loss
 
-    def recording_loss(logits: Any, targets: Any, weights: Any, multi_label: bool) -> Any:
-        value = real_loss(logits, targets, weights, multi_label)
-        losses.append((value.item(), len(targets)))
-        return value
+    class RecordingCrossEntropy(CrossEntropy):
+        """The fine-tuning loss, each batch's value and size noted."""
 
-    monkeypatch.setattr(train_module, "cross_entropy_loss", recording_loss)
-    result = train(tiny_config("train.epochs=3"))  # 45 steps of batch 8: records at steps 20, 40 and 45
+        def loss(self, model: Any, inputs: Any, targets: Any) -> Any:
+            value, examples = super().loss(model, inputs, targets)
+            losses.append((value.item(), examples))
+            return value, examples
+
+    class RecordingFinetune(Finetune):
+        objective = "test_recording_cross_entropy"
+
+    OBJECTIVES.add(RecordingFinetune.objective, RecordingCrossEntropy)
+    try:
+        result = run_strategy(RecordingFinetune(), tiny_config("train.epochs=3"))  # 45 steps: records at 20, 40, 45
+    finally:
+        OBJECTIVES.remove(RecordingFinetune.objective)
     records = [r for r in read_log(result.run_dir) if "loss" in r]
     assert [r["step"] for r in records] == [20, 40, 45]
+    assert len(losses) == 45
     bounds = [0, 20, 40, 45]
     for record, start, stop in zip(records, bounds, bounds[1:], strict=False):
         window = losses[start:stop]

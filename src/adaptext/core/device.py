@@ -26,6 +26,15 @@ def resolve_precision(requested: str) -> str:
     return "no" if requested == "fp32" else requested
 
 
+# accelerate's mixed-precision modes as torch autocast dtypes; "no" (fp32) has none.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of an accelerate mixed-precision mode (`resolve_precision`'s answer); None for fp32."""
+    return AUTOCAST_DTYPES.get(precision)
+
+
 # oneDNN, which runs torch's CPU matrix products in bf16, keeps a compiled kernel for every shape it has seen,
 # 1,024 by default. Dynamic padding makes a shape of every batch length, and on the SST-2 speed benchmark those
 # kernels held about 120 MB at the peak; 64 kept the same speed (docs/benchmarks.md). A value the user set wins.

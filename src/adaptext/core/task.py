@@ -33,8 +33,13 @@ class Task:
     activation: Literal["softmax", "sigmoid"]
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
-        """(n, num_labels) logits -> probabilities: softmax over labels, or a sigmoid per label."""
-        logits = np.asarray(logits, dtype=np.float64)
+        """(n, num_labels) logits -> probabilities: softmax over labels, or a sigmoid per label.
+
+        Computed in the logits' float precision (float32 logits give float32 probabilities); other input as float64.
+        """
+        logits = np.asarray(logits)
+        if not np.issubdtype(logits.dtype, np.floating):
+            logits = logits.astype(np.float64)
         if self.activation == "sigmoid":
             return 1.0 / (1.0 + np.exp(-logits))
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))

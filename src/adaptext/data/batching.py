@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from adaptext.core.task import SINGLE_LABEL, Task
 from adaptext.data.examples import TextData
 from adaptext.data.labels import label_targets
 
@@ -69,11 +70,11 @@ def encode(
     data: TextData,
     labels: list[str],
     max_length: int,
-    multi_label: bool,
+    task: Task,
 ) -> Encoded:
     """Tokenise `data` once and map its label names to training targets."""
     features = tokenize(tokenizer, data.texts, data.pairs, max_length)
-    targets = None if data.labels is None else label_targets(data, labels, multi_label).tolist()
+    targets = None if data.labels is None else label_targets(data, labels, task).tolist()
     return Encoded(features=features, targets=targets)
 
 
@@ -119,9 +120,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
 class Collator:
     """Pads a list of encoded examples to the longest one in the batch."""
 
-    def __init__(self, pad_token_id: int, multi_label: bool = False) -> None:
+    def __init__(self, pad_token_id: int, task: Task = SINGLE_LABEL) -> None:
         self.pad_token_id = pad_token_id
-        self.multi_label = multi_label
+        self.task = task
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(item["input_ids"]) for item in items)
@@ -132,7 +133,7 @@ class Collator:
                 batch[name] = torch.tensor(rows, dtype=torch.long)
         batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
         if "labels" in items[0]:
-            dtype = torch.float32 if self.multi_label else torch.long
+            dtype = torch.float32 if self.task.multi_label else torch.long  # multi-hot rows, or class ids
             batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=dtype)
         return batch
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from adaptext.core.config import DataConfig
 from adaptext.core.errors import DataError
+from adaptext.core.task import Task
 from adaptext.data.examples import TextData
 
 logger = logging.getLogger(__name__)
@@ -158,11 +159,12 @@ def label_names(data: TextData) -> list[str]:
     return sorted(counts)
 
 
-def label_targets(data: TextData, labels: list[str], multi_label: bool) -> np.ndarray:
-    """Training targets for `data`'s labels: class ids (n,), or a multi-hot matrix (n, len(labels))."""
+def label_targets(data: TextData, labels: list[str], task: Task) -> np.ndarray:
+    """Training targets for `data`'s labels: class ids (n,), or for a multi-label task a multi-hot matrix
+    (n, len(labels))."""
     assert data.labels is not None
     index = {name: i for i, name in enumerate(labels)}
-    if not multi_label:
+    if not task.multi_label:
         return np.asarray([index[str(name)] for name in data.labels], dtype=np.int64)
     targets = np.zeros((len(data), len(labels)), dtype=np.float32)
     for row, names in enumerate(data.labels):

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from adaptext.core.errors import AdaptextError
-from adaptext.core.info import is_adapter_folder
+from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
 from adaptext.core.outputs import check_output_dir, expand, replace_folder
 from adaptext.deploy.parity import compare_logits, decisions, match_rate, parity_examples
+from adaptext.inference.loaders import loader_for
 from adaptext.inference.onnx import ONNX_FILE, OnnxClassifier
 from adaptext.modeling.adapters import (
     adapter_method,
@@ -92,8 +93,6 @@ def export_onnx(
     int8 quantization to the weights. Nothing is written unless the check passes; the `AdaptextError` then gives
     the numbers. `output` must be a new or empty folder, or an earlier export (replaced only with `overwrite`).
     """
-    from adaptext.core.info import METADATA_FILE, find_model_dir, read_metadata
-    from adaptext.core.run import write_json
     from adaptext.inference.predictor import Predictor
 
     if quantize not in (None, "int8"):
@@ -101,23 +100,23 @@ def export_onnx(
     model_dir = find_model_dir(expand(path))
     sources = [path, model_dir] + ([data] if data is not None else [])
     output = check_output_dir(output, "export", overwrite=overwrite, inputs=sources)
-    metadata = read_metadata(model_dir)
+    info = ModelInfo.read(model_dir)
     if (model_dir / ONNX_FILE).is_file():
         raise AdaptextError(f"{model_dir} is already an ONNX export; export the run or model folder it came from")
-    if metadata.get("strategy") == "prompt" or metadata.get("scorer") == "nli":
-        kind = "prompt (PET)" if metadata.get("strategy") == "prompt" else "NLI zero-shot"
+    loader = loader_for(model_dir, info)
+    if not loader.plain_classifier:
         raise AdaptextError(
-            f"{model_dir}: a {kind} model reads its text through a template, not as a plain classifier, so it "
-            "cannot be exported to ONNX; serve the folder with adaptext serve"
+            f"{model_dir}: a {loader.description} model reads its text through a template, not as a plain "
+            "classifier, so it cannot be exported to ONNX; serve the folder with adaptext serve"
         )
     is_adapter = is_adapter_folder(model_dir)
-    method = adapter_method(model_dir, metadata) if is_adapter else "none"
+    method = adapter_method(model_dir, info) if is_adapter else "none"
     if is_prompt_method(method):
         raise AdaptextError(
             f"{method} adapters cannot be merged into the weights, so they cannot be exported; "
             "serve the adapter folder with adaptext serve"
         )
-    examples = parity_examples(Path(path), model_dir, data, metadata, sample)
+    examples = parity_examples(Path(path), model_dir, data, info, sample)
     if quantize is not None and examples.labels is None:
         raise AdaptextError("an int8 export is checked on accuracy: give --data a labelled file")
     predictor = Predictor.from_dir(model_dir, device="cpu")
@@ -145,7 +144,7 @@ def export_onnx(
         start = time.perf_counter()
         logits = exported.predict_logits(examples.texts, examples.pairs)
         export_speed = len(examples.texts) / (time.perf_counter() - start)
-        parity = compare_logits(reference, logits, FP32_TOLERANCE, predictor.multi_label)
+        parity = compare_logits(reference, logits, FP32_TOLERANCE, predictor.task)
         check = ExportCheck(
             quantize=quantize,
             n_examples=parity.n_examples,
@@ -168,17 +167,13 @@ def export_onnx(
         def write(folder: Path) -> None:
             for item in staging.iterdir():
                 (folder / item.name).write_bytes(item.read_bytes())
-            write_json(
-                folder / METADATA_FILE,
-                dict(metadata)
-                | {
-                    "peft_method": "none",
-                    "backend": "onnx",
-                    "quantize": quantize,
-                    "exported_from": str(model_dir),
-                    "export_check": asdict(check),
-                },
-            )
+            info.updated(
+                peft_method="none",
+                backend="onnx",
+                quantize=quantize,
+                exported_from=str(model_dir),
+                export_check=asdict(check),
+            ).write(folder)
 
         replace_folder(output, write, "export")
     logger.info("exported %s to %s: %s", model_dir, output, check.describe())
@@ -250,7 +245,7 @@ def _accuracy(logits: np.ndarray, examples: Any, predictor: Any) -> float | None
 
     if examples.labels is None:
         return None
-    targets = label_targets(examples, predictor.labels, predictor.multi_label)
-    if predictor.multi_label:
-        targets = targets.astype(bool)
-    return match_rate(decisions(logits, predictor.multi_label), targets, predictor.multi_label)
+    targets = label_targets(examples, predictor.labels, predictor.task)
+    if targets.ndim == 1:  # class ids (n,) -> one-hot rows (n, num_labels), as decisions are
+        targets = np.eye(len(predictor.labels), dtype=bool)[targets]
+    return match_rate(decisions(logits, predictor.task), targets.astype(bool))

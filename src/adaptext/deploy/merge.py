@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from adaptext.core.errors import AdaptextError
-from adaptext.core.info import ADAPTER_CONFIG, is_adapter_folder
+from adaptext.core.info import ADAPTER_CONFIG, ModelInfo, find_model_dir, is_adapter_folder
 from adaptext.core.outputs import check_output_dir, expand, replace_folder
 from adaptext.deploy.parity import MergeCheck, compare_logits, parity_examples
 from adaptext.modeling.adapters import adapter_method, is_prompt_method, merge_model
@@ -31,8 +31,6 @@ def merge_adapter(
     label the same; otherwise an `AdaptextError` gives the numbers. `output` must be a new or empty folder, or an
     earlier merged model (replaced only with `overwrite`).
     """
-    from adaptext.core.info import METADATA_FILE, find_model_dir, read_metadata
-    from adaptext.core.run import write_json
     from adaptext.inference.predictor import Predictor
 
     model_dir = find_model_dir(expand(path))
@@ -40,37 +38,33 @@ def merge_adapter(
     output = check_output_dir(output, "merge", overwrite=overwrite, inputs=sources)
     if not is_adapter_folder(model_dir):
         raise AdaptextError(f"{model_dir} is already a full model (no {ADAPTER_CONFIG}); there is nothing to merge")
-    metadata = read_metadata(model_dir)
-    method = adapter_method(model_dir, metadata)
+    info = ModelInfo.read(model_dir)
+    method = adapter_method(model_dir, info)
     if is_prompt_method(method):
         raise AdaptextError(
             f"{method} cannot be merged: it feeds learned virtual tokens to the model on every input instead of "
             "changing weights. Use the adapter folder itself (Predictor.from_dir, adaptext predict / serve)."
         )
-    examples = parity_examples(Path(path), model_dir, data, metadata, sample)
+    examples = parity_examples(Path(path), model_dir, data, info, sample)
     texts, pairs = examples.texts, examples.pairs
     predictor = Predictor.from_dir(model_dir)
     before = predictor.predict_logits(texts, pairs)
     merged = merge_model(predictor.model)
     predictor.model = merged
     after = predictor.predict_logits(texts, pairs)
-    check = compare_logits(before, after, tolerance, predictor.multi_label)
+    check = compare_logits(before, after, tolerance, predictor.task)
     if not check.passed:
         raise AdaptextError(f"merge check failed, nothing written: {check.describe()}")
 
     def write(folder: Path) -> None:
         merged.save_pretrained(folder)
         predictor.tokenizer.save_pretrained(folder)
-        write_json(
-            folder / METADATA_FILE,
-            dict(metadata)
-            | {
-                "peft_method": "none",
-                "merged_from": str(model_dir),
-                "merged_method": method,
-                "merge_check": asdict(check),
-            },
-        )
+        info.updated(
+            peft_method="none",
+            merged_from=str(model_dir),
+            merged_method=method,
+            merge_check=asdict(check),
+        ).write(folder)
 
     replace_folder(output, write, "merge")
     logger.info("merged %s into %s: %s", method, output, check.describe())

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from adaptext.core.errors import AdaptextError
+from adaptext.core.info import ModelInfo
+from adaptext.core.task import Task
 from adaptext.data.examples import TextData
 
 
@@ -33,21 +33,22 @@ class MergeCheck:
         )
 
 
-def decisions(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    """The labels logits decide: class ids, or for multi-label a boolean row per example (logit > 0)."""
-    return logits > 0 if multi_label else logits.argmax(axis=1)
+def decisions(logits: np.ndarray, task: Task) -> np.ndarray:
+    """(n, num_labels) logits -> (n, num_labels) booleans: the labels `task` decides (the top label, or every
+    label whose probability reaches 0.5)."""
+    return task.decide(task.scores(logits), threshold=0.5)
 
 
-def match_rate(predicted: np.ndarray, expected: np.ndarray, multi_label: bool) -> float:
-    """Share of examples whose decisions agree (every label of the row, for multi-label)."""
+def match_rate(predicted: np.ndarray, expected: np.ndarray) -> float:
+    """Share of examples whose decisions (n, num_labels) agree on every label of the row."""
     if not len(predicted):
         return 1.0
-    same = predicted == expected
-    return float((same.all(axis=1) if multi_label else same).mean())
+    return float((predicted == expected).all(axis=1).mean())
 
 
-def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, multi_label: bool) -> MergeCheck:
-    agree = match_rate(decisions(other, multi_label), decisions(reference, multi_label), multi_label)
+def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, task: Task) -> MergeCheck:
+    """How `other` logits compare with the `reference` logits of the same texts, for `task`."""
+    agree = match_rate(decisions(other, task), decisions(reference, task))
     diff = float(np.abs(reference - other).max()) if reference.size else 0.0
     # Relative to the logits' size: float32 keeps ~7 digits, so logits in the hundreds (a zero-shot scorer at a low
     # temperature) differ by more than 1e-4 between two correct runtimes.
@@ -55,9 +56,7 @@ def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, m
     return MergeCheck(n_examples=len(reference), max_abs_diff=diff, label_agreement=agree, tolerance=tolerance * scale)
 
 
-def parity_examples(
-    path: Path, model_dir: Path, data: str | Path | None, metadata: Mapping[str, Any], sample: int
-) -> TextData:
+def parity_examples(path: Path, model_dir: Path, data: str | Path | None, info: ModelInfo, sample: int) -> TextData:
     """Up to `sample` examples evenly spread over `data` (labelled or not) or over the run's validation split."""
     if sample < 1:
         raise AdaptextError(f"--sample must be at least 1, got {sample}")
@@ -67,11 +66,11 @@ def parity_examples(
 
     if data is not None:
         columns = DataConfig(
-            text_column=str(metadata.get("text_column") or "text"),
-            text_pair_column=metadata.get("text_pair_column"),
-            label_column=str(metadata.get("label_column") or "label"),
-            label_delimiter=str(metadata.get("label_delimiter") or "|"),
-            multi_label=metadata.get("problem_type") == "multi_label_classification",
+            text_column=info.text_column,
+            text_pair_column=info.text_pair_column,
+            label_column=info.label_column,
+            label_delimiter=info.label_delimiter,
+            multi_label=info.task.multi_label,
         )
         labelled = columns.label_column in read_table(data).columns
         examples = load_examples(data, columns, with_labels=labelled)

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptext import __version__
 from adaptext.core.errors import AdaptextError
-from adaptext.core.info import find_model_dir, is_adapter_folder, read_metadata
+from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
 from adaptext.inference.predictor import MultiPredictor, Predictor, scores
 from adaptext.modeling.adapters import base_model_name
 
@@ -234,7 +234,7 @@ def load_models(specs: Sequence[str], precision: Literal["fp32", "bf16"] = "fp32
     for name, path in named.items():
         model_dir = find_model_dir(path)
         if is_adapter_folder(model_dir):
-            base = base_model_name(model_dir, read_metadata(model_dir))
+            base = base_model_name(model_dir, ModelInfo.read(model_dir))
             groups.setdefault(base, {})[name] = path
         else:
             predictors[name] = Predictor.from_dir(path)
@@ -242,7 +242,7 @@ def load_models(specs: Sequence[str], precision: Literal["fp32", "bf16"] = "fp32
         predictors |= MultiPredictor.from_dirs(group).predictors
     if precision == "bf16":
         for predictor in predictors.values():
-            if predictor.metadata.get("backend") != "onnx":
+            if predictor.info.backend != "onnx":
                 predictor.autocast_dtype = torch.bfloat16
     return {name: predictors[name] for name in named}
 
@@ -330,7 +330,7 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
                 raise HTTPException(422, f"inputs[{i}]: not valid Unicode ({error.reason} at {error.start})") from None
         predictor = models[name]
         parameters = body.parameters or Parameters()
-        function = parameters.function_to_apply or ("sigmoid" if predictor.multi_label else "softmax")
+        function = parameters.function_to_apply or predictor.task.activation
         logits = await _unless_disconnected(batchers[name].logits(texts), request.receive)
         if logits is None:  # nobody is listening; the batcher has dropped the texts if they had not run yet
             return Response(status_code=499)
@@ -376,9 +376,9 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
                     "name": name,
                     "labels": p.labels,
                     "multi_label": p.multi_label,
-                    "backend": "onnx" if p.metadata.get("backend") == "onnx" else "pytorch",
-                    "base_model": p.metadata.get("base_model"),
-                    "peft_method": p.metadata.get("peft_method", "none"),
+                    "backend": "onnx" if p.info.backend == "onnx" else "pytorch",
+                    "base_model": p.info.base_model,
+                    "peft_method": p.info.peft_method or "none",
                     "max_length": p.max_length,
                 }
                 for name, p in models.items()

@@ -16,6 +16,7 @@ from sklearn.metrics import (
 )
 
 from adaptext.core.errors import ConfigError
+from adaptext.core.task import MULTI_LABEL, SINGLE_LABEL, Task
 from adaptext.data.examples import TextData
 from adaptext.data.labels import label_targets
 from adaptext.inference.predictor import Predictor
@@ -44,20 +45,25 @@ class EvalReport:
     metrics: dict[str, float]
     per_class: list[dict[str, Any]]
     labels: list[str]
-    multi_label: bool
+    task: Task
     confusion: list[list[int]] | None = None
     reliability: list[dict[str, float]] = field(default_factory=list)
     n_examples: int = 0
     data_source: str = ""
 
+    @property
+    def multi_label(self) -> bool:
+        return self.task.multi_label
 
-def metric_names(multi_label: bool) -> list[str]:
-    return MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS
+
+def metric_names(task: Task) -> list[str]:
+    """The metrics computed for `task`, the names `train.metric_for_best` may take."""
+    return MULTI_LABEL_METRICS if task.multi_label else SINGLE_LABEL_METRICS
 
 
-def check_metric_name(name: str, multi_label: bool) -> None:
+def check_metric_name(name: str, task: Task) -> None:
     """Fail early when `train.metric_for_best` names a metric that will never be computed."""
-    valid = metric_names(multi_label)
+    valid = metric_names(task)
     if name not in valid:
         raise ConfigError(f"train.metric_for_best: {name!r} is not a metric here; choose one of {', '.join(valid)}")
 
@@ -119,14 +125,15 @@ def compute_metrics(
     probs: np.ndarray,
     targets: np.ndarray,
     labels: list[str],
-    multi_label: bool,
+    task: Task,
     threshold: float = 0.5,
 ) -> EvalReport:
-    """Metrics from class probabilities `probs` (n, k) and `targets`: class ids (n,) or multi-hot (n, k)."""
+    """Metrics from class probabilities `probs` (n, k) and `targets`: class ids (n,), or multi-hot (n, k) for a
+    multi-label task."""
     eps = 1e-12
-    if multi_label:
+    if task.multi_label:
         y_true = targets.astype(int)
-        y_pred = (probs >= threshold).astype(int)
+        y_pred = task.decide(probs, threshold).astype(int)
         clipped = np.clip(probs, eps, 1 - eps)
         loss = float(-(y_true * np.log(clipped) + (1 - y_true) * np.log(1 - clipped)).mean())
         metrics = {
@@ -139,7 +146,7 @@ def compute_metrics(
             metrics=metrics,
             per_class=_per_class(labels, y_true, y_pred),
             labels=labels,
-            multi_label=True,
+            task=MULTI_LABEL,
             n_examples=len(targets),
         )
     y_true = targets.astype(int)
@@ -153,7 +160,7 @@ def compute_metrics(
         metrics=metrics,
         per_class=_per_class(labels, y_true, y_pred),
         labels=labels,
-        multi_label=False,
+        task=SINGLE_LABEL,
         confusion=confusion,
         reliability=bins,
         n_examples=len(targets),
@@ -162,8 +169,8 @@ def compute_metrics(
 
 def evaluate_data(predictor: Predictor, data: TextData) -> EvalReport:
     """Predict `data` with `predictor` and score the predictions against its labels."""
-    targets = label_targets(data, predictor.labels, predictor.multi_label)
+    targets = label_targets(data, predictor.labels, predictor.task)
     probs = predictor.predict_proba(data.texts, data.pairs)
-    report = compute_metrics(probs, targets, predictor.labels, predictor.multi_label, predictor.threshold)
+    report = compute_metrics(probs, targets, predictor.labels, predictor.task, predictor.threshold)
     report.data_source = data.source
     return report

@@ -11,12 +11,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.device import default_device
 from adaptext.core.errors import AdaptextError
-from adaptext.core.info import find_model_dir, is_adapter_folder, read_metadata
+from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
+from adaptext.core.task import task_of_problem_type
 from adaptext.data.batching import Collator, tokenize
+from adaptext.inference.loaders import loader_for
 from adaptext.modeling.adapters import (
     build_base,
     load_adapter_model,
@@ -66,49 +68,46 @@ class Predictor:
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
         # What adaptext saved beside the model (`adaptext.json`): column names, threshold, max_length.
-        self.metadata: dict[str, Any] = {}
+        self.info = ModelInfo()
         id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         self.labels = [id2label[i] for i in range(len(id2label))]
-        self.multi_label = model.config.problem_type == "multi_label_classification"
+        self.task = task_of_problem_type(model.config.problem_type)
         pad_id = tokenizer.pad_token_id
         self._collate = Collator(pad_token_id=0 if pad_id is None else pad_id)
+
+    @property
+    def multi_label(self) -> bool:
+        """True when each text gets any number of labels (a sigmoid per label), False for one label per text."""
+        return self.task.multi_label
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The keys of the `adaptext.json` saved beside the model, as saved (empty when there is none);
+        `info` has them typed, with their defaults."""
+        return self.info.to_dict()
 
     @classmethod
     def from_dir(cls, path: str | Path, *, device: str | None = None, batch_size: int = 64) -> Predictor:
         """Load from a run folder, a model folder or an adapter folder saved by adaptext (or any
-        sequence-classification folder). An adapter is loaded on its base model, unmerged."""
+        sequence-classification folder). An adapter is loaded on its base model, unmerged.
+
+        The kind of folder decides how it is loaded: see `adaptext.inference.loaders`."""
         model_dir = find_model_dir(path)
-        metadata = read_metadata(model_dir)
-        model: Any  # a transformers model, or a module with the same call signature and `config`
+        info = ModelInfo.read(model_dir)
+        loader = loader_for(model_dir, info)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            if metadata.get("strategy") == "prompt":
-                from adaptext.modeling.cloze import load_prompt_model
-
-                model = load_prompt_model(model_dir, metadata)
-            elif metadata.get("scorer") == "nli":
-                from adaptext.modeling.nli import load_nli_model
-
-                model = load_nli_model(model_dir, metadata)
-            elif is_adapter_folder(model_dir):
-                model = load_adapter_model(model_dir, metadata)
-            elif (model_dir / "model.onnx").is_file():
-                from adaptext.inference.onnx import OnnxClassifier
-
-                model = OnnxClassifier(model_dir)
-                device = device or "cpu"  # onnxruntime's CPU provider
-            else:
-                model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+            tokenizer = loader.load_tokenizer(model_dir)
+            model = loader.load(model_dir, info)
         except (OSError, ValueError) as error:
             raise AdaptextError(f"{model_dir}: cannot load the model: {error}") from None
-        return cls._ready(model, tokenizer, metadata, device=device, batch_size=batch_size)
+        return cls._ready(model, tokenizer, info, device=device or loader.device, batch_size=batch_size)
 
     @classmethod
     def _ready(
         cls,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        metadata: dict[str, Any],
+        info: ModelInfo,
         *,
         device: str | None,
         batch_size: int,
@@ -118,11 +117,11 @@ class Predictor:
         predictor = cls(
             model,
             tokenizer,
-            max_length=int(metadata.get("max_length", min(tokenizer.model_max_length, 512))),
-            threshold=float(metadata.get("threshold", 0.5)),
+            max_length=info.max_length or min(tokenizer.model_max_length, 512),
+            threshold=info.threshold,
             batch_size=batch_size,
         )
-        predictor.metadata = metadata
+        predictor.info = info
         return predictor
 
     @torch.inference_mode()
@@ -150,7 +149,7 @@ class Predictor:
         return out
 
     def _to_probs(self, logits: np.ndarray) -> np.ndarray:
-        return scores(logits, "sigmoid" if self.multi_label else "softmax")
+        return self.task.scores(logits)
 
     def predict_logits(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, progress: bool = False
@@ -215,13 +214,10 @@ class Predictor:
     def decide(self, probs: np.ndarray) -> list[Prediction]:
         """Turn probabilities (n, num_labels) into `Prediction`s."""
         results = []
-        for row in probs:
+        for row, decided in zip(probs, self.task.decide(probs, self.threshold), strict=True):
             ranked = np.argsort(-row, kind="stable")
             top = int(ranked[0])
-            if self.multi_label:
-                chosen = [self.labels[i] for i in ranked if row[i] >= self.threshold]
-            else:
-                chosen = [self.labels[top]]
+            chosen = [self.labels[i] for i in ranked if decided[i]]  # best first
             results.append(
                 Prediction(
                     label=self.labels[top],
@@ -281,19 +277,19 @@ class MultiPredictor:
                 raise AdaptextError(
                     f"task {task!r}: {folder} is a full model, not an adapter; only adapters share a base model"
                 )
-        metadata = {task: read_metadata(folder) for task, folder in folders.items()}
-        same_base(folders, metadata)
+        infos = {task: ModelInfo.read(folder) for task, folder in folders.items()}
+        same_base(folders, infos)
         tasks = list(folders)
-        first = build_base(folders[tasks[0]], metadata[tasks[0]])
+        first = build_base(folders[tasks[0]], infos[tasks[0]])
         # On the target device before sharing: moving each model there afterwards would copy the base per task.
         first.to(default_device(device))  # type: ignore[arg-type]
-        bases = [first] + [new_classifier(folders[t], metadata[t]) for t in tasks[1:]]
+        bases = [first] + [new_classifier(folders[t], infos[t]) for t in tasks[1:]]
         share_base(bases)
         predictors = {}
         for task, base in zip(tasks, bases, strict=True):
-            model = load_adapter_model(folders[task], metadata[task], base_model=base)
+            model = load_adapter_model(folders[task], infos[task], base_model=base)
             tokenizer = AutoTokenizer.from_pretrained(folders[task])
-            predictors[task] = Predictor._ready(model, tokenizer, metadata[task], device=device, batch_size=batch_size)
+            predictors[task] = Predictor._ready(model, tokenizer, infos[task], device=device, batch_size=batch_size)
         return cls(predictors)
 
 

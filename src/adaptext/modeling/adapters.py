@@ -19,7 +19,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from adaptext.core.config import PeftSection
 from adaptext.core.errors import AdaptextError, ConfigError
-from adaptext.core.info import ADAPTER_CONFIG
+from adaptext.core.info import ADAPTER_CONFIG, ModelInfo
+from adaptext.core.task import Task
 from adaptext.modeling.build import HEAD_PREFIXES, build_model
 
 PROMPT_METHODS = ("prefix_tuning", "prompt_tuning", "p_tuning")
@@ -191,14 +192,14 @@ def default_options(method: str, model: PreTrainedModel, total_steps: int) -> di
 
 
 def validate(
-    section: PeftSection, model_name: str, labels: list[str], multi_label: bool, *, total_steps: int, max_length: int
+    section: PeftSection, model_name: str, labels: list[str], task: Task, *, total_steps: int, max_length: int
 ) -> None:
     """Build the method on a weightless copy of the model, so a bad option fails before any work or file."""
     if section.method == "none":
         return
     from adaptext.modeling.build import model_config
 
-    config = model_config(model_name, labels, multi_label)
+    config = model_config(model_name, labels, task)
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     wrap_model(section, model, total_steps=total_steps, max_length=max_length)
@@ -230,12 +231,12 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
     return result
 
 
-def load_adapter_model(folder: Path, metadata: Mapping[str, Any], *, base_model: PreTrainedModel | None = None) -> Any:
+def load_adapter_model(folder: Path, info: ModelInfo, *, base_model: PreTrainedModel | None = None) -> Any:
     """The peft model saved in `folder`, on its base model (built here, or `base_model` when given)."""
     from peft import PeftModel
 
     if base_model is None:
-        base_model = build_base(folder, metadata)
+        base_model = build_base(folder, info)
     try:
         with warnings.catch_warnings():
             # AdaLoRA saves its pruned ranks under parameter names and peft warns that they match no module on
@@ -248,30 +249,29 @@ def load_adapter_model(folder: Path, metadata: Mapping[str, Any], *, base_model:
     return model
 
 
-def base_model_name(folder: Path, metadata: Mapping[str, Any]) -> str:
+def base_model_name(folder: Path, info: ModelInfo) -> str:
     """The base model an adapter folder was trained on: adaptext's name for it, else peft's record."""
-    name = metadata.get("base_model") or read_adapter_config(folder).get("base_model_name_or_path")
+    name = info.base_model or read_adapter_config(folder).get("base_model_name_or_path")
     if not name:
         raise AdaptextError(f"{folder}: the adapter does not record its base model")
     return str(name)
 
 
-def _label_set(folder: Path, metadata: Mapping[str, Any]) -> tuple[list[str], bool]:
-    """The adapter's label names and whether it is multi-label, from its `adaptext.json`."""
-    labels = metadata.get("labels")
-    if not labels:
+def _label_set(folder: Path, info: ModelInfo) -> tuple[list[str], Task]:
+    """The adapter's label names and its task, from its `adaptext.json`."""
+    if not info.labels:
         raise AdaptextError(f"{folder}: adaptext.json has no label names; was this adapter saved by adaptext?")
-    return [str(label) for label in labels], metadata.get("problem_type") == "multi_label_classification"
+    return list(info.labels), info.task
 
 
-def build_base(folder: Path, metadata: Mapping[str, Any]) -> PreTrainedModel:
+def build_base(folder: Path, info: ModelInfo) -> PreTrainedModel:
     """The adapter's base model with a head for its labels, pretrained weights loaded."""
-    return build_model(base_model_name(folder, metadata), *_label_set(folder, metadata))
+    return build_model(base_model_name(folder, info), *_label_set(folder, info))
 
 
-def adapter_method(model_dir: Path, metadata: Mapping[str, Any]) -> str:
+def adapter_method(model_dir: Path, info: ModelInfo) -> str:
     """The peft method of an adapter folder: adaptext's record, else peft's."""
-    return str(metadata.get("peft_method") or read_adapter_config(model_dir).get("peft_type", "")).lower()
+    return str(info.peft_method or read_adapter_config(model_dir).get("peft_type", "")).lower()
 
 
 def merge_model(model: Any) -> PreTrainedModel:
@@ -295,18 +295,18 @@ def share_base(models: Sequence[PreTrainedModel]) -> None:
             raise AdaptextError(f"the adapters' base models differ in their weights: {(unexpected + body_missing)[:3]}")
 
 
-def new_classifier(folder: Path, metadata: Mapping[str, Any]) -> PreTrainedModel:
+def new_classifier(folder: Path, info: ModelInfo) -> PreTrainedModel:
     """The adapter's base architecture with a head for its labels, weights not loaded (random; see share_base)."""
     from adaptext.modeling.build import model_config
 
-    config = model_config(base_model_name(folder, metadata), *_label_set(folder, metadata))
+    config = model_config(base_model_name(folder, info), *_label_set(folder, info))
     model: PreTrainedModel = AutoModelForSequenceClassification.from_config(config)
     return model
 
 
-def same_base(folders: Mapping[str, Path], metadata: Mapping[str, Mapping[str, Any]]) -> str:
+def same_base(folders: Mapping[str, Path], infos: Mapping[str, ModelInfo]) -> str:
     """The one base model every adapter in `folders` was trained on; an error naming the odd one out."""
-    bases = {task: base_model_name(folder, metadata[task]) for task, folder in folders.items()}
+    bases = {task: base_model_name(folder, infos[task]) for task, folder in folders.items()}
     first_task, first = next(iter(bases.items()))
     for task, base in bases.items():
         if base != first:

@@ -21,6 +21,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from adaptext.core.errors import AdaptextError
+from adaptext.core.task import Task
 from adaptext.modeling.hub import _first_line, resolve_model_name
 from adaptext.modeling.pooling import _fix_pooling_layer, add_mean_pooling, has_mean_pooling, mean_pooling_supported
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 HEAD_PREFIXES = ("classifier", "score", "pre_classifier")
 
 
-def build_model(name: str, labels: list[str], multi_label: bool, pooling: str = "cls") -> PreTrainedModel:
+def build_model(name: str, labels: list[str], task: Task, pooling: str = "cls") -> PreTrainedModel:
     """A pretrained encoder with a fresh classification head for `labels`, reading the [CLS] state or (`pooling`
     `mean`, see `resolve_pooling`) the mean of the token states.
 
@@ -42,7 +43,7 @@ def build_model(name: str, labels: list[str], multi_label: bool, pooling: str = 
     folder that already has adaptext's pooling layer keeps it (frozen), whatever `pooling` says.
     """
     path = resolve_model_name(name)
-    config = model_config(name, labels, multi_label)
+    config = model_config(name, labels, task)
     try:
         # transformers warns about the new head's missing weights, which is expected here; we report
         # only missing weights outside the head.
@@ -79,15 +80,15 @@ def build_model(name: str, labels: list[str], multi_label: bool, pooling: str = 
     return model
 
 
-def model_config(name: str, labels: list[str], multi_label: bool) -> PretrainedConfig:
-    """The config of model `name` with a head for `labels` (their names in `id2label`)."""
+def model_config(name: str, labels: list[str], task: Task) -> PretrainedConfig:
+    """The config of model `name` with a head for `labels` (their names in `id2label`) answering `task`."""
     try:
         return AutoConfig.from_pretrained(
             resolve_model_name(name),
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
-            problem_type="multi_label_classification" if multi_label else "single_label_classification",
+            problem_type=task.problem_type,
         )
     except OSError as error:
         raise AdaptextError(

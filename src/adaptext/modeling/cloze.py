@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,8 +22,9 @@ from transformers.utils import logging as hf_logging
 
 from adaptext.core.config import Config
 from adaptext.core.errors import AdaptextError, ConfigError
-from adaptext.core.info import METADATA_FILE
-from adaptext.core.run import replace_dir, write_json
+from adaptext.core.info import ModelInfo
+from adaptext.core.run import replace_dir
+from adaptext.core.task import SINGLE_LABEL
 from adaptext.data.batching import SpecialTokens
 from adaptext.modeling.build import label_config
 from adaptext.modeling.hub import load_tokenizer, resolve_model_name
@@ -179,33 +180,33 @@ def save_prompt_model(
         model.mlm.save_pretrained(folder)
         tokenizer.model_max_length = config.data.max_length
         tokenizer.save_pretrained(folder)
-        write_json(
-            folder / METADATA_FILE,
-            {
-                "format_version": 1,
-                "strategy": "prompt",
-                "base_model": config.model.name,
-                "labels": labels,
-                "problem_type": "single_label_classification",
-                "template": model.template,
-                "verbalizer": words,
-                "verbalizer_ids": model.word_ids,
-                "max_length": config.data.max_length,
-                "text_column": config.data.text_column,
-                "text_pair_column": config.data.text_pair_column,
-                "label_column": config.data.label_column,
-                "label_delimiter": config.data.label_delimiter,
-            },
-        )
+        ModelInfo(
+            strategy="prompt",
+            base_model=config.model.name,
+            labels=labels,
+            problem_type=SINGLE_LABEL.problem_type,
+            template=model.template,
+            verbalizer=words,
+            verbalizer_ids=model.word_ids,
+            max_length=config.data.max_length,
+            text_column=config.data.text_column,
+            text_pair_column=config.data.text_pair_column,
+            label_column=config.data.label_column,
+            label_delimiter=config.data.label_delimiter,
+        ).write(folder)
 
     replace_dir(target, write)
 
 
-def load_prompt_model(model_dir: Path, metadata: dict[str, Any]) -> PromptClassifier:
+def load_prompt_model(model_dir: Path, info: ModelInfo) -> PromptClassifier:
+    """Rebuild the prompt classifier saved by `save_prompt_model`."""
+    if info.labels is None:
+        raise info.missing("labels")
+    if info.template is None:
+        raise info.missing("template")
+    if info.verbalizer_ids is None:
+        raise info.missing("verbalizer_ids")
     mlm = AutoModelForMaskedLM.from_pretrained(model_dir)
     tokenizer = load_tokenizer(str(model_dir))
     assert tokenizer.mask_token_id is not None
-    labels = [str(v) for v in metadata["labels"]]
-    return PromptClassifier(
-        mlm, str(metadata["template"]), [int(i) for i in metadata["verbalizer_ids"]], labels, tokenizer.mask_token_id
-    )
+    return PromptClassifier(mlm, info.template, list(info.verbalizer_ids), list(info.labels), tokenizer.mask_token_id)

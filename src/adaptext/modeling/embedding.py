@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,10 +14,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaptext.data.batching import Collator, Encoded, tokenize
 from adaptext.data.examples import TextData
 from adaptext.modeling.pooling import add_mean_pooling, mean_pooling_supported
-
-if TYPE_CHECKING:
-    pass
-
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +46,8 @@ class EmbeddingTap:
 HEAD_SCALE = 1e-3
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """torch autocast to `dtype` on `device`'s kind, or no change when `dtype` is None (fp32)."""
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
@@ -76,7 +73,7 @@ def embed(
             idx = order[start : start + batch_size]
             items = [{k: v[i] for k, v in encoded.features.items()} | {"index": i} for i in idx]
             batch = {k: v.to(device) for k, v in collate(items).items() if k != "index"}
-            with _autocast(device, autocast_dtype):
+            with autocast(device, autocast_dtype):
                 model(**batch)
             assert tap.value is not None
             values = tap.value.float().cpu().numpy()

@@ -19,8 +19,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from adaptext.core.config import Config
 from adaptext.core.errors import AdaptextError
-from adaptext.core.info import METADATA_FILE
-from adaptext.core.run import replace_dir, write_json
+from adaptext.core.info import ModelInfo
+from adaptext.core.run import replace_dir
+from adaptext.core.task import SINGLE_LABEL
 from adaptext.data.batching import SpecialTokens
 from adaptext.modeling.build import label_config
 
@@ -118,28 +119,27 @@ def save_nli_model(
     def write(folder: Path) -> None:
         model.nli.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        write_json(
-            folder / METADATA_FILE,
-            {
-                "format_version": 1,
-                "strategy": "zeroshot",
-                "labels": model.labels,
-                "problem_type": "single_label_classification",
-                "max_length": config.data.max_length,
-                "text_column": config.data.text_column,
-                "label_column": config.data.label_column,
-            }
-            | extra,
-        )
+        ModelInfo(
+            strategy="zeroshot",
+            labels=model.labels,
+            problem_type=SINGLE_LABEL.problem_type,
+            max_length=config.data.max_length,
+            text_column=config.data.text_column,
+            label_column=config.data.label_column,
+        ).updated(**extra).write(folder)
 
     replace_dir(target, write)
 
 
-def load_nli_model(model_dir: Path, metadata: dict[str, Any]) -> NliClassifier:
+def load_nli_model(model_dir: Path, info: ModelInfo) -> NliClassifier:
     """Rebuild the NLI scorer saved by `save_nli_model`."""
+    if info.labels is None:
+        raise info.missing("labels")
+    if info.hypotheses is None:
+        raise info.missing("hypotheses")
+    if info.temperature is None:
+        raise info.missing("temperature")
     nli = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    labels = [str(v) for v in metadata["labels"]]
-    hypotheses = [str(h) for h in metadata["hypotheses"]]
-    max_length = int(metadata.get("max_length", 512))
-    return NliClassifier(nli, tokenizer, hypotheses, labels, float(metadata["temperature"]), max_length)
+    max_length = info.max_length or 512
+    return NliClassifier(nli, tokenizer, list(info.hypotheses), list(info.labels), info.temperature, max_length)

@@ -13,6 +13,7 @@ from transformers import (
 from adaptext.core.config import Config
 from adaptext.core.device import default_device
 from adaptext.core.errors import AdaptextError
+from adaptext.core.task import SINGLE_LABEL
 from adaptext.data.examples import TextData
 from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import HEAD_SCALE, embed, encode_texts, final_linear
@@ -31,7 +32,7 @@ def similarity_model(config: Config, labels: list[str], sentences: list[str]) ->
     (sqrt(hidden) * HEAD_SCALE), so a dot product with unit label vectors divided by that norm is the cosine, and
     the head stays one linear layer of a plain `transformers` model.
     """
-    model = build_model(config.model.name, labels, multi_label=False)
+    model = build_model(config.model.name, labels, SINGLE_LABEL)
     if not mean_pooling_supported(model):
         raise AdaptextError(
             f"{config.model.name}: zero-shot similarity needs a BERT-style encoder (BERT, MiniLM, RoBERTa, XLM-R); "

@@ -17,51 +17,38 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from torch import nn
+from torch.utils.data import Sampler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import Config
-from adaptext.core.device import default_device, resolve_precision
-from adaptext.core.run import append_log
-from adaptext.data.batching import Collator, Encoded
+from adaptext.core.device import autocast_dtype, resolve_precision
+from adaptext.core.task import SINGLE_LABEL, task_of
+from adaptext.data.batching import Collator, Encoded, tokenize
 from adaptext.data.examples import Splits, TextData
 from adaptext.data.io import label_descriptions
 from adaptext.data.labels import label_targets
 from adaptext.data.splits import load_splits
 from adaptext.evaluation.calibration import fit_temperature
-from adaptext.evaluation.metrics import check_metric_name
+from adaptext.evaluation.metrics import EvalReport, check_metric_name, evaluate_data
 from adaptext.inference.predictor import Predictor
-from adaptext.modeling.build import build_model, count_parameters
-from adaptext.modeling.embedding import EmbeddingTap, _autocast, embed, encode_texts, final_linear, prepare_encoder
+from adaptext.modeling.build import build_model
+from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
 from adaptext.modeling.hub import load_tokenizer
-from adaptext.training.callbacks import CallbackList
-from adaptext.training.engine import evaluate_and_log
+from adaptext.training.engine import TrainingJob, run_training
 from adaptext.training.lifecycle import save_model
+from adaptext.training.objectives import OBJECTIVES
+from adaptext.training.optim import eval_batch_size
 from adaptext.training.state import TrainingState
 from adaptext.training.strategy import STRATEGIES, Prepared, Run, Strategy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ContrastiveSettings:
-    """How long and how hard the encoder is trained on pairs."""
-
-    steps: int
-    batch_size: int = 32
-    per_class: int = 4
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    head_c: float = 1.0
 
 
 def group_keys(targets: np.ndarray) -> list[int]:
@@ -110,91 +97,24 @@ def contrastive_batches(groups: list[int], batch_size: int, steps: int, per_clas
     return batches
 
 
-def pair_targets(targets: np.ndarray) -> torch.Tensor:
-    """(n, n) matrix: 1 where two examples share a label (the class, or any label of a multi-hot row), else 0."""
-    same = targets[:, None] == targets[None, :] if targets.ndim == 1 else (targets @ targets.T) > 0
-    return torch.as_tensor(same, dtype=torch.float32)
+class ContrastiveBatches(Sampler[list[int]]):
+    """The few-shot run's batches (`contrastive_batches`) as a batch sampler: one pass holds all of them, and the
+    order is a pure function of (seed, epoch), so a resumed run draws the same batches."""
 
+    def __init__(self, groups: list[int], batch_size: int, batches: int, per_class: int, seed: int) -> None:
+        self.groups, self.batch_size, self.batches, self.per_class = groups, batch_size, batches, per_class
+        self.seed = seed
+        self.epoch = 0
 
-def contrastive_loss(embeddings: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
-    """SetFit's cosine-similarity loss over every pair in the batch: squared error of the pair's cosine similarity
-    against 1 (same label) or 0, positives and negatives weighted equally."""
-    normed = F.normalize(embeddings.float(), dim=-1)
-    cosine = normed @ normed.T
-    upper = torch.triu(torch.ones_like(same, dtype=torch.bool), diagonal=1)
-    errors = (cosine - same)[upper] ** 2
-    positive = same[upper].bool()
-    parts = [errors[mask].mean() for mask in (positive, ~positive) if mask.any()]
-    return torch.stack(parts).mean()
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
+    def __iter__(self) -> Iterator[list[int]]:
+        seed = self.seed + 1_000_003 * self.epoch
+        return iter(contrastive_batches(self.groups, self.batch_size, self.batches, self.per_class, seed))
 
-def train_encoder(
-    model: PreTrainedModel,
-    encoded: Encoded,
-    targets: np.ndarray,
-    settings: ContrastiveSettings,
-    *,
-    seed: int,
-    pad_token_id: int,
-    autocast_dtype: torch.dtype | None = None,
-    on_log: Callable[[dict[str, Any]], None] | None = None,
-) -> None:
-    """Contrastive fine-tuning of `model`'s encoder (everything below the final layer) in place."""
-    device = torch.device(model.device)
-    batches = contrastive_batches(group_keys(targets), settings.batch_size, settings.steps, settings.per_class, seed)
-    collate = Collator(pad_token_id)
-    head = final_linear(model)
-    params = [p for name, p in model.named_parameters() if p.requires_grad]
-    head_ids = {id(p) for p in head.parameters()}
-    decay = [p for p in params if p.ndim >= 2 and id(p) not in head_ids]
-    no_decay = [p for p in params if p.ndim < 2 and id(p) not in head_ids]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.learning_rate,
-    )
-    scheduler = get_scheduler(
-        "linear",
-        optimizer,
-        num_warmup_steps=int(settings.warmup_ratio * settings.steps),
-        num_training_steps=settings.steps,
-    )
-    tap = EmbeddingTap(model)
-    model.train()
-    # Dropout on the embedding itself would zero a tenth of its dimensions in every pair's cosine; the encoder's
-    # own dropout (as in SetFit's sentence encoders) stays. So the head runs in eval mode; the pooling layer has
-    # no dropout (`model.add_mean_pooling`).
-    for module in model.children():
-        if module is not model.base_model:
-            module.eval()
-    start = time.perf_counter()
-    window: list[float] = []
-    try:
-        for step, indices in enumerate(tqdm(batches, desc="contrastive", unit="step", disable=None), start=1):
-            items = [{k: v[i] for k, v in encoded.features.items()} | {"index": i} for i in indices]
-            batch = {k: v.to(device) for k, v in collate(items).items() if k != "index"}
-            with _autocast(device, autocast_dtype):
-                model(**batch)
-            assert tap.value is not None
-            loss = contrastive_loss(tap.value, pair_targets(targets[indices]).to(device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            window.append(loss.item())
-            if on_log is not None and (step % 20 == 0 or step == settings.steps):
-                on_log(
-                    {
-                        "step": step,
-                        "loss": float(np.mean(window)),
-                        "learning_rate": scheduler.get_last_lr()[0],
-                        "elapsed_s": time.perf_counter() - start,
-                    }
-                )
-                window = []
-    finally:
-        tap.close()
-        model.eval()
+    def __len__(self) -> int:
+        return self.batches
 
 
 def fit_head(model: PreTrainedModel, embeddings: np.ndarray, targets: np.ndarray, c: float, seed: int) -> None:
@@ -252,13 +172,19 @@ def default_steps(num_examples: int, batch_size: int) -> int:
     return int(min(500, max(40, math.ceil(40 * num_examples / per_step))))
 
 
+# The contrastive phase takes its length, batch size and learning rate from `fewshot.*`, and warms up over
+# CONTRASTIVE_WARMUP of its steps (SetFit's ratio); it has no validation of its own (see `_job`). These `train.*`
+# keys would change nothing, so setting one is refused.
 IGNORED_TRAIN_KEYS = (
-    "train.grad_accum_steps",
+    "train.epochs",
+    "train.max_steps",
+    "train.learning_rate",
+    "train.warmup_ratio",
     "train.class_weights",
     "train.eval_steps",
     "train.early_stopping_patience",
-    "train.checkpoint_steps",
 )
+CONTRASTIVE_WARMUP = 0.1
 
 
 @dataclass
@@ -272,11 +198,12 @@ class Fewshot(Strategy):
     """Contrastive training of the encoder on pairs of the few examples, then a logistic-regression head (SetFit)."""
 
     name = "fewshot"
+    resumable = True
     ignores = IGNORED_TRAIN_KEYS
 
     def check(self, config: Config) -> None:
         super().check(config)
-        check_metric_name(config.train.metric_for_best, config.data.multi_label)
+        check_metric_name(config.train.metric_for_best, task_of(config))
 
     def prepare(self, config: Config) -> FewshotPrepared:
         precision = resolve_precision(config.train.precision)
@@ -288,94 +215,107 @@ class Fewshot(Strategy):
 
     def fit(self, prepared: Prepared, run: Run) -> TrainingState:
         assert isinstance(prepared, FewshotPrepared) and prepared.tokenizer is not None
-        return _fit_fewshot(run, prepared.splits, prepared.tokenizer, prepared.precision, prepared.descriptions)
+        return run_training(_job(run.config, prepared, prepared.tokenizer), run)
 
 
-def _fit_fewshot(
-    run: Run, splits: Splits, tokenizer: PreTrainedTokenizerBase, precision: str, descriptions: dict[str, str]
-) -> TrainingState:
-    """Contrastive training, head fitting and calibration; the model is saved into the run folder."""
-    config, paths = run.config, run.paths
-    callbacks = CallbackList(run.callbacks)
-    multi_label = config.data.multi_label
-    torch.manual_seed(config.seed)
-    model = build_model(config.model.name, splits.labels, multi_label)
-    pooled = prepare_encoder(model)
-    model.to(default_device(None))  # type: ignore[arg-type]
-    trainable, total = count_parameters(model)
-
-    train_data = splits.train
-    targets = label_targets(train_data, splits.labels, multi_label)
-    if descriptions:
-        if train_data.pairs is not None:
-            logger.warning("label descriptions are not used as examples for a text-pair task")
-        else:
-            extra = TextData(
-                texts=list(descriptions.values()),
-                source=str(config.data.label_descriptions),
-                labels=[[name] for name in descriptions] if multi_label else list(descriptions),
-            )
-            train_data = TextData(texts=train_data.texts + extra.texts, source=train_data.source)
-            targets = np.concatenate([targets, label_targets(extra, splits.labels, multi_label)])
-    encoded = encode_texts(tokenizer, train_data, config.data.max_length)
-    fs = config.fewshot
-    settings = ContrastiveSettings(
-        steps=default_steps(len(train_data), fs.batch_size) if fs.steps == "auto" else fs.steps,
-        batch_size=fs.batch_size,
-        per_class=fs.per_class,
-        learning_rate=fs.learning_rate,
-        head_c=fs.head_c,
+def _training_data(config: Config, splits: Splits, descriptions: dict[str, str]) -> tuple[TextData, np.ndarray]:
+    """The examples of the contrastive phase and their targets: the training split, plus one example per label
+    description (as an example of its label) when there are descriptions."""
+    task = task_of(config)
+    data = splits.train
+    targets = label_targets(data, splits.labels, task)
+    if not descriptions:
+        return data, targets
+    if data.pairs is not None:
+        logger.warning("label descriptions are not used as examples for a text-pair task")
+        return data, targets
+    extra = TextData(
+        texts=list(descriptions.values()),
+        source=str(config.data.label_descriptions),
+        labels=[[name] for name in descriptions] if task.multi_label else list(descriptions),
     )
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    data = TextData(texts=data.texts + extra.texts, source=data.source)
+    return data, np.concatenate([targets, label_targets(extra, splits.labels, task)])
+
+
+def _job(config: Config, prepared: FewshotPrepared, tokenizer: PreTrainedTokenizerBase) -> TrainingJob:
+    """The contrastive phase as an engine job, with head fitting and calibration as its last stage.
+
+    The phase has no per-step validation: the model only classifies once the head is fitted on the final
+    embeddings, so the encoder of an intermediate step has no validation score to compare, and there is no best
+    step to keep. Validation scores the finished model once.
+    """
+    splits, fs, task = prepared.splits, config.fewshot, task_of(config)
+    model = build_model(config.model.name, splits.labels, task)
+    pooled = prepare_encoder(model)
+    data, targets = _training_data(config, splits, prepared.descriptions)
     pad_id = tokenizer.pad_token_id or 0
+    features = tokenize(tokenizer, data.texts, data.pairs, config.data.max_length)
+    steps = default_steps(len(data), fs.batch_size) if fs.steps == "auto" else fs.steps
+    batches = steps * config.train.grad_accum_steps
+    per_step = min(fs.batch_size, len(data))  # a batch cannot hold more examples than there are
     logger.info(
         "few-shot: %d examples, %d labels, %d contrastive steps of %d examples, %s embedding, precision %s",
-        len(train_data),
+        len(data),
         len(splits.labels),
-        settings.steps,
-        settings.batch_size,
+        steps,
+        fs.batch_size,
         "mean-pooled" if pooled else "[CLS]",
-        precision,
+        prepared.precision,
+    )
+    head = HeadStage(config, prepared, tokenizer, Encoded(features=features, targets=None), targets)
+    return TrainingJob(
+        model=model,
+        dataset=Encoded(features=features, targets=targets.tolist()),
+        batches=ContrastiveBatches(group_keys(targets), fs.batch_size, batches, fs.per_class, config.seed),
+        collate=Collator(pad_id, task),
+        objective=OBJECTIVES.get("contrastive")(task),
+        steps=steps,
+        learning_rate=fs.learning_rate,
+        warmup_ratio=CONTRASTIVE_WARMUP,
+        precision=prepared.precision,
+        finish=head.fit,
+        save=head.save,
+        epochs_per_pass=batches * per_step / len(data),
     )
 
-    per_step = min(settings.batch_size, len(train_data))  # a batch cannot hold more examples than there are
 
-    def log(record: dict[str, Any]) -> None:
-        record["epoch"] = record["step"] * per_step / len(train_data)
-        record["samples_per_second"] = record["step"] * per_step / max(record.pop("elapsed_s"), 1e-9)
-        append_log(paths, record)
-        callbacks.on_log(record)
+class HeadStage:
+    """The last stage of a few-shot run: the head fitted on the trained encoder's embeddings, calibrated, scored on
+    validation data; then the model folder saved with the head's temperature."""
 
-    callbacks.on_train_begin(TrainingState(), model)
-    train_encoder(
-        model,
-        encoded,
-        targets,
-        settings,
-        seed=config.seed,
-        pad_token_id=pad_id,
-        autocast_dtype=autocast_dtype,
-        on_log=log,
-    )
-    embeddings = embed(model, encoded, pad_token_id=pad_id, autocast_dtype=autocast_dtype)
-    fit_head(model, embeddings, targets, settings.head_c, config.seed)
-    predictor = Predictor(model, tokenizer, max_length=config.data.max_length, threshold=config.train.threshold)
-    temperature = calibrate_head(model, predictor, splits.validation, splits.labels) if fs.calibrate else 1.0
-    epoch = settings.steps * per_step / len(train_data)
-    report, record = evaluate_and_log(paths, predictor, splits.validation, settings.steps, epoch)
-    callbacks.on_evaluate(record)
-    save_model(model, tokenizer, config, paths.model, {"temperature": temperature})
-    callbacks.on_save(model, paths.model)
-    state = TrainingState(
-        global_step=settings.steps,
-        best_step=settings.steps,
-        best_metric=report.metrics[config.train.metric_for_best],
-        done=True,
-        trainable_parameters=trainable,
-        total_parameters=total,
-    )
-    callbacks.on_train_end(state)
-    return state
+    def __init__(
+        self,
+        config: Config,
+        prepared: FewshotPrepared,
+        tokenizer: PreTrainedTokenizerBase,
+        encoded: Encoded,
+        targets: np.ndarray,
+    ) -> None:
+        self.config, self.splits, self.precision = config, prepared.splits, prepared.precision
+        self.tokenizer, self.encoded, self.targets = tokenizer, encoded, targets
+        self.temperature = 1.0
+
+    def fit(self, model: nn.Module) -> EvalReport:
+        config, fs = self.config, self.config.fewshot
+        pad_id = self.tokenizer.pad_token_id or 0
+        dtype = autocast_dtype(self.precision)
+        embeddings = embed(model, self.encoded, pad_token_id=pad_id, autocast_dtype=dtype)  # type: ignore[arg-type]
+        fit_head(model, embeddings, self.targets, fs.head_c, config.seed)  # type: ignore[arg-type]
+        predictor = Predictor(
+            model,  # type: ignore[arg-type]
+            self.tokenizer,
+            max_length=config.data.max_length,
+            threshold=config.train.threshold,
+            batch_size=eval_batch_size(config.train),
+        )
+        if fs.calibrate:
+            self.temperature = calibrate_head(model, predictor, self.splits.validation, self.splits.labels)  # type: ignore[arg-type]
+        return evaluate_data(predictor, self.splits.validation)
+
+    def save(self, model: nn.Module, target: Path) -> None:
+        extra = {"temperature": self.temperature}
+        save_model(model, self.tokenizer, self.config, target, extra)  # type: ignore[arg-type]
 
 
 def calibrate_head(model: PreTrainedModel, predictor: Predictor, data: TextData, labels: list[str]) -> float:
@@ -385,7 +325,7 @@ def calibrate_head(model: PreTrainedModel, predictor: Predictor, data: TextData,
     if predictor.multi_label or data.labels is None or len(data) == 0:
         return 1.0
     logits = predictor.predict_logits(data.texts, data.pairs)
-    temperature = fit_temperature(logits, label_targets(data, labels, False), low=1e-2, high=1e2)
+    temperature = fit_temperature(logits, label_targets(data, labels, SINGLE_LABEL), low=1e-2, high=1e2)
     layer = final_linear(model)
     with torch.no_grad():
         layer.weight.div_(temperature)

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import Config
 from adaptext.core.device import resolve_precision
+from adaptext.core.task import task_of
+from adaptext.data.batching import Collator, LengthGroupedBatches, encode
 from adaptext.data.splits import load_splits
-from adaptext.evaluation.metrics import check_metric_name
-from adaptext.modeling.adapters import check_method, validate
+from adaptext.evaluation.metrics import EvalReport, check_metric_name, evaluate_data
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.adapters import check_method, validate, wrap_model
+from adaptext.modeling.build import build_model, count_parameters
 from adaptext.modeling.hub import load_tokenizer
-from adaptext.training.callbacks import CallbackList
-from adaptext.training.engine import fit_classifier
-from adaptext.training.objectives import class_weights
-from adaptext.training.optim import planned_steps
+from adaptext.modeling.pooling import has_mean_pooling, resolve_pooling
+from adaptext.training.engine import TrainingJob, run_training
+from adaptext.training.lifecycle import save_model
+from adaptext.training.objectives import OBJECTIVES, class_weights
+from adaptext.training.optim import eval_batch_size, planned_steps, resolve_learning_rate
 from adaptext.training.state import TrainingState
 from adaptext.training.strategy import STRATEGIES, Prepared, Run, Strategy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,38 +45,97 @@ class Finetune(Strategy):
 
     name = "finetune"
     resumable = True
+    objective: ClassVar[str] = "cross_entropy"  # a name in `OBJECTIVES`
 
     def check(self, config: Config) -> None:
         super().check(config)
-        check_metric_name(config.train.metric_for_best, config.data.multi_label)
+        check_metric_name(config.train.metric_for_best, task_of(config))
         check_method(config.peft)
 
     def prepare(self, config: Config) -> FinetunePrepared:
         cfg = config.train
+        task = task_of(config)
         precision = resolve_precision(cfg.precision)  # a bad precision for this machine fails before any work
         splits = load_splits(config)  # all data problems surface here, before the run folder is touched
-        weights = class_weights(cfg, splits, config.data.multi_label)  # and so does a bad class-weight mapping
+        weights = class_weights(cfg, splits, task)  # and so does a bad class-weight mapping
         tokenizer = load_tokenizer(config.model.name)
         batches = math.ceil(len(splits.train) / cfg.batch_size)  # as many as LengthGroupedBatches makes
         validate(  # and so does a bad peft option
             config.peft,
             config.model.name,
             splits.labels,
-            config.data.multi_label,
+            task,
             total_steps=planned_steps(cfg, batches),
             max_length=config.data.max_length,
         )
         return FinetunePrepared(splits=splits, precision=precision, tokenizer=tokenizer, weights=weights)
 
+    def objective_name(self, config: Config) -> str:
+        """The objective this run trains with: AdaLoRA needs its own (a penalty term and rank budgeting)."""
+        return "adalora" if config.peft.method == "adalora" else self.objective
+
     def fit(self, prepared: Prepared, run: Run) -> TrainingState:
         assert isinstance(prepared, FinetunePrepared) and prepared.tokenizer is not None
-        return fit_classifier(
-            run.config,
-            run.paths,
-            prepared.splits,
-            prepared.tokenizer,
+        config, cfg, tokenizer = run.config, run.config.train, prepared.tokenizer
+        task, splits = task_of(config), prepared.splits
+        train_set = encode(tokenizer, splits.train, splits.labels, config.data.max_length, task)
+        batches = LengthGroupedBatches(train_set.lengths, cfg.batch_size, seed=config.seed)
+        steps = planned_steps(cfg, len(batches))
+        model = classifier(config, splits.labels, steps)
+        learning_rate = resolve_learning_rate(cfg, model, config.peft.method)
+        logger.info(
+            "training: %d optimizer steps (%.1f epochs of %d batches), learning rate %g, precision %s",
+            steps,
+            steps * cfg.grad_accum_steps / len(batches),
+            len(batches),
+            learning_rate,
             prepared.precision,
-            prepared.weights,
-            resume=run.resume,
-            callbacks=CallbackList(run.callbacks),
         )
+
+        def evaluate(trained: nn.Module) -> EvalReport:
+            predictor = Predictor(
+                trained,  # type: ignore[arg-type]
+                tokenizer,
+                max_length=config.data.max_length,
+                threshold=cfg.threshold,
+                batch_size=eval_batch_size(cfg),
+            )
+            return evaluate_data(predictor, splits.validation)
+
+        def save(trained: nn.Module, target: Path) -> None:
+            save_model(trained, tokenizer, config, target)  # type: ignore[arg-type]
+
+        job = TrainingJob(
+            model=model,
+            dataset=train_set,
+            batches=batches,
+            collate=Collator(tokenizer.pad_token_id or 0, task),
+            objective=OBJECTIVES.get(self.objective_name(config))(task, prepared.weights),
+            steps=steps,
+            learning_rate=learning_rate,
+            warmup_ratio=cfg.warmup_ratio,
+            precision=prepared.precision,
+            evaluate=evaluate,
+            save=save,
+        )
+        return run_training(job, run)
+
+
+def classifier(config: Config, labels: list[str], steps: int) -> PreTrainedModel:
+    """The model to fine-tune: the pretrained encoder with a new head, wrapped in the peft method if any."""
+    method = config.peft.method
+    pooling = resolve_pooling(config.model.name, config.model.pooling, method)
+    model = build_model(config.model.name, labels, task_of(config), pooling)
+    if method != "none":
+        model = wrap_model(config.peft, model, total_steps=steps, max_length=config.data.max_length)
+    trainable, total = count_parameters(model)
+    logger.info(
+        "model: %s%s, head on the %s, %d of %d parameters trainable (%.2f%%)",
+        config.model.name,
+        f" with {method}" if method != "none" else "",
+        "mean of the token states" if has_mean_pooling(model) else "[CLS] state",
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    return model

@@ -61,12 +61,21 @@ class Zeroshot(Strategy):
     """No training: labels scored by similarity to their descriptions, or by an NLI model."""
 
     name = "zeroshot"
+    # Nothing is trained: every key that only shapes training would change nothing. (`train.batch_size` and
+    # `train.eval_batch_size` set the evaluation's batches, `train.threshold` the saved model's.)
     ignores = (
+        "train.epochs",
+        "train.max_steps",
+        "train.learning_rate",
+        "train.weight_decay",
+        "train.warmup_ratio",
         "train.grad_accum_steps",
+        "train.max_grad_norm",
         "train.class_weights",
         "train.eval_steps",
-        "train.early_stopping_patience",
         "train.checkpoint_steps",
+        "train.early_stopping_patience",
+        "train.num_workers",
     )
 
     def prepare(self, config: Config) -> ZeroshotPrepared:

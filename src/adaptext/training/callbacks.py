@@ -1,7 +1,9 @@
 """Callbacks: observers of a training run (logging, progress, checkpoints seen from outside, interruption).
 
 A callback never changes the model or the batch behind the loop's back; it sees the state after each step, each
-log record, each evaluation and each saved model. `CALLBACKS` names the ones a config or a caller can ask for.
+log record, each evaluation and each saved model. `CALLBACKS` names the ones a caller can ask for by name; each is
+built as `cls(paths)` with the run's folders. The engine runs `progress` and `tensorboard` on the main process of
+every run; callbacks passed to `train` run on every process.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptext.core.registry import Registry
+from adaptext.core.run import RunPaths
 from adaptext.training.state import TrainingState
 
 
@@ -36,7 +39,7 @@ class Callback:
         """After the last step and the last checkpoint."""
 
 
-CALLBACKS: Registry[type[Callback]] = Registry("callback")
+CALLBACKS: Registry[Callable[[RunPaths], Callback]] = Registry("callback")
 
 
 class CallbackList(Callback):
@@ -68,6 +71,55 @@ class CallbackList(Callback):
     def on_train_end(self, state: TrainingState) -> None:
         for callback in self.callbacks:
             callback.on_train_end(state)
+
+
+@CALLBACKS.register("progress")
+class ProgressBar(Callback):
+    """A tqdm bar of optimizer steps, with the last logged loss (off when the output is not a terminal)."""
+
+    def __init__(self, paths: RunPaths | None = None) -> None:
+        self.bar: Any = None
+
+    def on_train_begin(self, state: TrainingState, model: Any) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.total_steps, initial=state.global_step, desc="train", unit="step", disable=None)
+
+    def on_step_end(self, state: TrainingState) -> None:
+        self.bar.update(1)
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+    def on_train_end(self, state: TrainingState) -> None:
+        self.bar.close()
+
+
+@CALLBACKS.register("tensorboard")
+class TensorBoard(Callback):
+    """Training loss, learning rate and validation metrics as TensorBoard scalars in the run's `tensorboard/`."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.log_dir = paths.root / "tensorboard"
+        self.writer: Any = None
+        self.step = 0
+
+    def on_train_begin(self, state: TrainingState, model: Any) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # loads tensorboard: only when a run starts
+
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        self.writer.add_scalar("train/loss", record["loss"], record["step"])
+        self.writer.add_scalar("train/learning_rate", record["learning_rate"], record["step"])
+
+    def on_evaluate(self, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key.startswith("eval_"):
+                self.writer.add_scalar(f"eval/{key.removeprefix('eval_')}", value, record["step"])
+
+    def on_train_end(self, state: TrainingState) -> None:
+        self.writer.close()
 
 
 class OnStep(Callback):

@@ -1,59 +1,388 @@
-"""Fine-tuning: one loop on `accelerate`, from a config to an evaluated, saved run folder."""
+"""The training engine: one loop on `accelerate` for every strategy that trains.
+
+A strategy describes its job (`TrainingJob`: the model, the data and how it is batched, the objective, how to save
+and how to evaluate the model) and `run_training` does the rest the same way for all of them:
+
+    seed -> optimizer and schedule -> accelerate -> (resume) -> epochs x batches:
+        forward and loss (the objective), backward, clip, step (every `train.grad_accum_steps` batches)
+        -> log every LOG_EVERY steps -> evaluate every `train.eval_steps` steps and at epoch ends
+        -> best model saved, early stopping -> checkpoint
+    -> final checkpoint -> the final `TrainingState`
+
+Checkpoints hold the model, optimizer, schedule, random states and the loop's counters, and the batch order is a
+pure function of (seed, epoch), so a resumed run continues exactly where the interrupted one was.
+
+Logs, checkpoints and the model folder are written by the main process only; the others wait where they must, so
+that running several processes is a switch, not a rewrite (it stays refused until a test runs it).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, get_scheduler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from transformers import get_scheduler
 
-from adaptext.core.config import Config
 from adaptext.core.device import limit_kernel_cache
 from adaptext.core.errors import AdaptextError
-from adaptext.core.run import (
-    RunPaths,
-    append_log,
-    environment_record,
-    replace_dir,
-    write_json,
-)
-from adaptext.data.batching import Collator, LengthGroupedBatches, encode
-from adaptext.data.examples import Splits, TextData
-from adaptext.evaluation.metrics import EvalReport, evaluate_data, is_improvement
-from adaptext.inference.predictor import Predictor
-from adaptext.modeling.adapters import wrap_model
-from adaptext.modeling.build import build_model, count_parameters
-from adaptext.modeling.pooling import has_mean_pooling, resolve_pooling
-from adaptext.training.callbacks import Callback
-from adaptext.training.lifecycle import save_model
-from adaptext.training.objectives import cross_entropy_loss
-from adaptext.training.optim import build_optimizer, eval_batch_size, planned_steps, resolve_learning_rate
+from adaptext.core.run import RunPaths, append_log, environment_record, replace_dir, write_json
+from adaptext.evaluation.metrics import EvalReport, is_improvement
+from adaptext.modeling.build import count_parameters
+from adaptext.training.callbacks import CALLBACKS, Callback, CallbackList
+from adaptext.training.objectives import Objective
+from adaptext.training.optim import build_optimizer
 from adaptext.training.state import LOG_EVERY, STATE_FILE, TrainingState
+from adaptext.training.strategy import Run
 
 logger = logging.getLogger(__name__)
 
+# Callbacks every run gets on its main process (names in `CALLBACKS`).
+RUN_CALLBACKS = ("progress", "tensorboard")
 
-def _truncate_log(paths: RunPaths, step: int) -> None:
-    """Drop log records written after the checkpoint a run resumes from; the resumed run writes them again."""
+
+class BatchSampler(Protocol):
+    """Batches of example indices, in an order that is a pure function of (seed, epoch)."""
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass
+class TrainingJob:
+    """What a strategy trains and how; the engine takes everything else from `config.train`.
+
+    Attributes:
+        model: The model to train (moved to the device and prepared by accelerate).
+        dataset: Encoded examples; `collate` turns a list of them into a batch with `labels`.
+        batches: Which examples go together; one pass over it is an epoch.
+        collate: Pads a list of examples into a batch of tensors.
+        objective: The loss of a batch, and what happens after each optimizer step.
+        steps: Optimizer steps of the whole run.
+        learning_rate: Peak learning rate of the linear schedule.
+        warmup_ratio: Share of `steps` spent warming up.
+        precision: accelerate's mixed-precision mode (`no`, `bf16`, `fp16`).
+        evaluate: Scores the model on validation data (called in fp32 with the unwrapped model); None when the
+            job has no validation of its own, and then no best model is chosen or saved.
+        save: Writes the model folder (the unwrapped model, the target folder); called for each new best model.
+        finish: A last stage after the final step that completes the model and scores it on validation data (in
+            fp32, like `evaluate`); the model it leaves is the one saved. Few-shot fits its head here.
+        epochs_per_pass: Passes over the data that one pass of `batches` makes (for the `epoch` of log records).
+    """
+
+    model: nn.Module
+    dataset: Dataset[Any]
+    batches: BatchSampler
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+    objective: Objective
+    steps: int
+    learning_rate: float
+    warmup_ratio: float
+    precision: str = "no"
+    evaluate: Callable[[nn.Module], EvalReport] | None = None
+    save: Callable[[nn.Module, Path], None] | None = None
+    finish: Callable[[nn.Module], EvalReport] | None = None
+    epochs_per_pass: float = 1.0
+
+
+def run_training(job: TrainingJob, run: Run) -> TrainingState:
+    """Train `job` in `run` (see the module's docstring) and return the final state.
+
+    >>> state = run_training(job, run)  # doctest: +SKIP
+    >>> state.global_step == job.steps or state.stopped_early  # doctest: +SKIP
+    True
+    """
+    cfg = run.config.train
+    # No seeding here: `run_strategy` seeded once before the strategy built its model, so initialisation and
+    # then dropout draw from one stream, as in an uninterrupted run (a resume restores the stream itself).
+    limit_kernel_cache()
+    accelerator = Accelerator(mixed_precision=job.precision, gradient_accumulation_steps=cfg.grad_accum_steps)
+    # Refused until a test runs several processes; the loop is written for them already (the main process writes
+    # logs, checkpoints and the model folder, the others wait; checkpoints are saved collectively).
+    if accelerator.num_processes > 1:
+        raise AdaptextError(
+            "multi-process training is not supported yet: run `adaptext train` as one process (one GPU or CPU)"
+        )
+    if accelerator.is_main_process:
+        write_json(run.paths.env, environment_record(str(accelerator.device), job.precision))
+    optimizer = build_optimizer(job.model, cfg, job.learning_rate)
+    scheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=int(job.warmup_ratio * job.steps), num_training_steps=job.steps
+    )
+    loader = DataLoader(
+        job.dataset,
+        # Its own generator: drawing worker seeds from the global RNG would shift dropout masks after a resume.
+        generator=torch.Generator().manual_seed(run.config.seed),
+        batch_sampler=job.batches,
+        collate_fn=job.collate,
+        num_workers=cfg.num_workers,
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(job.model, optimizer, loader, scheduler)
+    loop = Loop(job, run, accelerator, model, optimizer, loader, scheduler, run_callbacks(run, accelerator))
+    if run.resume:
+        loop.restore()
+    loop.train()
+    accelerator.end_training()
+    accelerator.free_memory()
+    return loop.state
+
+
+def run_callbacks(run: Run, accelerator: Accelerator) -> CallbackList:
+    """The run's own callbacks (progress bar, TensorBoard) on the main process, then the caller's."""
+    own = [CALLBACKS.get(name)(run.paths) for name in RUN_CALLBACKS] if accelerator.is_main_process else []
+    return CallbackList([*own, *run.callbacks])
+
+
+class Loop:
+    """The loop's moving parts and its steps, each a short method; `train` reads top to bottom."""
+
+    def __init__(
+        self,
+        job: TrainingJob,
+        run: Run,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: Any,
+        scheduler: Any,
+        callbacks: Callback,
+    ) -> None:
+        self.job, self.paths, self.cfg = job, run.paths, run.config.train
+        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.loader, self.scheduler, self.callbacks = loader, scheduler, callbacks
+        self.unwrapped: nn.Module = accelerator.unwrap_model(model)
+        self.batches_per_epoch = len(job.batches)
+        trainable, total = count_parameters(self.unwrapped)
+        self.state = TrainingState(total_steps=job.steps, trainable_parameters=trainable, total_parameters=total)
+        self.saved_at = -1  # the step of the last checkpoint written
+        self.window_start = time.perf_counter()
+
+    def train(self) -> None:
+        """Epochs x batches until the planned steps are done or early stopping ends the run."""
+        state, objective = self.state, self.job.objective
+        objective.bind(self.unwrapped, self.accelerator.device)
+        objective.train_mode(self.unwrapped)
+        self.callbacks.on_train_begin(state, self.unwrapped)
+        try:
+            while not state.done and state.global_step < state.total_steps:
+                self.train_epoch()
+        finally:
+            objective.close()
+        if self.saved_at != state.global_step or not state.done:
+            state.done = True
+            self.save_checkpoint()
+        if self.job.finish is not None:
+            self.finish()
+        self.callbacks.on_train_end(state)
+
+    def train_epoch(self) -> None:
+        """One pass over the batches (the rest of it after a resume), an optimizer step every few batches."""
+        state = self.state
+        # The prepared loader re-seeds the batch sampler with its own epoch counter on every pass.
+        self.loader.set_epoch(state.epoch)
+        batches = self.loader
+        if state.batch_in_epoch:
+            batches = self.accelerator.skip_first_batches(self.loader, state.batch_in_epoch)
+        for batch in batches:
+            self.train_on(batch)
+            if not self.accelerator.sync_gradients:
+                continue  # gradients accumulate over more batches before the optimizer steps
+            self.end_step()
+            if state.done or state.global_step >= state.total_steps:
+                break
+
+    def train_on(self, batch: dict[str, torch.Tensor]) -> None:
+        """Forward, backward and (when the accumulated batches are complete) clip and optimizer step."""
+        accelerator, state = self.accelerator, self.state
+        targets = batch.pop("labels")
+        batch.pop("index")
+        with accelerator.accumulate(self.model):
+            loss, examples = self.job.objective.loss(self.model, batch, targets)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.cfg.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            if accelerator.sync_gradients:
+                self.job.objective.after_step(state.global_step)
+            self.optimizer.zero_grad(set_to_none=True)
+        state.batch_in_epoch += 1
+        state.window_loss += loss.item() * examples
+        state.window_examples += examples
+
+    def end_step(self) -> None:
+        """After an optimizer step: count it, log, evaluate and checkpoint when due."""
+        state, cfg = self.state, self.cfg
+        state.global_step += 1
+        last = state.global_step >= state.total_steps
+        if state.global_step % LOG_EVERY == 0 or last:
+            self.log_training()
+        end_of_epoch = state.batch_in_epoch >= self.batches_per_epoch
+        if end_of_epoch:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if self.job.evaluate is not None and (
+            end_of_epoch or last or (cfg.eval_steps is not None and state.global_step % cfg.eval_steps == 0)
+        ):
+            self.evaluate()
+            state.done = state.done or last
+            self.save_checkpoint()
+        elif last:
+            state.done = True
+            self.save_checkpoint()
+        elif state.global_step % cfg.checkpoint_steps == 0:
+            self.save_checkpoint()
+        self.callbacks.on_step_end(state)
+
+    def progress(self) -> float:
+        """Epochs done so far, fractional: passes over the training data."""
+        passes = self.state.epoch + self.state.batch_in_epoch / self.batches_per_epoch
+        return passes * self.job.epochs_per_pass
+
+    def log_training(self) -> None:
+        """Write the training record of the steps since the last one (their loss is weighed by examples)."""
+        state = self.state
+        elapsed = time.perf_counter() - self.window_start
+        record = {
+            "step": state.global_step,
+            "epoch": self.progress(),
+            "loss": state.window_loss / max(state.window_examples, 1),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "samples_per_second": state.window_examples / max(elapsed, 1e-9),
+        }
+        if self.accelerator.is_main_process:
+            append_log(self.paths, record)
+        self.callbacks.on_log(record)
+        state.window_loss, state.window_examples, self.window_start = 0.0, 0, time.perf_counter()
+
+    def evaluate(self) -> None:
+        """Score the model on validation data, keep it if it is the best so far, and decide on early stopping."""
+        assert self.job.evaluate is not None
+        state, cfg = self.state, self.cfg
+        # Every process evaluates, so that all of them take the same best-model and early-stopping decisions.
+        with full_precision(self.unwrapped):
+            report = self.job.evaluate(self.unwrapped)
+        self.job.objective.train_mode(self.unwrapped)
+        value = self.record_evaluation(report)
+        if is_improvement(cfg.metric_for_best, value, state.best_metric):
+            state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
+            self.save_model()
+        else:
+            state.bad_evals += 1
+        logger.info(
+            "step %d: validation %s=%.4f (best %.4f at step %d)",
+            state.global_step,
+            cfg.metric_for_best,
+            value,
+            state.best_metric,
+            state.best_step,
+        )
+        if cfg.early_stopping_patience is not None and state.bad_evals >= cfg.early_stopping_patience:
+            state.stopped_early = state.done = True
+            logger.info("early stopping: no improvement in %d evaluations", state.bad_evals)
+
+    def finish(self) -> None:
+        """The job's last stage after the final checkpoint (few-shot fits its head): its model is the one kept."""
+        assert self.job.finish is not None
+        with full_precision(self.unwrapped):
+            report = self.job.finish(self.unwrapped)
+        self.state.best_metric = self.record_evaluation(report)
+        self.state.best_step = self.state.global_step
+        self.save_model()
+
+    def record_evaluation(self, report: EvalReport) -> float:
+        """Log a validation report of this step; returns its value of `train.metric_for_best`."""
+        record = eval_record(report, self.state.global_step, self.progress())
+        if self.accelerator.is_main_process:
+            append_log(self.paths, record)
+        self.callbacks.on_evaluate(record)
+        self.state.history.append(record)
+        return float(report.metrics[self.cfg.metric_for_best])
+
+    def save_model(self) -> None:
+        """Write the run's model folder with the job's `save` (main process), and tell the callbacks."""
+        if self.job.save is None:
+            return
+        if self.accelerator.is_main_process:
+            self.job.save(self.unwrapped, self.paths.model)
+        self.accelerator.wait_for_everyone()
+        self.callbacks.on_save(self.unwrapped, self.paths.model)
+
+    def save_checkpoint(self) -> None:
+        """Replace the checkpoint folder with the model, optimizer, schedule, random states and counters."""
+        accelerator, state = self.accelerator, self.state
+        staging = staging_dir(self.paths.checkpoint)
+
+        def write(folder: Path) -> None:
+            accelerator.wait_for_everyone()  # the folder exists: the other processes may add their random states
+            accelerator.save_state(str(folder))
+            write_json(folder / STATE_FILE, asdict(state))
+
+        if accelerator.is_main_process:
+            replace_dir(self.paths.checkpoint, write)
+        else:
+            # `save_state` is collective: every process writes its own random states into the staging folder.
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        self.saved_at = state.global_step
+
+    def restore(self) -> None:
+        """Load the last checkpoint: weights, optimizer, schedule, random states and the loop's counters."""
+        checkpoint = self.paths.checkpoint
+        self.accelerator.load_state(str(checkpoint))
+        saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        self.state = TrainingState(**saved | {"total_steps": self.job.steps})  # the run length may change
+        if self.accelerator.is_main_process:
+            finished = self.state.done and self.job.finish is not None
+            truncate_log(self.paths, self.state.global_step, evaluated=not finished)
+        self.accelerator.wait_for_everyone()
+        self.saved_at = self.state.global_step
+        state = self.state
+        logger.info("resumed at step %d (epoch %d, batch %d)", state.global_step, state.epoch, state.batch_in_epoch)
+
+
+def staging_dir(target: Path) -> Path:
+    """The folder `replace_dir` fills before swapping it in for `target`."""
+    return target.with_name(target.name + ".tmp")
+
+
+def eval_record(report: EvalReport, step: int, epoch: float) -> dict[str, Any]:
+    """The train-log record of a validation: step, epoch and every metric as `eval_<name>`."""
+    return {"step": step, "epoch": epoch} | {f"eval_{k}": v for k, v in report.metrics.items()}
+
+
+def truncate_log(paths: RunPaths, step: int, *, evaluated: bool = True) -> None:
+    """Drop log records written after the checkpoint a run resumes from; the resumed run writes them again.
+
+    `evaluated`: whether the checkpoint of `step` comes after that step's evaluation (a job's `finish` stage
+    evaluates after the final checkpoint, so a resumed run writes that record again).
+    """
     if not paths.log.is_file():
         return
+
+    def kept(record: dict[str, Any]) -> bool:
+        is_eval = any(key.startswith("eval_") for key in record)
+        return record["step"] < step or (record["step"] == step and (evaluated or not is_eval))
+
     lines = paths.log.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    paths.log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept_lines = [line for line in lines if line.strip() and kept(json.loads(line))]
+    paths.log.write_text("".join(line + "\n" for line in kept_lines), encoding="utf-8")
 
 
 @contextmanager
-def full_precision(model: torch.nn.Module) -> Iterator[None]:
+def full_precision(model: nn.Module) -> Iterator[None]:
     """Run `model` in fp32 inside this block, though accelerate prepared it for mixed precision.
 
     For bf16/fp16 training accelerate replaces the model's `forward` by one under autocast (keeping the original
@@ -70,225 +399,3 @@ def full_precision(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         model.__dict__["forward"] = patched
-
-
-def evaluate_and_log(
-    paths: RunPaths, predictor: Predictor, data: TextData, step: int, epoch: float
-) -> tuple[EvalReport, dict[str, Any]]:
-    """Evaluate on `data` and append the `eval_*` record of this step to the run's train log."""
-    report = evaluate_data(predictor, data)
-    record = {"step": step, "epoch": epoch} | {f"eval_{k}": v for k, v in report.metrics.items()}
-    append_log(paths, record)
-    return report, record
-
-
-def fit_classifier(
-    config: Config,
-    paths: RunPaths,
-    splits: Splits,
-    tokenizer: PreTrainedTokenizerBase,
-    precision: str,
-    weights: torch.Tensor | None,
-    *,
-    resume: bool,
-    callbacks: Callback,
-) -> TrainingState:
-    """The training loop: epochs x batches, evaluation, best model, checkpoints; returns the final state.
-
-    `precision` is accelerate's mixed-precision mode; `weights` the per-class loss weights, if any.
-    """
-    cfg = config.train
-    multi_label = config.data.multi_label
-    set_seed(config.seed)
-    limit_kernel_cache()
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-        log_with="tensorboard",
-        project_dir=str(paths.root),
-    )
-    if accelerator.num_processes > 1:
-        raise AdaptextError(
-            "multi-process training is not supported yet: run `adaptext train` as one process (one GPU or CPU)"
-        )
-    accelerator.init_trackers("tensorboard")
-    write_json(paths.env, environment_record(str(accelerator.device), precision))
-
-    train_enc = encode(tokenizer, splits.train, splits.labels, config.data.max_length, multi_label)
-    sampler = LengthGroupedBatches(train_enc.lengths, cfg.batch_size, seed=config.seed)
-    total_steps = planned_steps(cfg, len(sampler))
-    method = config.peft.method
-    pooling = resolve_pooling(config.model.name, config.model.pooling, method)
-    model = build_model(config.model.name, splits.labels, multi_label, pooling)
-    if method != "none":
-        model = wrap_model(config.peft, model, total_steps=total_steps, max_length=config.data.max_length)
-    trainable, total = count_parameters(model)
-    logger.info(
-        "model: %s%s, head on the %s, %d of %d parameters trainable (%.2f%%)",
-        config.model.name,
-        f" with {method}" if method != "none" else "",
-        "mean of the token states" if has_mean_pooling(model) else "[CLS] state",
-        trainable,
-        total,
-        100 * trainable / total,
-    )
-    loader = DataLoader(
-        train_enc,
-        # Its own generator: drawing worker seeds from the global RNG would shift dropout masks after a resume.
-        generator=torch.Generator().manual_seed(config.seed),
-        batch_sampler=sampler,
-        collate_fn=Collator(tokenizer.pad_token_id or 0, multi_label),
-        num_workers=cfg.num_workers,
-    )
-    learning_rate = resolve_learning_rate(cfg, model, method)
-    optimizer = build_optimizer(model, cfg, learning_rate)
-    logger.info(
-        "training: %d optimizer steps (%.1f epochs of %d batches), learning rate %g, precision %s",
-        total_steps,
-        total_steps * cfg.grad_accum_steps / len(sampler),
-        len(sampler),
-        learning_rate,
-        precision,
-    )
-    scheduler = get_scheduler(
-        "linear", optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if weights is not None:
-        weights = weights.to(accelerator.device)
-
-    state = TrainingState(trainable_parameters=trainable, total_parameters=total)
-    if resume:
-        accelerator.load_state(str(paths.checkpoint))
-        state = TrainingState(**json.loads((paths.checkpoint / STATE_FILE).read_text(encoding="utf-8")))
-        _truncate_log(paths, state.global_step)
-        logger.info("resumed at step %d (epoch %d, batch %d)", state.global_step, state.epoch, state.batch_in_epoch)
-
-    # Evaluation runs in fp32 whatever the training precision (see `full_precision`).
-    eval_predictor = Predictor(
-        accelerator.unwrap_model(model),
-        tokenizer,
-        max_length=config.data.max_length,
-        threshold=cfg.threshold,
-        batch_size=eval_batch_size(cfg),
-    )
-
-    saved_at = state.global_step if resume else -1  # the step of the last checkpoint written
-
-    def save_checkpoint() -> None:
-        nonlocal saved_at
-
-        def write(folder: Path) -> None:
-            accelerator.save_state(str(folder))
-            write_json(folder / STATE_FILE, state.__dict__)
-
-        replace_dir(paths.checkpoint, write)
-        saved_at = state.global_step
-
-    def evaluate_now() -> None:
-        epoch = state.epoch + state.batch_in_epoch / len(sampler)
-        with full_precision(eval_predictor.model):
-            report, record = evaluate_and_log(paths, eval_predictor, splits.validation, state.global_step, epoch)
-            callbacks.on_evaluate(record)
-        model.train()
-        value = report.metrics[cfg.metric_for_best]
-        state.history.append(record)
-        accelerator.log({f"eval/{k}": v for k, v in report.metrics.items()}, step=state.global_step)
-        if is_improvement(cfg.metric_for_best, value, state.best_metric):
-            state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
-            save_model(accelerator.unwrap_model(model), tokenizer, config, paths.model)
-            callbacks.on_save(accelerator.unwrap_model(model), paths.model)
-        else:
-            state.bad_evals += 1
-        logger.info(
-            "step %d: validation %s=%.4f (best %.4f at step %d)",
-            state.global_step,
-            cfg.metric_for_best,
-            value,
-            state.best_metric,
-            state.best_step,
-        )
-        if cfg.early_stopping_patience is not None and state.bad_evals >= cfg.early_stopping_patience:
-            state.stopped_early = state.done = True
-            logger.info("early stopping: no improvement in %d evaluations", state.bad_evals)
-
-    callbacks.on_train_begin(state, accelerator.unwrap_model(model))
-    model.train()
-    bar = tqdm(total=total_steps, initial=state.global_step, desc="train", unit="step", disable=None)
-    window_start = time.perf_counter()
-    while not state.done and state.global_step < total_steps:
-        # The prepared loader re-seeds the sampler with its own epoch counter on every pass.
-        loader.set_epoch(state.epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
-        for batch in epoch_loader:
-            targets = batch.pop("labels")
-            batch.pop("index")
-            with accelerator.accumulate(model):
-                if method == "adalora":
-                    # AdaLoRA adds its orthogonality penalty to the loss the model computes itself; keep that
-                    # penalty (the model's loss minus its plain cross-entropy) on top of our (weighted) loss.
-                    outputs = model(**batch, labels=targets)
-                    logits = outputs.logits
-                    penalty = outputs.loss - cross_entropy_loss(logits, targets, None, multi_label)
-                    loss = cross_entropy_loss(logits, targets, weights, multi_label) + penalty
-                else:
-                    logits = model(**batch).logits
-                    loss = cross_entropy_loss(logits, targets, weights, multi_label)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                if method == "adalora" and accelerator.sync_gradients:
-                    # Rank budgeting reads the gradients of this step, so it runs before they are cleared.
-                    accelerator.unwrap_model(model).base_model.update_and_allocate(state.global_step)
-                optimizer.zero_grad(set_to_none=True)
-            state.batch_in_epoch += 1
-            state.window_loss += loss.item() * len(targets)
-            state.window_examples += len(targets)
-            if not accelerator.sync_gradients:
-                continue
-            state.global_step += 1
-            bar.update(1)
-            if state.global_step % LOG_EVERY == 0 or state.global_step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": state.global_step,
-                    "epoch": state.epoch + state.batch_in_epoch / len(sampler),
-                    "loss": state.window_loss / state.window_examples,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "samples_per_second": state.window_examples / max(elapsed, 1e-9),
-                }
-                append_log(paths, record)
-                callbacks.on_log(record)
-                accelerator.log(
-                    {"train/loss": record["loss"], "train/learning_rate": record["learning_rate"]},
-                    step=state.global_step,
-                )
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                state.window_loss, state.window_examples, window_start = 0.0, 0, time.perf_counter()
-            end_of_epoch = state.batch_in_epoch >= len(sampler)
-            if end_of_epoch:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            if (
-                end_of_epoch
-                or state.global_step == total_steps
-                or (cfg.eval_steps is not None and state.global_step % cfg.eval_steps == 0)
-            ):
-                evaluate_now()
-                if state.global_step >= total_steps:
-                    state.done = True
-                save_checkpoint()
-            elif state.global_step % cfg.checkpoint_steps == 0:
-                save_checkpoint()
-            callbacks.on_step_end(state)
-            if state.done or state.global_step >= total_steps:
-                break
-    bar.close()
-    if not state.done or saved_at != state.global_step:
-        state.done = True
-        save_checkpoint()
-    callbacks.on_train_end(state)
-    accelerator.end_training()
-    accelerator.free_memory()
-    return state

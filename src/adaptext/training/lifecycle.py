@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import Config
 from adaptext.core.device import default_device
 from adaptext.core.errors import AdaptextError
-from adaptext.core.info import METADATA_FILE
+from adaptext.core.info import ModelInfo
 from adaptext.core.run import (
     RunPaths,
     check_run_dir,
@@ -63,6 +64,8 @@ def run_strategy(
     write_json(paths.labels, splits.labels)
     write_json(paths.env, environment_record(str(default_device(None)), prepared.precision))
     started = time.perf_counter()
+    # Every strategy builds its model from the same seeded state: a new head's initial weights depend on it.
+    set_seed(config.seed)
     state = strategy.fit(prepared, Run(config, paths, resume=resume, callbacks=list(callbacks)))
     state.train_seconds = time.perf_counter() - started
     # The training copies (model, gradients, optimizer state) are gone with fit's frame; collect them before the
@@ -82,8 +85,8 @@ def save_model(
     """Save a model folder that plain `transformers` loads, with label names in its config.
 
     For an adapter run `model` is a peft model and the folder holds the adapter and the head only; `adaptext.json`
-    then records the base model and the label names needed to rebuild it. `extra` adds strategy-specific keys to
-    `adaptext.json`.
+    then records the base model and the label names needed to rebuild it. `extra` adds strategy-specific fields
+    of `ModelInfo` (`temperature`, `scorer`, ...) to `adaptext.json`.
     """
     id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
     labels = [id2label[i] for i in range(len(id2label))]
@@ -93,25 +96,21 @@ def save_model(
         # Plain `transformers` users then truncate where adaptext trained and predicts.
         tokenizer.model_max_length = config.data.max_length
         tokenizer.save_pretrained(folder)
-        write_json(
-            folder / METADATA_FILE,
-            {
-                "format_version": 1,
-                "base_model": config.model.name,
-                "base_model_path": resolve_model_name(config.model.name),
-                "strategy": config.strategy,
-                "peft_method": config.peft.method,
-                "labels": labels,
-                "problem_type": model.config.problem_type,
-                "max_length": config.data.max_length,
-                "threshold": config.train.threshold,
-                "text_column": config.data.text_column,
-                "text_pair_column": config.data.text_pair_column,
-                "label_column": config.data.label_column,
-                "label_delimiter": config.data.label_delimiter,
-            }
-            | (extra or {}),
+        info = ModelInfo(
+            base_model=config.model.name,
+            base_model_path=resolve_model_name(config.model.name),
+            strategy=config.strategy,
+            peft_method=config.peft.method,
+            labels=labels,
+            problem_type=model.config.problem_type,
+            max_length=config.data.max_length,
+            threshold=config.train.threshold,
+            text_column=config.data.text_column,
+            text_pair_column=config.data.text_pair_column,
+            label_column=config.data.label_column,
+            label_delimiter=config.data.label_delimiter,
         )
+        info.extended(**(extra or {})).write(folder)
 
     replace_dir(target, write)
 

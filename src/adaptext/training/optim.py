@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from adaptext.core.config import AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS, AUTO_TARGET_STEPS, TrainConfig
@@ -31,7 +32,13 @@ def resolve_epochs(cfg: TrainConfig, steps_per_epoch: int) -> float:
     return float(min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, math.ceil(AUTO_TARGET_STEPS / steps_per_epoch))))
 
 
-def build_optimizer(model: PreTrainedModel, cfg: TrainConfig, learning_rate: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, learning_rate: float) -> torch.optim.Optimizer:
+    """Fused AdamW over the trainable parameters, with `train.weight_decay` on the weight matrices only.
+
+    Biases and normalisation weights (any parameter of one dimension, or whose name says norm) are not decayed:
+    pulling a LayerNorm's scale towards zero shrinks the layer's output rather than regularising it. The same rule
+    holds for every strategy that trains; the optimizer's two parameter groups are decayed and not decayed.
+    """
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
@@ -45,6 +52,7 @@ def build_optimizer(model: PreTrainedModel, cfg: TrainConfig, learning_rate: flo
 
 
 def planned_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of a run: `train.max_steps`, else `train.epochs` of `batches_per_epoch` batches."""
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
     if cfg.max_steps is not None:
         return cfg.max_steps

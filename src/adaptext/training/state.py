@@ -37,6 +37,7 @@ class TrainingState:
     """Counters a checkpoint must restore for the resumed run to continue exactly."""
 
     global_step: int = 0
+    total_steps: int = 0  # optimizer steps planned for the run (a resumed run may change its length)
     epoch: int = 0
     batch_in_epoch: int = 0
     best_metric: float | None = None

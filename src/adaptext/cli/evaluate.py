@@ -1,0 +1,35 @@
+"""`adaptext evaluate MODEL --data FILE --output DIR`: metrics and a report of a saved model on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from adaptext.cli.options import add_column_options, add_overwrite_option
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a saved model on a labelled file")
+    p.add_argument("model", help="run folder or model folder")
+    p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file")
+    p.add_argument("--output", required=True, help="new or empty folder for metrics.json, report.html and plots")
+    add_overwrite_option(p, "an earlier evaluation report in --output")
+    add_column_options(p, with_label=True)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adaptext.evaluation.evaluate import evaluate_file
+
+    columns = {
+        "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column,
+        "label_column": args.label_column,
+    }
+    report = evaluate_file(args.model, args.data, args.output, columns, overwrite=args.overwrite)
+    print(
+        f"{report.n_examples} examples: accuracy {report.metrics['accuracy']:.4f}, "
+        f"macro_f1 {report.metrics['macro_f1']:.4f}"
+    )
+    print(f"report: {Path(args.output) / 'report.html'}")
+    return 0

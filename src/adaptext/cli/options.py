@@ -1,0 +1,17 @@
+"""Options several commands share, spelled and documented once."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what}")
+
+
+def add_column_options(parser: argparse.ArgumentParser, *, with_label: bool, with_pair: bool = True) -> None:
+    parser.add_argument("--text-column", help="text column (default: as in training, else 'text')")
+    if with_pair:
+        parser.add_argument("--text-pair-column", help="second text column for pair models")
+    if with_label:
+        parser.add_argument("--label-column", help="label column (default: as in training, else 'label')")

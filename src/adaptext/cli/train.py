@@ -1,0 +1,40 @@
+"""`adaptext train CONFIG [key.path=value ...]`: a config in, an evaluated run folder out."""
+
+from __future__ import annotations
+
+import argparse
+
+from adaptext.core.config import load_config
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model from a YAML config",
+        description="Fine-tune, keep the best checkpoint, evaluate and write the run folder.",
+    )
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. train.epochs=2")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in output_dir from its checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adaptext.strategies import train  # torch is imported only once a command runs
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    metrics = result.metrics
+    print(f"run folder:  {result.run_dir}")
+    if config.strategy == "finetune":
+        print(
+            f"model:       {result.model_dir}  (best {config.train.metric_for_best}="
+            f"{result.best_metric:.4f} at step {result.best_step} of {result.global_step})"
+        )
+    else:
+        print(f"model:       {result.model_dir}  ({config.strategy}, {result.stats.get('train_seconds', 0):.0f} s)")
+    print(f"{result.eval_split} accuracy {metrics['accuracy']:.4f}, macro_f1 {metrics['macro_f1']:.4f}")
+    print(f"report:      {result.run_dir / 'report.html'}")
+    return 0

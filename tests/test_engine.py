@@ -1,0 +1,188 @@
+"""Contract tests of the training engine shared by every strategy that trains: one optimizer rule, objectives
+as plug-ins, the run's own callbacks, and the `train.*` keys each strategy honours or refuses."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from adaptext.core.config import Config, load_config
+from adaptext.core.errors import ConfigError
+from adaptext.core.task import SINGLE_LABEL
+from adaptext.modeling.build import build_model
+from adaptext.modeling.embedding import prepare_encoder
+from adaptext.strategies import train
+from adaptext.strategies.fewshot import Fewshot
+from adaptext.strategies.finetune import Finetune
+from adaptext.strategies.prompt import Prompt
+from adaptext.strategies.zeroshot import Zeroshot
+from adaptext.training.callbacks import CALLBACKS, Callback
+from adaptext.training.lifecycle import run_strategy
+from adaptext.training.objectives import OBJECTIVES, CrossEntropy
+from adaptext.training.optim import build_optimizer
+from conftest import LABELS, make_rows
+
+
+def is_decayed(name: str, param: torch.nn.Parameter) -> bool:
+    """The weight-decay rule: weight matrices are decayed, biases and normalisation weights are not."""
+    return param.ndim >= 2 and "norm" not in name.lower()
+
+
+class KeepModel(Callback):
+    """Keeps the model the engine is about to train."""
+
+    model: Any = None
+
+    def on_train_begin(self, state: Any, model: Any) -> None:
+        self.model = model
+
+
+def expected_groups(model: torch.nn.Module) -> tuple[int, int]:
+    """(decayed, not decayed) trainable parameter tensors of `model` under the rule."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decayed = sum(is_decayed(n, p) for n, p in named)
+    return decayed, len(named) - decayed
+
+
+def test_build_optimizer_decays_weight_matrices_only(tiny_model_dir: Path) -> None:
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL)
+    prepare_encoder(model)  # few-shot's model: a frozen pooling layer and dense layer
+    config = load_config(None, ["train.weight_decay=0.05"])
+    optimizer = build_optimizer(model, config.train, 1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert all(is_decayed(names[id(p)], p) for p in decay["params"])
+    assert not any(is_decayed(names[id(p)], p) for p in no_decay["params"])
+    assert any("LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert any(names[id(p)].endswith(".bias") for p in no_decay["params"])
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+    assert frozen and not frozen & {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-mlm")
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+def strategy_config(tiny_model_dir: Path, tiny_mlm: Path, folder: Path, strategy: str) -> Config:
+    """A run of a few steps of `strategy` on the tiny models."""
+    pd.DataFrame(make_rows(24, seed=1)).to_csv(folder / "train.csv", index=False)
+    pd.DataFrame(make_rows(12, seed=2)).to_csv(folder / "validation.csv", index=False)
+    common = [
+        f"data.train={folder / 'train.csv'}",
+        f"data.validation={folder / 'validation.csv'}",
+        f"output_dir={folder / 'run'}",
+        "data.max_length=32",
+        "train.precision=fp32",
+        "train.batch_size=8",
+        "train.weight_decay=0.05",
+        f"strategy={strategy}",
+    ]
+    extra = {
+        "finetune": [f"model.name={tiny_model_dir}", "train.max_steps=2"],
+        "fewshot": [
+            f"model.name={tiny_model_dir}",
+            "fewshot.steps=2",
+            "fewshot.batch_size=8",
+            "fewshot.calibrate=false",
+        ],
+        "prompt": [
+            f"model.name={tiny_mlm}",
+            "train.max_steps=2",
+            "prompt.template='{text} it is {mask} .'",
+            "prompt.verbalizer={billing: invoice, shipping: parcel, technical: crash}",
+        ],
+    }[strategy]
+    return load_config(None, common + extra)
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "fewshot", "prompt"])
+def test_every_strategy_trains_with_the_same_weight_decay_rule(
+    tiny_model_dir: Path, tiny_mlm: Path, tmp_path: Path, strategy: str
+) -> None:
+    keep = KeepModel()
+    result = train(strategy_config(tiny_model_dir, tiny_mlm, tmp_path, strategy), callbacks=[keep])
+    # The optimizer the run stepped, as its checkpoint holds it.
+    saved = torch.load(result.run_dir / "checkpoint" / "optimizer.bin", weights_only=False)
+    decay, no_decay = saved["param_groups"]
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0.0)
+    assert decay["fused"] and no_decay["fused"]
+    assert (len(decay["params"]), len(no_decay["params"])) == expected_groups(keep.model)
+
+
+def test_an_objective_registered_from_a_test_is_used_with_its_after_step_hook(
+    tiny_config: Callable[..., Config],
+) -> None:
+    calls: list[tuple[str, int]] = []
+
+    class CountingCrossEntropy(CrossEntropy):
+        def loss(self, model: Any, inputs: Any, targets: Any) -> Any:
+            calls.append(("loss", len(targets)))
+            return super().loss(model, inputs, targets)
+
+        def after_step(self, step: int) -> None:
+            calls.append(("step", step))
+
+    class CountingFinetune(Finetune):
+        objective = "test_counting"
+
+    OBJECTIVES.add("test_counting", CountingCrossEntropy)
+    try:
+        result = run_strategy(CountingFinetune(), tiny_config("train.max_steps=3", "train.grad_accum_steps=2"))
+    finally:
+        OBJECTIVES.remove("test_counting")
+    assert result.global_step == 3
+    # Two batches of 8 per optimizer step, the hook after each step with the step's index.
+    one_step = [("loss", 8), ("loss", 8)]
+    assert calls == [*one_step, ("step", 0), *one_step, ("step", 1), *one_step, ("step", 2)]
+
+
+def test_an_unknown_objective_names_the_registered_ones(tiny_config: Callable[..., Config]) -> None:
+    class Misnamed(Finetune):
+        objective = "cross_entropie"
+
+    with pytest.raises(ConfigError, match=r"unknown objective 'cross_entropie'.*contrastive.*cross_entropy.*pet"):
+        run_strategy(Misnamed(), tiny_config("train.max_steps=1"))
+
+
+def test_the_run_callbacks_are_registered_and_tensorboard_writes_events(tiny_config: Callable[..., Config]) -> None:
+    assert {"progress", "tensorboard"} <= set(CALLBACKS.names())
+    result = train(tiny_config("train.max_steps=2"))
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# the train.* keys each strategy refuses --------------------------------------------------------------
+
+
+def test_finetune_and_prompt_use_every_train_setting() -> None:
+    assert Finetune.ignores == () and Prompt.ignores == ()
+    assert Finetune.resumable and Prompt.resumable and Fewshot.resumable
+
+
+def test_fewshot_refuses_only_what_the_contrastive_phase_does_not_use() -> None:
+    honoured = ["train.grad_accum_steps=2", "train.checkpoint_steps=5", "train.weight_decay=0.1", "train.batch_size=4"]
+    Fewshot().check(load_config(None, ["strategy=fewshot", *honoured]))
+    refused = r"strategy fewshot does not use train\.class_weights=auto, train\.eval_steps=5;"
+    with pytest.raises(ConfigError, match=refused):
+        Fewshot().check(load_config(None, ["strategy=fewshot", "train.eval_steps=5", "train.class_weights=auto"]))
+
+
+@pytest.mark.parametrize("setting", ["train.learning_rate=0.001", "train.grad_accum_steps=2", "train.eval_steps=5"])
+def test_zeroshot_refuses_every_setting_that_only_shapes_training(setting: str) -> None:
+    with pytest.raises(ConfigError, match=f"strategy zeroshot does not use {re.escape(setting)}"):
+        Zeroshot().check(load_config(None, ["strategy=zeroshot", setting]))
+    Zeroshot().check(load_config(None, ["strategy=zeroshot", "train.batch_size=4", "train.threshold=0.3"]))
