@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -54,15 +55,19 @@ def run_strategy(
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Run `strategy` on `config` from the checks to the report; see the module's docstring."""
-    check_run_dir(config, resume=resume, overwrite=overwrite)  # a refused output folder fails before any work
+    paths = check_run_dir(config, resume=resume, overwrite=overwrite)  # a refused output folder fails first
     if resume and not strategy.resumable:
         raise AdaptextError(f"strategy {config.strategy} runs are not resumable; start without --resume")
     strategy.check(config)
     prepared = strategy.prepare(config)
     splits = prepared.splits
-    paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
-    write_json(paths.labels, splits.labels)
-    write_json(paths.env, environment_record(str(default_device(None)), prepared.precision))
+    # One process sets up the run folder; the others (under accelerate or torchrun) wait until it is there.
+    process = PartialState()
+    if process.is_main_process:
+        paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+        write_json(paths.labels, splits.labels)
+        write_json(paths.env, environment_record(str(default_device(None)), prepared.precision))
+    process.wait_for_everyone()
     started = time.perf_counter()
     # Every strategy builds its model from the same seeded state: a new head's initial weights depend on it.
     set_seed(config.seed)
@@ -124,14 +129,15 @@ def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState
     split = "test" if splits.test is not None else "validation"
     report = evaluate_data(predictor, data)
     stats = run_stats(config, paths, state, splits)
-    write_json(paths.root / STATS_FILE, stats)
-    write_report(
-        report,
-        paths.root,
-        history=read_train_log(paths.log),
-        title=f"{config.model.name} on {split}: {data.source}",
-        run_info=stats,
-    )
+    if PartialState().is_main_process:  # every process evaluates; one writes
+        write_json(paths.root / STATS_FILE, stats)
+        write_report(
+            report,
+            paths.root,
+            history=read_train_log(paths.log),
+            title=f"{config.model.name} on {split}: {data.source}",
+            run_info=stats,
+        )
     logger.info(
         "%s accuracy %.4f, macro_f1 %.4f",
         split,
