@@ -340,3 +340,15 @@ def test_predict_missing_model_exits_2(
     assert str(model) in line
     assert ("not a run folder" if make_folder else "no such model") in line
     assert not output.exists()
+
+
+def test_sample_with_an_empty_label_delimiter_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], write_csv: WriteFile, tmp_path: Path
+) -> None:
+    data = write_csv("pool.csv", list(make_rows(12)))
+    code, err = run_cli(
+        capsys, "sample", str(data), "--per-class", "2", "--output", str(tmp_path / "s.csv"), "--label-delimiter", ""
+    )
+    assert code == EXIT_USER_ERROR
+    assert "--label-delimiter" in error_line(err, "sample")
+    assert not (tmp_path / "s.csv").exists()

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
-from dataclasses import dataclass
-from pathlib import Path
+
+from pydantic import ValidationError
 
 from adaptext.cli.options import add_column_options, add_overwrite_option
 from adaptext.core.config import DataConfig
-from adaptext.core.errors import DataError
-from adaptext.core.outputs import check_output_file, expand
-
-logger = logging.getLogger("adaptext")
+from adaptext.core.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,12 +31,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = DataConfig(
-        text_column=args.text_column or "text",
-        label_column=args.label_column or "label",
-        multi_label=args.multi_label,
-        label_delimiter=args.label_delimiter,
-    )
+    from adaptext.data.splits import sample_file
+
+    try:
+        cfg = DataConfig(
+            text_column=args.text_column or "text",
+            label_column=args.label_column or "label",
+            multi_label=args.multi_label,
+            label_delimiter=args.label_delimiter,
+        )
+    except ValidationError as error:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(problems) from None
     sample = sample_file(args.data, cfg, args.per_class, args.seed, args.output, args.rest, overwrite=args.overwrite)
     print(
         f"{sample.drawn} of {sample.total} rows ({args.per_class} per label, seed {args.seed}) "
@@ -49,42 +53,3 @@ def run(args: argparse.Namespace) -> int:
     if args.rest:
         print(f"the other {sample.total - sample.drawn} rows written to {args.rest}")
     return 0
-
-
-@dataclass(frozen=True)
-class Sample:
-    """What `sample_file` wrote: `drawn` of the file's `total` rows into `output`, the others into `rest`."""
-
-    drawn: int
-    total: int
-    output: Path
-    rest: Path | None
-
-
-def sample_file(
-    data: str, cfg: DataConfig, per_class: int, seed: int, output: str, rest: str | None, *, overwrite: bool
-) -> Sample:
-    """Write `per_class` rows of every label of `data` to `output` (and the other rows to `rest`), all columns kept.
-
-    Both output files are checked before the data is read; `rest` and `output` must differ.
-    """
-    from adaptext.data.io import SUPPORTED_SUFFIXES, load_examples, write_table
-    from adaptext.data.splits import sample_per_class
-
-    names = [output] + ([rest] if rest else [])
-    outputs = [check_output_file(name, overwrite=overwrite, inputs=[data]) for name in names]
-    for name, path in zip(names, outputs, strict=True):
-        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise DataError(f"{name}: unsupported output format; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
-    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
-        raise DataError("--output and --rest name the same file")
-    examples = load_examples(expand(data), cfg)
-    chosen, short = sample_per_class(examples, per_class, seed)
-    for name, count in short.items():
-        logger.warning("label %r has only %d example(s); all are taken", name, count)
-    assert examples.frame is not None
-    write_table(examples.frame.iloc[chosen], outputs[0])
-    if len(outputs) == 2:
-        taken = set(chosen)
-        write_table(examples.frame.iloc[[i for i in range(len(examples)) if i not in taken]], outputs[1])
-    return Sample(drawn=len(chosen), total=len(examples), output=outputs[0], rest=outputs[1] if rest else None)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from adaptext.core.config import Config
+from adaptext.core.config import Config, DataConfig
 from adaptext.core.errors import DataError
+from adaptext.core.outputs import check_output_file, expand
 from adaptext.data.examples import Splits, TextData
-from adaptext.data.io import load_examples
+from adaptext.data.io import SUPPORTED_SUFFIXES, load_examples, write_table
 from adaptext.data.labels import check_known_labels, label_names
 
 logger = logging.getLogger(__name__)
@@ -136,3 +139,39 @@ def sample_per_class(data: TextData, per_class: int, seed: int) -> tuple[list[in
             counts[name] = len(take)
     short = {name: n for name, n in sorted(counts.items()) if n < per_class}
     return sorted(chosen), short
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What `sample_file` wrote: `drawn` of the file's `total` rows into `output`, the others into `rest`."""
+
+    drawn: int
+    total: int
+    output: Path
+    rest: Path | None
+
+
+def sample_file(
+    data: str, cfg: DataConfig, per_class: int, seed: int, output: str, rest: str | None, *, overwrite: bool
+) -> Sample:
+    """Write `per_class` rows of every label of `data` to `output` (and the other rows to `rest`), all columns kept.
+
+    Both output files are checked before the data is read; `rest` and `output` must differ.
+    """
+    names = [output] + ([rest] if rest else [])
+    outputs = [check_output_file(name, overwrite=overwrite, inputs=[data]) for name in names]
+    for name, path in zip(names, outputs, strict=True):
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise DataError(f"{name}: unsupported output format; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise DataError("--output and --rest name the same file")
+    examples = load_examples(expand(data), cfg)
+    chosen, short = sample_per_class(examples, per_class, seed)
+    for name, count in short.items():
+        logger.warning("label %r has only %d example(s); all are taken", name, count)
+    assert examples.frame is not None
+    write_table(examples.frame.iloc[chosen], outputs[0])
+    if len(outputs) == 2:
+        taken = set(chosen)
+        write_table(examples.frame.iloc[[i for i in range(len(examples)) if i not in taken]], outputs[1])
+    return Sample(drawn=len(chosen), total=len(examples), output=outputs[0], rest=outputs[1] if rest else None)
