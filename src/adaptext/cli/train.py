@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume, overwrite=args.overwrite)
     metrics = result.metrics
     print(f"run folder:  {result.run_dir}")
-    if config.strategy == "finetune":
+    if result.history:  # the model was chosen by validation during training
         print(
             f"model:       {result.model_dir}  (best {config.train.metric_for_best}="
             f"{result.best_metric:.4f} at step {result.best_step} of {result.global_step})"
