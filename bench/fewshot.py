@@ -6,7 +6,7 @@
     python bench/fewshot.py --quick --datasets sst2          # smoke run: N=8, seed 0, 200 evaluation examples
 
 For every data set, N examples per class (`--shots`) are drawn from its training file with seed s (`--seeds`)
-by `adaptext.data.sample_per_class`, exactly as `adaptext sample POOL --per-class N --seed s` draws them, into
+by `adaptext.data.splits.sample_per_class`, exactly as `adaptext sample POOL --per-class N --seed s` draws them, into
 one CSV that every method trains on:
 
   adaptext   `strategy: fewshot` with its defaults (contrastive steps `auto`)
