@@ -86,14 +86,23 @@ def write_json(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
+def staging_dir(target: Path) -> Path:
+    """The folder `replace_dir` fills before swapping it in for `target`."""
+    return target.with_name(target.name + ".tmp")
+
+
+def backup_dir(target: Path) -> Path:
+    """Where `replace_dir` keeps the previous `target` during the swap (and `recover_dir` finds it after a crash)."""
+    return target.with_name(target.name + ".old")
+
+
 def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
     """Fill a fresh folder with `write`, then swap it in for `target`.
 
     At every instant either the old or the new complete folder exists under `target` or `target.old`,
     which `recover_dir` puts back after a crash.
     """
-    tmp = target.with_name(target.name + ".tmp")
-    old = target.with_name(target.name + ".old")
+    tmp, old = staging_dir(target), backup_dir(target)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
@@ -106,10 +115,10 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
 
 def recover_dir(target: Path) -> bool:
     """Put back `target` from `target.old` if a crash left it half-swapped; True when `target` exists."""
-    old = target.with_name(target.name + ".old")
+    old = backup_dir(target)
     if not target.exists() and old.exists():
         old.replace(target)
-    shutil.rmtree(target.with_name(target.name + ".tmp"), ignore_errors=True)
+    shutil.rmtree(staging_dir(target), ignore_errors=True)
     return target.exists()
 
 
@@ -133,7 +142,7 @@ def check_run_dir(config: Config, *, resume: bool, overwrite: bool) -> RunPaths:
     root = check_output_dir(config.output_dir, "run", overwrite=True, inputs=run_inputs(config))
     paths = RunPaths(root)
     if resume:
-        if not (paths.checkpoint.exists() or paths.checkpoint.with_name("checkpoint.old").exists()):
+        if not (paths.checkpoint.exists() or backup_dir(paths.checkpoint).exists()):
             raise AdaptextError(f"{paths.root}: nothing to resume (no checkpoint); start without --resume")
     elif folder_kind(root.resolve()) == "run" and not overwrite:  # an empty folder is a new run
         raise AdaptextError(

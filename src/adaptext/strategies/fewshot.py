@@ -41,10 +41,9 @@ from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
 from adaptext.modeling.hub import load_tokenizer
-from adaptext.training.engine import TrainingJob, run_training
+from adaptext.training.engine import TrainingJob, in_memory_predictor, run_training
 from adaptext.training.lifecycle import save_model
 from adaptext.training.objectives import OBJECTIVES
-from adaptext.training.optim import eval_batch_size
 from adaptext.training.state import TrainingState
 from adaptext.training.strategy import STRATEGIES, Prepared, Run, Strategy
 
@@ -302,13 +301,7 @@ class HeadStage:
         dtype = autocast_dtype(self.precision)
         embeddings = embed(model, self.encoded, pad_token_id=pad_id, autocast_dtype=dtype)  # type: ignore[arg-type]
         fit_head(model, embeddings, self.targets, fs.head_c, config.seed)  # type: ignore[arg-type]
-        predictor = Predictor(
-            model,  # type: ignore[arg-type]
-            self.tokenizer,
-            max_length=config.data.max_length,
-            threshold=config.train.threshold,
-            batch_size=eval_batch_size(config.train),
-        )
+        predictor = in_memory_predictor(model, self.tokenizer, config)
         if fs.calibrate:
             self.temperature = calibrate_head(model, predictor, self.splits.validation, self.splits.labels)  # type: ignore[arg-type]
         return evaluate_data(predictor, self.splits.validation)

@@ -17,16 +17,15 @@ from adaptext.core.device import resolve_precision
 from adaptext.core.task import task_of
 from adaptext.data.batching import Collator, LengthGroupedBatches, encode
 from adaptext.data.splits import load_splits
-from adaptext.evaluation.metrics import EvalReport, check_metric_name, evaluate_data
-from adaptext.inference.predictor import Predictor
+from adaptext.evaluation.metrics import check_metric_name
 from adaptext.modeling.adapters import check_method, validate, wrap_model
 from adaptext.modeling.build import build_model, count_parameters
 from adaptext.modeling.hub import load_tokenizer
 from adaptext.modeling.pooling import has_mean_pooling, resolve_pooling
-from adaptext.training.engine import TrainingJob, run_training
+from adaptext.training.engine import TrainingJob, run_training, validation
 from adaptext.training.lifecycle import save_model
 from adaptext.training.objectives import OBJECTIVES, class_weights
-from adaptext.training.optim import eval_batch_size, planned_steps, resolve_learning_rate
+from adaptext.training.optim import planned_steps, resolve_learning_rate
 from adaptext.training.state import TrainingState
 from adaptext.training.strategy import STRATEGIES, Prepared, Run, Strategy
 
@@ -92,16 +91,6 @@ class Finetune(Strategy):
             prepared.precision,
         )
 
-        def evaluate(trained: nn.Module) -> EvalReport:
-            predictor = Predictor(
-                trained,  # type: ignore[arg-type]
-                tokenizer,
-                max_length=config.data.max_length,
-                threshold=cfg.threshold,
-                batch_size=eval_batch_size(cfg),
-            )
-            return evaluate_data(predictor, splits.validation)
-
         def save(trained: nn.Module, target: Path) -> None:
             save_model(trained, tokenizer, config, target)  # type: ignore[arg-type]
 
@@ -115,7 +104,7 @@ class Finetune(Strategy):
             learning_rate=learning_rate,
             warmup_ratio=cfg.warmup_ratio,
             precision=prepared.precision,
-            evaluate=evaluate,
+            evaluate=validation(tokenizer, config, splits.validation),
             save=save,
         )
         return run_training(job, run)

@@ -17,13 +17,11 @@ from adaptext.core.task import task_of
 from adaptext.data.batching import Collator, Encoded, LengthGroupedBatches
 from adaptext.data.labels import label_targets
 from adaptext.data.splits import load_splits
-from adaptext.evaluation.metrics import EvalReport, evaluate_data
-from adaptext.inference.predictor import Predictor
 from adaptext.modeling.cloze import PromptClassifier, build_prompt_model, encode_prompts, save_prompt_model
 from adaptext.modeling.hub import load_tokenizer
-from adaptext.training.engine import TrainingJob, run_training
+from adaptext.training.engine import TrainingJob, run_training, validation
 from adaptext.training.objectives import OBJECTIVES, class_weights
-from adaptext.training.optim import eval_batch_size, planned_steps, resolve_learning_rate
+from adaptext.training.optim import planned_steps, resolve_learning_rate
 from adaptext.training.state import TrainingState
 from adaptext.training.strategy import STRATEGIES, Prepared, Run, Strategy
 
@@ -88,15 +86,6 @@ def _job(
         config.prompt.template,
     )
 
-    def evaluate(trained: nn.Module) -> EvalReport:
-        predictor = Predictor(
-            trained,  # type: ignore[arg-type]
-            tokenizer,
-            max_length=config.data.max_length,
-            batch_size=eval_batch_size(cfg),
-        )
-        return evaluate_data(predictor, splits.validation)
-
     def save(trained: nn.Module, target: Path) -> None:
         save_prompt_model(trained, tokenizer, config, target)  # type: ignore[arg-type]
 
@@ -110,6 +99,6 @@ def _job(
         learning_rate=learning_rate,
         warmup_ratio=cfg.warmup_ratio,
         precision=prepared.precision,
-        evaluate=evaluate,
+        evaluate=validation(tokenizer, config, splits.validation),
         save=save,
     )

@@ -31,16 +31,19 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import get_scheduler
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
+from adaptext.core.config import Config
 from adaptext.core.device import limit_kernel_cache
 from adaptext.core.errors import AdaptextError
-from adaptext.core.run import RunPaths, append_log, environment_record, replace_dir, write_json
-from adaptext.evaluation.metrics import EvalReport, is_improvement
+from adaptext.core.run import RunPaths, append_log, replace_dir, staging_dir, write_json
+from adaptext.data.examples import TextData
+from adaptext.evaluation.metrics import EvalReport, evaluate_data, is_improvement
+from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import count_parameters
 from adaptext.training.callbacks import CALLBACKS, Callback, CallbackList
 from adaptext.training.objectives import Objective
-from adaptext.training.optim import build_optimizer
+from adaptext.training.optim import build_optimizer, eval_batch_size
 from adaptext.training.state import LOG_EVERY, STATE_FILE, TrainingState
 from adaptext.training.strategy import Run
 
@@ -115,8 +118,6 @@ def run_training(job: TrainingJob, run: Run) -> TrainingState:
         raise AdaptextError(
             "multi-process training is not supported yet: run `adaptext train` as one process (one GPU or CPU)"
         )
-    if accelerator.is_main_process:
-        write_json(run.paths.env, environment_record(str(accelerator.device), job.precision))
     optimizer = build_optimizer(job.model, cfg, job.learning_rate)
     scheduler = get_scheduler(
         "linear", optimizer, num_warmup_steps=int(job.warmup_ratio * job.steps), num_training_steps=job.steps
@@ -353,9 +354,20 @@ class Loop:
         logger.info("resumed at step %d (epoch %d, batch %d)", state.global_step, state.epoch, state.batch_in_epoch)
 
 
-def staging_dir(target: Path) -> Path:
-    """The folder `replace_dir` fills before swapping it in for `target`."""
-    return target.with_name(target.name + ".tmp")
+def in_memory_predictor(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: Config) -> Predictor:
+    """A `Predictor` over the model being trained, set up as the final evaluation sets up the saved one."""
+    return Predictor(
+        model,  # type: ignore[arg-type]  # a classifier module: the call interface is what Predictor uses
+        tokenizer,
+        max_length=config.data.max_length,
+        threshold=config.train.threshold,
+        batch_size=eval_batch_size(config.train),
+    )
+
+
+def validation(tokenizer: PreTrainedTokenizerBase, config: Config, data: TextData) -> Callable[[nn.Module], EvalReport]:
+    """A job's `evaluate`: the model being trained scored on `data` (the validation split)."""
+    return lambda model: evaluate_data(in_memory_predictor(model, tokenizer, config), data)
 
 
 def eval_record(report: EvalReport, step: int, epoch: float) -> dict[str, Any]:
