@@ -247,6 +247,34 @@ class PromptSection(_Section):
     )
 
 
+class TrackingSection(_Section):
+    backend: Literal["tensorboard", "mlflow", "none"] = Field(
+        "tensorboard",
+        description="Where the run's metrics go besides train_log.jsonl: `tensorboard` (event files in the run "
+        "folder's `tensorboard/`), `mlflow` (params, metrics, report and model in an MLflow run; "
+        "`MLFLOW_TRACKING_URI` or a local `./mlruns` store), or `none`.",
+    )
+    experiment: str | None = Field(
+        None, description="MLflow experiment name (default: `adaptext`, or `MLFLOW_EXPERIMENT_NAME`)."
+    )
+    run_name: str | None = Field(None, description="MLflow run name (default: the run folder's name).")
+    log_model: bool = Field(True, description="Log the saved model folder to MLflow (pyfunc and transformers).")
+
+
+class TuneSection(_Section):
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Search space for `adaptext tune`: `{dotted.key: {type: float|int|categorical, low, high, "
+        "log, choices}}`; keys given here replace the default space's, `{dotted.key: null}`-like entries "
+        "with `type: fixed` and `value` pin a key.",
+    )
+    metric: str | None = Field(None, description="Validation metric to maximise (default: train.metric_for_best).")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="Stop unpromising trials at their evaluations: optuna's median or Hyperband pruner."
+    )
+    sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler: TPE (default) or random.")
+
+
 class Config(_Section):
     format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
     output_dir: UserPath = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
@@ -266,6 +294,8 @@ class Config(_Section):
     fewshot: FewshotSection = Field(default_factory=FewshotSection)
     zeroshot: ZeroshotSection = Field(default_factory=ZeroshotSection)
     prompt: PromptSection = Field(default_factory=PromptSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    tune: TuneSection = Field(default_factory=TuneSection)
 
     @field_validator("strategy")
     @classmethod

@@ -2,8 +2,9 @@
 
 A callback never changes the model or the batch behind the loop's back; it sees the state after each step, each
 log record, each evaluation and each saved model. `CALLBACKS` names the ones a caller can ask for by name; each is
-built as `cls(paths)` with the run's folders. The engine runs `progress` and `tensorboard` on the main process of
-every run; callbacks passed to `train` run on every process.
+built as `cls(paths)` with the run's folders. The run lifecycle runs `progress` and the `tracking.backend`
+(`tensorboard` by default, `mlflow`) on the main process of every run; callbacks passed to `train` run on every
+process.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from adaptext.core.registry import Registry
 from adaptext.core.run import RunPaths
-from adaptext.training.state import TrainingState
+from adaptext.training.state import TrainingState, TrainResult
 
 
 class Callback:
@@ -37,6 +38,12 @@ class Callback:
 
     def on_train_end(self, state: TrainingState) -> None:
         """After the last step and the last checkpoint."""
+
+    def on_run_end(self, result: TrainResult) -> None:
+        """After the final evaluation: the run folder holds its model, metrics and report."""
+
+    def on_run_failed(self, error: BaseException) -> None:
+        """The run stopped with `error` (an interruption, a failure, or a tuning trial pruned)."""
 
 
 CALLBACKS: Registry[Callable[[RunPaths], Callback]] = Registry("callback")
@@ -71,6 +78,14 @@ class CallbackList(Callback):
     def on_train_end(self, state: TrainingState) -> None:
         for callback in self.callbacks:
             callback.on_train_end(state)
+
+    def on_run_end(self, result: TrainResult) -> None:
+        for callback in self.callbacks:
+            callback.on_run_end(result)
+
+    def on_run_failed(self, error: BaseException) -> None:
+        for callback in self.callbacks:
+            callback.on_run_failed(error)
 
 
 @CALLBACKS.register("progress")

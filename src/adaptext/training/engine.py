@@ -41,17 +41,13 @@ from adaptext.data.examples import TextData
 from adaptext.evaluation.metrics import EvalReport, evaluate_data, is_improvement
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import count_parameters
-from adaptext.training.callbacks import CALLBACKS, Callback, CallbackList
+from adaptext.training.callbacks import Callback, CallbackList
 from adaptext.training.objectives import Objective
 from adaptext.training.optim import build_optimizer, eval_batch_size
 from adaptext.training.state import LOG_EVERY, STATE_FILE, TrainingState
 from adaptext.training.strategy import Run
 
 logger = logging.getLogger(__name__)
-
-# Callbacks every run gets on its main process (names in `CALLBACKS`).
-RUN_CALLBACKS = ("progress", "tensorboard")
-
 
 class BatchSampler(Protocol):
     """Batches of example indices, in an order that is a pure function of (seed, epoch)."""
@@ -131,19 +127,13 @@ def run_training(job: TrainingJob, run: Run) -> TrainingState:
         num_workers=cfg.num_workers,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(job.model, optimizer, loader, scheduler)
-    loop = Loop(job, run, accelerator, model, optimizer, loader, scheduler, run_callbacks(run, accelerator))
+    loop = Loop(job, run, accelerator, model, optimizer, loader, scheduler, CallbackList(run.callbacks))
     if run.resume:
         loop.restore()
     loop.train()
     accelerator.end_training()
     accelerator.free_memory()
     return loop.state
-
-
-def run_callbacks(run: Run, accelerator: Accelerator) -> CallbackList:
-    """The run's own callbacks (progress bar, TensorBoard) on the main process, then the caller's."""
-    own = [CALLBACKS.get(name)(run.paths) for name in RUN_CALLBACKS] if accelerator.is_main_process else []
-    return CallbackList([*own, *run.callbacks])
 
 
 class Loop:

@@ -38,7 +38,7 @@ from adaptext.evaluation.metrics import evaluate_data
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.adapters import adapter_size_bytes
 from adaptext.modeling.hub import resolve_model_name
-from adaptext.training.callbacks import Callback
+from adaptext.training.callbacks import CALLBACKS, Callback, CallbackList
 from adaptext.training.optim import eval_batch_size
 from adaptext.training.state import STATS_FILE, TrainingState, TrainResult
 from adaptext.training.strategy import Run, Strategy
@@ -68,16 +68,31 @@ def run_strategy(
         write_json(paths.labels, splits.labels)
         write_json(paths.env, environment_record(str(default_device(None)), prepared.precision))
     process.wait_for_everyone()
-    started = time.perf_counter()
-    # Every strategy builds its model from the same seeded state: a new head's initial weights depend on it.
-    set_seed(config.seed)
-    state = strategy.fit(prepared, Run(config, paths, resume=resume, callbacks=list(callbacks)))
-    state.train_seconds = time.perf_counter() - started
-    # The training copies (model, gradients, optimizer state) are gone with fit's frame; collect them before the
-    # final evaluation loads the saved model, so the run's peak memory is that of training alone.
-    del prepared
-    gc.collect()
-    return finish(config, paths, splits, state)
+    hooks = CallbackList([*(run_callbacks(config, paths) if process.is_main_process else []), *callbacks])
+    try:
+        started = time.perf_counter()
+        # Every strategy builds its model from the same seeded state: a new head's initial weights depend on it.
+        set_seed(config.seed)
+        state = strategy.fit(prepared, Run(config, paths, resume=resume, callbacks=hooks.callbacks))
+        state.train_seconds = time.perf_counter() - started
+        # The training copies (model, gradients, optimizer state) are gone with fit's frame; collect them before
+        # the final evaluation loads the saved model, so the run's peak memory is that of training alone.
+        del prepared
+        gc.collect()
+        result = finish(config, paths, splits, state)
+    except BaseException as error:
+        hooks.on_run_failed(error)
+        raise
+    hooks.on_run_end(result)
+    return result
+
+
+def run_callbacks(config: Config, paths: RunPaths) -> list[Callback]:
+    """The callbacks every run gets on its main process: the progress bar and the `tracking.backend`."""
+    names = ["progress"] + ([] if config.tracking.backend == "none" else [config.tracking.backend])
+    if "mlflow" in names:
+        from adaptext.training import tracking  # noqa: F401  (registers `mlflow`; loads mlflow only when asked)
+    return [CALLBACKS.get(name)(paths) for name in names]
 
 
 def save_model(
