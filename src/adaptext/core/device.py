@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from adaptext.core.errors import ConfigError
 
@@ -13,6 +14,20 @@ from adaptext.core.errors import ConfigError
 def default_device(device: str | None) -> torch.device:
     """`device`, else the GPU when there is one, else the CPU."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def on_cpu_only() -> bool:
+    """True on a machine whose processes train on the CPU (no CUDA GPU)."""
+    return not torch.cuda.is_available()
+
+
+def process_state() -> PartialState:
+    """accelerate's view of this run's processes, the same in every module of a run.
+
+    Under `torchrun` or `accelerate launch` on a machine without a GPU, accelerate takes the processes for one
+    unless told they run on the CPU; then they are one data-parallel group over gloo, like GPUs over NCCL.
+    """
+    return PartialState(cpu=on_cpu_only())
 
 
 def resolve_precision(requested: str) -> str:

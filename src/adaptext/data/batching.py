@@ -117,6 +117,36 @@ class LengthGroupedBatches(Sampler[list[int]]):
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
+class ShardedBatches(Sampler[list[int]]):
+    """One process's share of every batch of `batches`, for data-parallel training across `world` processes.
+
+    Each global batch is cut into `world` contiguous slices (sizes differ by at most one) and process `rank` gets
+    slice `rank`, so `train.batch_size` stays the global batch whatever the number of processes. A batch smaller
+    than `world` (a last batch of one example on two processes) is padded by repeating its own examples, so every
+    process takes every step. The order is the wrapped sampler's: a pure function of (seed, epoch).
+    """
+
+    def __init__(self, batches: Sampler[list[int]], rank: int, world: int) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, {world})")
+        self.batches, self.rank, self.world = batches, rank, world
+        self.epochs_per_pass = getattr(batches, "epochs_per_pass", 1.0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            if len(batch) < self.world:
+                batch = [batch[i % len(batch)] for i in range(self.world)]
+            size = len(batch)
+            yield batch[self.rank * size // self.world : (self.rank + 1) * size // self.world]
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
 class Collator:
     """Pads a list of encoded examples to the longest one in the batch."""
 

@@ -12,8 +12,10 @@ and how to evaluate the model) and `run_training` does the rest the same way for
 Checkpoints hold the model, optimizer, schedule, random states and the loop's counters, and the batch order is a
 pure function of (seed, epoch), so a resumed run continues exactly where the interrupted one was.
 
-Logs, checkpoints and the model folder are written by the main process only; the others wait where they must, so
-that running several processes is a switch, not a rewrite (it stays refused until a test runs it).
+Several processes (`accelerate launch`, `torchrun`) train data-parallel: each takes its slice of every batch
+(`ShardedBatches`: `train.batch_size` stays the global batch), gradients are averaged as if the whole batch were in
+one process, every process evaluates and all follow the main process's decision, and logs, checkpoints and the model
+folder are written by the main process only (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import DataLoaderShard
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from adaptext.core.config import Config
-from adaptext.core.device import limit_kernel_cache
+from adaptext.core.device import limit_kernel_cache, on_cpu_only
 from adaptext.core.errors import AdaptextError
 from adaptext.core.run import RunPaths, append_log, replace_dir, staging_dir, write_json
+from adaptext.data.batching import ShardedBatches
 from adaptext.data.examples import TextData
 from adaptext.evaluation.metrics import EvalReport, evaluate_data, is_improvement
 from adaptext.inference.predictor import Predictor
@@ -48,6 +53,10 @@ from adaptext.training.state import LOG_EVERY, STATE_FILE, TrainingState
 from adaptext.training.strategy import Run
 
 logger = logging.getLogger(__name__)
+
+# In a checkpoint of several processes: each process's loss since the last log record.
+WINDOW_FILE = "window_{rank}.json"
+
 
 class BatchSampler(Protocol):
     """Batches of example indices, in an order that is a pure function of (seed, epoch)."""
@@ -107,26 +116,24 @@ def run_training(job: TrainingJob, run: Run) -> TrainingState:
     # No seeding here: `run_strategy` seeded once before the strategy built its model, so initialisation and
     # then dropout draw from one stream, as in an uninterrupted run (a resume restores the stream itself).
     limit_kernel_cache()
-    accelerator = Accelerator(mixed_precision=job.precision, gradient_accumulation_steps=cfg.grad_accum_steps)
-    # Refused until a test runs several processes; the loop is written for them already (the main process writes
-    # logs, checkpoints and the model folder, the others wait; checkpoints are saved collectively).
-    if accelerator.num_processes > 1:
+    accelerator = Accelerator(
+        cpu=on_cpu_only(),  # several CPU processes train as one data-parallel group (`process_state`)
+        mixed_precision=job.precision,
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        # The batches are split across processes by `ShardedBatches`: one schedule step per optimizer step.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    if accelerator.num_processes > 1 and not job.objective.example_wise:
         raise AdaptextError(
-            "multi-process training is not supported yet: run `adaptext train` as one process (one GPU or CPU)"
+            f"strategy {run.config.strategy} trains on pairs within each batch, which splitting the batch across "
+            f"{accelerator.num_processes} processes would change: run it as one process"
         )
     optimizer = build_optimizer(job.model, cfg, job.learning_rate)
     scheduler = get_scheduler(
         "linear", optimizer, num_warmup_steps=int(job.warmup_ratio * job.steps), num_training_steps=job.steps
     )
-    loader = DataLoader(
-        job.dataset,
-        # Its own generator: drawing worker seeds from the global RNG would shift dropout masks after a resume.
-        generator=torch.Generator().manual_seed(run.config.seed),
-        batch_sampler=job.batches,
-        collate_fn=job.collate,
-        num_workers=cfg.num_workers,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(job.model, optimizer, loader, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(job.model, optimizer, scheduler)
+    loader = batch_loader(job, run, accelerator)
     loop = Loop(job, run, accelerator, model, optimizer, loader, scheduler, CallbackList(run.callbacks))
     if run.resume:
         loop.restore()
@@ -134,6 +141,27 @@ def run_training(job: TrainingJob, run: Run) -> TrainingState:
     accelerator.end_training()
     accelerator.free_memory()
     return loop.state
+
+
+def batch_loader(job: TrainingJob, run: Run, accelerator: Accelerator) -> DataLoaderShard:
+    """This process's batches of the job, on its device.
+
+    Built here rather than by `accelerator.prepare`, whose sharding drops any short batch that is not the last one
+    (`LengthGroupedBatches` shuffles its one short batch anywhere); `DataLoaderShard` is the loader `prepare` would
+    make, so gradient accumulation still ends with each epoch.
+    """
+    batches = job.batches
+    if accelerator.num_processes > 1:
+        batches = ShardedBatches(job.batches, accelerator.process_index, accelerator.num_processes)  # type: ignore[arg-type]
+    return DataLoaderShard(
+        job.dataset,
+        device=accelerator.device,
+        # Its own generator: drawing worker seeds from the global RNG would shift dropout masks after a resume.
+        generator=torch.Generator().manual_seed(run.config.seed),
+        batch_sampler=batches,
+        collate_fn=job.collate,
+        num_workers=run.config.train.num_workers,
+    )
 
 
 class Loop:
@@ -154,7 +182,8 @@ class Loop:
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.loader, self.scheduler, self.callbacks = loader, scheduler, callbacks
         self.unwrapped: nn.Module = accelerator.unwrap_model(model)
-        self.batches_per_epoch = len(job.batches)
+        self.batches_per_epoch = len(loader)
+        self.processes = accelerator.num_processes
         trainable, total = count_parameters(self.unwrapped)
         self.state = TrainingState(total_steps=job.steps, trainable_parameters=trainable, total_parameters=total)
         self.saved_at = -1  # the step of the last checkpoint written
@@ -201,7 +230,7 @@ class Loop:
         batch.pop("index")
         with accelerator.accumulate(self.model):
             loss, examples = self.job.objective.loss(self.model, batch, targets)
-            accelerator.backward(loss)
+            accelerator.backward(self.global_mean(loss, examples))
             if accelerator.sync_gradients and self.cfg.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
@@ -212,6 +241,17 @@ class Loop:
         state.batch_in_epoch += 1
         state.window_loss += loss.item() * examples
         state.window_examples += examples
+
+    def global_mean(self, loss: torch.Tensor, examples: int) -> torch.Tensor:
+        """The part of the global batch's mean loss that this process's slice carries, scaled for DDP.
+
+        DDP averages the processes' gradients; slices of unequal size (a batch of 33 on two processes) must weigh
+        by their examples for the average to be the gradient of the whole batch's mean loss.
+        """
+        if self.processes == 1:
+            return loss
+        total = self.accelerator.reduce(torch.tensor(float(examples), device=loss.device), reduction="sum")
+        return loss * (examples * self.processes / total)
 
     def end_step(self) -> None:
         """After an optimizer step: count it, log, evaluate and checkpoint when due."""
@@ -245,12 +285,16 @@ class Loop:
         """Write the training record of the steps since the last one (their loss is weighed by examples)."""
         state = self.state
         elapsed = time.perf_counter() - self.window_start
+        loss_sum, examples = state.window_loss, float(state.window_examples)
+        if self.processes > 1:  # the record is the global batch's: every process's slices together
+            window = torch.tensor([loss_sum, examples], device=self.accelerator.device, dtype=torch.float64)
+            loss_sum, examples = (float(v) for v in self.accelerator.reduce(window, reduction="sum"))
         record = {
             "step": state.global_step,
             "epoch": self.progress(),
-            "loss": state.window_loss / max(state.window_examples, 1),
+            "loss": loss_sum / max(examples, 1),
             "learning_rate": self.scheduler.get_last_lr()[0],
-            "samples_per_second": state.window_examples / max(elapsed, 1e-9),
+            "samples_per_second": examples / max(elapsed, 1e-9),
         }
         if self.accelerator.is_main_process:
             append_log(self.paths, record)
@@ -299,7 +343,12 @@ class Loop:
             append_log(self.paths, record)
         self.callbacks.on_evaluate(record)
         self.state.history.append(record)
-        return float(report.metrics[self.cfg.metric_for_best])
+        value = float(report.metrics[self.cfg.metric_for_best])
+        if self.processes > 1:
+            # Every process scored the same weights on the same data; the main process's value decides for all,
+            # so the best model and early stopping can never differ between processes.
+            value = broadcast_object_list([value], from_process=0)[0]
+        return value
 
     def save_model(self) -> None:
         """Write the run's model folder with the job's `save` (main process), and tell the callbacks."""
@@ -319,6 +368,7 @@ class Loop:
             accelerator.wait_for_everyone()  # the folder exists: the other processes may add their random states
             accelerator.save_state(str(folder))
             write_json(folder / STATE_FILE, asdict(state))
+            self.save_window(folder)
 
         if accelerator.is_main_process:
             replace_dir(self.paths.checkpoint, write)
@@ -326,14 +376,24 @@ class Loop:
             # `save_state` is collective: every process writes its own random states into the staging folder.
             accelerator.wait_for_everyone()
             accelerator.save_state(str(staging))
+            self.save_window(staging)
         accelerator.wait_for_everyone()
         self.saved_at = state.global_step
+
+    def save_window(self, folder: Path) -> None:
+        """With several processes, each one's share of the loss since the last log record (its own slices)."""
+        if self.processes > 1:
+            window = {"window_loss": self.state.window_loss, "window_examples": self.state.window_examples}
+            write_json(folder / WINDOW_FILE.format(rank=self.accelerator.process_index), window)
 
     def restore(self) -> None:
         """Load the last checkpoint: weights, optimizer, schedule, random states and the loop's counters."""
         checkpoint = self.paths.checkpoint
         self.accelerator.load_state(str(checkpoint))
         saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        if self.processes > 1:  # the main process's state, with this process's own share of the log window
+            window = checkpoint / WINDOW_FILE.format(rank=self.accelerator.process_index)
+            saved |= json.loads(window.read_text(encoding="utf-8"))
         self.state = TrainingState(**saved | {"total_steps": self.job.steps})  # the run length may change
         if self.accelerator.is_main_process:
             finished = self.state.done and self.job.finish is not None

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import Config
-from adaptext.core.device import default_device
+from adaptext.core.device import default_device, process_state
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo
 from adaptext.core.run import (
@@ -62,7 +61,7 @@ def run_strategy(
     prepared = strategy.prepare(config)
     splits = prepared.splits
     # One process sets up the run folder; the others (under accelerate or torchrun) wait until it is there.
-    process = PartialState()
+    process = process_state()
     if process.is_main_process:
         paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
         write_json(paths.labels, splits.labels)
@@ -144,7 +143,7 @@ def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState
     split = "test" if splits.test is not None else "validation"
     report = evaluate_data(predictor, data)
     stats = run_stats(config, paths, state, splits)
-    if PartialState().is_main_process:  # every process evaluates; one writes
+    if process_state().is_main_process:  # every process evaluates; one writes
         write_json(paths.root / STATS_FILE, stats)
         write_report(
             report,

@@ -12,7 +12,7 @@ weights (`train.class_weights`), None when not weighted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ from adaptext.modeling.embedding import EmbeddingTap
 
 class Objective:
     """The loss of a batch. Subclasses override `loss`, and the other hooks only when they need them."""
+
+    # The loss is a mean of per-example terms, so a batch split across processes (data parallelism) has the same
+    # gradient as the whole batch in one process. A loss over pairs within the batch is not: it trains as one process.
+    example_wise: ClassVar[bool] = True
 
     def __init__(self, task: Task, weights: torch.Tensor | None = None) -> None:
         self.task = task
@@ -158,6 +162,8 @@ def contrastive_loss(embeddings: torch.Tensor, same: torch.Tensor) -> torch.Tens
 class Contrastive(Objective):
     """Few-shot's contrastive loss on the embeddings (the input of the model's final layer) of every pair in the
     batch. Class weights do not apply: positive and negative pairs are weighted equally."""
+
+    example_wise: ClassVar[bool] = False  # its pairs span the whole batch
 
     def bind(self, model: nn.Module, device: torch.device) -> None:
         self.tap = EmbeddingTap(model)  # type: ignore[arg-type]
