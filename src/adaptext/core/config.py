@@ -258,7 +258,10 @@ class TrackingSection(_Section):
         None, description="MLflow experiment name (default: `adaptext`, or `MLFLOW_EXPERIMENT_NAME`)."
     )
     run_name: str | None = Field(None, description="MLflow run name (default: the run folder's name).")
-    log_model: bool = Field(True, description="Log the saved model folder to MLflow (pyfunc and transformers).")
+    log_model: bool = Field(
+        True,
+        description="Log the model folder to MLflow as a pyfunc model (`mlflow.pyfunc.load_model` predicts labels).",
+    )
 
 
 class TuneSection(_Section):
