@@ -16,14 +16,14 @@ import sys
 from collections.abc import Sequence
 
 from adaptext import __version__
-from adaptext.cli import evaluate, export, merge, predict, sample, serve, train
+from adaptext.cli import evaluate, export, merge, predict, sample, serve, train, tune
 from adaptext.core.errors import AdaptextError
 
 __all__ = ["EXIT_USER_ERROR", "build_parser", "main"]
 
 EXIT_USER_ERROR = 2
 
-COMMANDS = (train, evaluate, predict, sample, merge, export, serve)  # in the order `--help` lists them
+COMMANDS = (train, tune, evaluate, predict, sample, merge, export, serve)  # in the order `--help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `key=value` overrides may also follow flags (`train run.yaml --resume train.epochs=5`).
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "train" or any("=" not in item or item.startswith("-") for item in extra):
+        if args.command not in ("train", "tune") or any("=" not in item or item.startswith("-") for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(

@@ -20,7 +20,7 @@ from adaptext.core.errors import AdaptextError
 MARKER = ".adaptext"
 
 
-FolderKind = Literal["run", "evaluation", "export", "merge"]
+FolderKind = Literal["run", "evaluation", "export", "merge", "tune"]
 
 
 _WHAT = {
@@ -28,6 +28,7 @@ _WHAT = {
     "evaluation": "evaluation report",
     "export": "ONNX export",
     "merge": "merged model",
+    "tune": "tuning study",
 }
 
 
