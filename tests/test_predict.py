@@ -219,7 +219,7 @@ def test_predict_file_replaces_an_existing_label_column(predictor: Predictor, wr
 
 def test_predict_file_rejects_an_unknown_output_format(predictor: Predictor, write_csv: Any, tmp_path: Path) -> None:
     source = write_csv("input.csv", input_rows())
-    with pytest.raises(AdaptextError, match=r"\.csv, \.tsv or \.jsonl"):
+    with pytest.raises(AdaptextError, match=r"\.csv, \.tsv, \.jsonl or \.parquet"):
         predict_file(predictor, source, tmp_path / "out.txt")
     assert not (tmp_path / "out.txt").exists()
 

@@ -118,16 +118,22 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _require_columns(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
+def require_columns(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
+    """Raise `DataError` naming the first of `columns` that `frame` (read from `path`) lacks, and the ones it has."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         found = ", ".join(repr(str(c)) for c in frame.columns)
         raise DataError(f"{path}: column {missing[0]!r} not found; the columns are: {found}")
 
 
-def _text_column(path: Path, frame: pd.DataFrame, column: str) -> list[str]:
+def text_values(path: Path, frame: pd.DataFrame, column: str, *, first_row: int = 1) -> list[str]:
+    """The texts of `column`, or a `DataError` naming the first empty one; `first_row` numbers the frame's first row
+    (a chunk of a larger file starts past 1)."""
+    cells = frame[column]
+    if isinstance(cells.dtype, pd.StringDtype) and not (cells.isna() | cells.str.strip().eq("")).any():
+        return cells.tolist()  # every cell a non-blank string: no need to look at them one by one
     values = []
-    for row, value in enumerate(frame[column].tolist(), start=1):
+    for row, value in enumerate(cells.tolist(), start=first_row):
         if _is_missing(value):
             raise DataError(f"{path}: row {row}: column {column!r} is empty; every example needs text")
         values.append(str(value))
@@ -148,9 +154,9 @@ def load_examples(path: str | Path, cfg: DataConfig, *, with_labels: bool = True
         columns.append(cfg.text_pair_column)
     if with_labels:
         columns.append(cfg.label_column)
-    _require_columns(path, frame, columns)
-    texts = _text_column(path, frame, cfg.text_column)
-    pairs = _text_column(path, frame, cfg.text_pair_column) if cfg.text_pair_column else None
+    require_columns(path, frame, columns)
+    texts = text_values(path, frame, cfg.text_column)
+    pairs = text_values(path, frame, cfg.text_pair_column) if cfg.text_pair_column else None
     labels: list[Any] | None = None
     if with_labels:
         labels = [
@@ -181,18 +187,23 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
     elif fmt == "parquet":
         frame.to_parquet(tmp, index=False)
     elif fmt == "tsv":
-        # TSV has no quoting (as read_table reads it), so a tab or line break inside a value cannot be written.
-        for column in frame.columns:
-            for row, value in enumerate(frame[column].astype(str), start=1):
-                if "\t" in value or "\n" in value or "\r" in value:
-                    raise DataError(
-                        f"{path}: row {row}, column {column!r} holds a tab or line break, which TSV cannot store; "
-                        "write .csv or .jsonl instead"
-                    )
+        check_tsv_cells(path, frame)
         frame.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_NONE)
     else:
         frame.to_csv(tmp, index=False)
     tmp.replace(path)
+
+
+def check_tsv_cells(path: Path, frame: pd.DataFrame, *, first_row: int = 1) -> None:
+    """Refuse a value holding a tab or line break before it is written to the TSV file `path`: TSV has no quoting
+    (as `read_table` reads it), so it cannot store one. `first_row` numbers the frame's first row."""
+    for column in frame.columns:
+        for row, value in enumerate(frame[column].astype(str), start=first_row):
+            if "\t" in value or "\n" in value or "\r" in value:
+                raise DataError(
+                    f"{path}: row {row}, column {column!r} holds a tab or line break, which TSV cannot store; "
+                    "write .csv or .jsonl instead"
+                )
 
 
 def label_descriptions(path: Path, labels: list[str] | None) -> dict[str, str]:
