@@ -12,12 +12,15 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from tests.conftest import make_rows, read_log
+
+from adaptext.core.config import Config
 
 # Runs `adaptext.train` on the config given; with a step number, stops the run there as a crash would.
 SCRIPT = """
@@ -148,6 +151,7 @@ def test_two_processes_train_as_one(setup: dict[str, Path], tmp_path: Path) -> N
     # One run folder, written once: the same files as the one-process run, nothing per rank.
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert len((two / "train_log.jsonl").read_text().splitlines()) == len(log_one)
+    assert [json.loads((run / "env.json").read_text())["processes"] for run in (one, two)] == [1, 2]
 
 
 def test_an_interrupted_two_process_run_resumes_to_the_same_end(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -165,3 +169,16 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_end(setup: dict[str,
         for key in ("loss", "eval_accuracy"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+
+
+def test_a_sharded_launch_is_refused_before_the_run_folder(
+    tiny_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptext import train
+    from adaptext.core.errors import ConfigError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    config = tiny_config(f"output_dir={tmp_path / 'fsdp'}")
+    with pytest.raises(ConfigError, match="FSDP launches are not supported"):
+        train(config)
+    assert not (tmp_path / "fsdp").exists()

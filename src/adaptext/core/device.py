@@ -30,6 +30,24 @@ def process_state() -> PartialState:
     return PartialState(cpu=on_cpu_only())
 
 
+# What `accelerate launch --use_fsdp / --use_deepspeed / --use_megatron_lm` set for the processes it starts.
+SHARDED_LAUNCHES = {
+    "ACCELERATE_USE_FSDP": "FSDP",
+    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
+}
+
+
+def check_launch() -> None:
+    """Refuse launches that shard the model: the engine saves and evaluates whole models (docs/scaling.md)."""
+    for variable, name in SHARDED_LAUNCHES.items():
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(
+                f"{name} launches are not supported yet: adaptext trains data-parallel (a whole model per process); "
+                "launch with `torchrun --nproc-per-node N` or `accelerate launch --multi_gpu --num_processes N`"
+            )
+
+
 def resolve_precision(requested: str) -> str:
     """The accelerate mixed-precision mode for `train.precision` on this machine."""
     if requested == "auto":

@@ -217,8 +217,8 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
-def environment_record(device: str, precision: str) -> dict[str, Any]:
-    """Versions, device and git revision: what is needed to tell how a run was made."""
+def environment_record(device: str, precision: str, processes: int = 1) -> dict[str, Any]:
+    """Versions, device, processes and git revision: what is needed to tell how a run was made."""
     versions: dict[str, str | None] = {}
     for name in ENV_PACKAGES:
         try:
@@ -232,6 +232,7 @@ def environment_record(device: str, precision: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "device": device,
         "precision": precision,
+        "processes": processes,
         "git_revision": _git_revision(),
         "packages": versions,
     }

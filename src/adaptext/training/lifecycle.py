@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import Config
-from adaptext.core.device import default_device, process_state
+from adaptext.core.device import check_launch, default_device, process_state
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo
 from adaptext.core.run import (
@@ -54,6 +54,7 @@ def run_strategy(
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Run `strategy` on `config` from the checks to the report; see the module's docstring."""
+    check_launch()
     paths = check_run_dir(config, resume=resume, overwrite=overwrite)  # a refused output folder fails first
     if resume and not strategy.resumable:
         raise AdaptextError(f"strategy {config.strategy} runs are not resumable; start without --resume")
@@ -65,7 +66,7 @@ def run_strategy(
     if process.is_main_process:
         paths = prepare_run_dir(config, resume=resume, overwrite=overwrite)
         write_json(paths.labels, splits.labels)
-        write_json(paths.env, environment_record(str(default_device(None)), prepared.precision))
+        write_json(paths.env, environment_record(str(default_device(None)), prepared.precision, process.num_processes))
     process.wait_for_everyone()
     hooks = CallbackList([*(run_callbacks(config, paths) if process.is_main_process else []), *callbacks])
     try:
