@@ -121,6 +121,7 @@ def run_command(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     peak_tree = 0.0
+    cpu: dict[int, float] = {}
     wrapper = psutil.Process(process.pid)
     while process.poll() is None:
         try:
@@ -129,6 +130,8 @@ def run_command(
             for child in tree:
                 with contextlib.suppress(psutil.Error):  # a process may end between listing and reading
                     total += child.memory_info().rss
+                    times = child.cpu_times()
+                    cpu[child.pid] = times.user + times.system  # Ray's workers are never reaped by the wrapper
             peak_tree = max(peak_tree, total / 2**20)
         except psutil.Error:
             pass
@@ -145,6 +148,7 @@ def run_command(
         "driver_peak_rss_mb": usage["max_rss_mb"],
         "tree_peak_rss_mb": peak_tree,
         "cpu_s": usage["cpu_s"],
+        "tree_cpu_s": sum(cpu.values()),
         "mark_s": marked[0] if marked else None,
         "command": " ".join(command),
     }
@@ -339,7 +343,7 @@ def section_predict(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any
             "rows_per_s_after_start": args.predict_rows / after if after else None,
             "cores": cores,
             "rows_per_s_per_core": rows_per_s / cores,
-            "rows_per_cpu_s": args.predict_rows / result["cpu_s"] if result["cpu_s"] else None,
+            "rows_per_cpu_s": args.predict_rows / result["tree_cpu_s"] if result["tree_cpu_s"] else None,
         }
         outputs[name] = pd.read_csv(output, keep_default_na=False)
         rows.append(result)
@@ -359,9 +363,9 @@ def section_predict(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any
                 "rows/s",
                 "Ray start s",
                 "rows/s after start",
-                "peak RSS MB (largest process)",
+                "peak RSS MB (driver)",
                 "peak RSS MB (tree total)",
-                "CPU s",
+                "CPU s (tree, sampled)",
                 "cores",
                 "rows/s per core",
                 "per core vs local",
@@ -377,7 +381,7 @@ def section_predict(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any
                     fmt(r["rows_per_s_after_start"], ".0f"),
                     fmt(r["driver_peak_rss_mb"], ".0f"),
                     fmt(r["tree_peak_rss_mb"], ".0f"),
-                    fmt(r["cpu_s"]),
+                    fmt(r["tree_cpu_s"]),
                     str(r["cores"]),
                     fmt(r["rows_per_s_per_core"], ".0f"),
                     fmt(r["ray_per_core_vs_local"], ".2f"),
@@ -388,7 +392,9 @@ def section_predict(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any
             ],
         )
         + "\n\nRay start s: until adaptext logs 'predicting ... on N Ray workers' (Ray started, input scanned); "
-        "the workers load their models after it. Tree total RSS counts Ray's shared object store once per process."
+        "the workers load their models after it. Driver: getrusage(RUSAGE_CHILDREN) of a wrapper, so the largest "
+        "process it reaped (Ray's workers are not among them). Tree total RSS (psutil, every 0.5 s) counts Ray's "
+        "shared object store once per process that maps it; tree CPU s misses each process's last 0.5 s."
     )
     return {"rows": rows}, text
 

@@ -182,3 +182,22 @@ def test_a_sharded_launch_is_refused_before_the_run_folder(
     with pytest.raises(ConfigError, match="FSDP launches are not supported"):
         train(config)
     assert not (tmp_path / "fsdp").exists()
+
+
+def test_only_the_main_process_prints_the_summary(
+    tiny_config: Callable[..., Config],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from adaptext.cli import main
+
+    base = [f"{key}={value}" for key, value in (("train.max_steps", 2), ("output_dir", tmp_path / "run"))]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json", exclude={"output_dir"})))
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", str(config), *base]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", str(config), *base, "--overwrite"]) == 0
+    assert "run folder:" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from adaptext import __version__
 from adaptext.cli import evaluate, export, merge, predict, sample, serve, train, tune
+from adaptext.cli.options import launched_as_main
 from adaptext.core.errors import AdaptextError
 
 __all__ = ["EXIT_USER_ERROR", "build_parser", "main"]
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        # Under torchrun / accelerate launch, the other processes would repeat every line of the main one's.
+        level=logging.WARNING if args.quiet or not launched_as_main() else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

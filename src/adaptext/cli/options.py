@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -15,3 +16,8 @@ def add_column_options(parser: argparse.ArgumentParser, *, with_label: bool, wit
         parser.add_argument("--text-pair-column", help="second text column for pair models")
     if with_label:
         parser.add_argument("--label-column", help="label column (default: as in training, else 'label')")
+
+
+def launched_as_main() -> bool:
+    """False in the processes other than the first that `torchrun` or `accelerate launch` started (RANK > 0)."""
+    return os.environ.get("RANK", "0") == "0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from adaptext.cli.options import launched_as_main
 from adaptext.core.config import load_config
 
 
@@ -26,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     result = train(config, resume=args.resume, overwrite=args.overwrite)
+    if not launched_as_main():
+        return 0  # the main process of several prints the summary
     metrics = result.metrics
     print(f"run folder:  {result.run_dir}")
     if result.history:  # the model was chosen by validation during training

@@ -157,7 +157,9 @@ class TrainConfig(_Section):
     grad_accum_steps: Int = Field(1, ge=1, description="Forward passes per optimizer step.")
     max_grad_norm: Float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables it.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        "auto", description="Mixed precision: `auto` picks bf16/fp16 on a capable GPU, fp32 otherwise."
+        "auto",
+        description="Mixed precision: `auto` picks bf16 (fp16 on GPUs without bf16) on a GPU, bf16 on a CPU with "
+        "native bf16 instructions (AVX-512 BF16 / AMX), fp32 otherwise; evaluation always runs in fp32.",
     )
     class_weights: Literal["none", "auto"] | dict[str, Float] = Field(
         "none",
