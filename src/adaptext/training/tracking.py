@@ -150,7 +150,7 @@ def quiet_mlflow() -> Iterator[None]:
 
 @CALLBACKS.register("mlflow")
 class MLflowTracker(Callback):
-    """Params, metrics, report and model of a run in an MLflow run, started at the first hook that needs it.
+    """Params, metrics, report and model of a run in an MLflow run, started when the tracker is built.
 
     >>> train(load_config("configs/quickstart.yaml", ["tracking.backend=mlflow"]))  # doctest: +SKIP
     """
@@ -163,6 +163,9 @@ class MLflowTracker(Callback):
         self.tree: dict[str, Any] = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
         self.settings = build_config(self.tree, str(paths.config)).tracking
         self.run_id: str | None = None
+        # The run (store, experiment, params) is set up as the run lifecycle builds its callbacks, before the
+        # training clock starts: the loop itself then only queues metrics (bench/scale.py, section tracking).
+        self.start()
 
     def start(self) -> str:
         """Start the MLflow run (nested under an active one) and log the params; returns its id."""
