@@ -125,13 +125,19 @@ def test_the_batch_slices_cover_every_batch_once() -> None:
                 assert first == second == batch
 
 
-def test_two_processes_train_as_one(setup: dict[str, Path], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def two_process_run(setup: dict[str, Path]) -> Path:
+    """An uninterrupted two-process run of the tiny model."""
+    run = setup["train"].parent / "two"
+    launch(setup, write_config(setup, run), processes=2)
+    return run
+
+
+def test_two_processes_train_as_one(setup: dict[str, Path], two_process_run: Path, tmp_path: Path) -> None:
     from adaptext.inference.predictor import Predictor
 
-    one = tmp_path / "one"
-    two = tmp_path / "two"
+    one, two = tmp_path / "one", two_process_run
     launch(setup, write_config(setup, one), processes=1)
-    launch(setup, write_config(setup, two), processes=2)
 
     log_one, log_two = read_log(one), read_log(two)
     assert [r["step"] for r in log_one] == [r["step"] for r in log_two]
@@ -154,18 +160,18 @@ def test_two_processes_train_as_one(setup: dict[str, Path], tmp_path: Path) -> N
     assert [json.loads((run / "env.json").read_text())["processes"] for run in (one, two)] == [1, 2]
 
 
-def test_an_interrupted_two_process_run_resumes_to_the_same_end(setup: dict[str, Path], tmp_path: Path) -> None:
-    processes = 2
-    whole = tmp_path / "whole"
+def test_an_interrupted_two_process_run_resumes_to_the_same_end(
+    setup: dict[str, Path], two_process_run: Path, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken"
-    launch(setup, write_config(setup, whole), processes=processes)
     config = write_config(setup, broken)
-    launch(setup, config, processes=processes, stop=10)
+    launch(setup, config, processes=2, stop=10)
     assert (broken / "checkpoint").is_dir()
-    launch(setup, config, processes=processes, resume=True)
+    launch(setup, config, processes=2, resume=True)
 
-    assert [r["step"] for r in read_log(broken)] == [r["step"] for r in read_log(whole)]
-    for a, b in zip(read_log(whole), read_log(broken), strict=True):
+    whole = read_log(two_process_run)
+    assert [r["step"] for r in read_log(broken)] == [r["step"] for r in whole]
+    for a, b in zip(whole, read_log(broken), strict=True):
         for key in ("loss", "eval_accuracy"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
