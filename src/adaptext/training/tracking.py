@@ -156,6 +156,8 @@ class MLflowTracker(Callback):
     """
 
     def __init__(self, paths: RunPaths) -> None:
+        # MLflow's artefact progress bars ("Downloading artifacts" as it logs the model) stay off unless asked for.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow  # only here: `adaptext --help` and runs without MLflow never load it
 
         self.mlflow = mlflow
