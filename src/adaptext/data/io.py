@@ -55,14 +55,19 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: line {line_no}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: line {line_no}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
+        records.append(json_record(path, line_no, line))
     return pd.DataFrame.from_records(records)
+
+
+def json_record(path: Path, line_no: int, line: str) -> dict[str, Any]:
+    """One line of a JSONL file as its object; a one-line `DataError` naming the file and line otherwise."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: line {line_no}: not valid JSON ({error.msg})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: line {line_no}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def _check_field_counts(path: Path, text: str, fmt: str) -> None:

@@ -9,7 +9,6 @@ lets an interrupted prediction run continue where it stopped.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adaptext.core.errors import DataError
-from adaptext.data.io import check_tsv_cells, file_format, require_columns, text_values
+from adaptext.data.io import check_tsv_cells, file_format, json_record, require_columns, text_values
 
 DEFAULT_CHUNK_ROWS = 10_000
 
@@ -210,7 +209,7 @@ def _jsonl_frames(path: Path, chunk_size: int, *, skip: int, columns: list[str] 
             row += 1
             if row <= skip:
                 continue  # checked by the scan before the first chunk
-            records.append(_json_record(path, line_no, line))
+            records.append(json_record(path, line_no, line))
             if len(records) == chunk_size:
                 yield pd.DataFrame.from_records(records, columns=columns), row - len(records) + 1
                 records = []
@@ -218,16 +217,6 @@ def _jsonl_frames(path: Path, chunk_size: int, *, skip: int, columns: list[str] 
             yield pd.DataFrame.from_records(records, columns=columns), row - len(records) + 1
         if not seen:
             raise DataError(f"{path}: the file is empty")
-
-
-def _json_record(path: Path, line_no: int, line: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: line {line_no}: not valid JSON ({error.msg})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: line {line_no}: expected a JSON object, got {type(record).__name__}")
-    return record
 
 
 def _parquet_file(path: Path) -> pq.ParquetFile:
