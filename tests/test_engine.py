@@ -186,3 +186,25 @@ def test_zeroshot_refuses_every_setting_that_only_shapes_training(setting: str) 
     with pytest.raises(ConfigError, match=f"strategy zeroshot does not use {re.escape(setting)}"):
         Zeroshot().check(load_config(None, ["strategy=zeroshot", setting]))
     Zeroshot().check(load_config(None, ["strategy=zeroshot", "train.batch_size=4", "train.threshold=0.3"]))
+
+
+def test_a_stopped_run_closes_its_tensorboard_writer(
+    tiny_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptext.training.callbacks import TensorBoard
+
+    boards: list[TensorBoard] = []
+
+    def keep(paths: Any) -> TensorBoard:
+        boards.append(TensorBoard(paths))
+        return boards[-1]
+
+    monkeypatch.setitem(CALLBACKS._items, "tensorboard", keep)
+
+    def crash(step: int) -> None:
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        train(tiny_config("train.max_steps=4"), on_step=crash)
+    [board] = boards
+    assert board.writer.all_writers is None  # closed: SummaryWriter.close() drops its file writers and thread

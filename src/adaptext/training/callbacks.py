@@ -109,6 +109,10 @@ class ProgressBar(Callback):
     def on_train_end(self, state: TrainingState) -> None:
         self.bar.close()
 
+    def on_run_failed(self, error: BaseException) -> None:
+        if self.bar is not None:
+            self.bar.close()  # a stopped run (a crash, Ctrl-C, a pruned tuning trial) leaves no bar behind
+
 
 @CALLBACKS.register("tensorboard")
 class TensorBoard(Callback):
@@ -135,6 +139,10 @@ class TensorBoard(Callback):
 
     def on_train_end(self, state: TrainingState) -> None:
         self.writer.close()
+
+    def on_run_failed(self, error: BaseException) -> None:
+        if self.writer is not None:
+            self.writer.close()  # flushes what was logged and stops the writer's thread
 
 
 class OnStep(Callback):
