@@ -25,7 +25,7 @@ import yaml
 from adaptext.core.config import build_config
 from adaptext.core.run import RunPaths
 from adaptext.training.callbacks import CALLBACKS, Callback
-from adaptext.training.state import STATS_FILE, TrainingState, TrainResult
+from adaptext.training.state import STATS_FILE, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -164,15 +164,12 @@ class MLflowTracker(Callback):
         self.paths = paths
         self.tree: dict[str, Any] = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
         self.settings = build_config(self.tree, str(paths.config)).tracking
-        self.run_id: str | None = None
         # The run (store, experiment, params) is set up as the run lifecycle builds its callbacks, before the
-        # training clock starts: the loop itself then only queues metrics (bench/scale.py, section tracking).
-        self.start()
+        # training clock starts: the loop itself then only queues metrics (bench/tracking_hooks.py).
+        self.run_id = self.start()
 
     def start(self) -> str:
         """Start the MLflow run (nested under an active one) and log the params; returns its id."""
-        if self.run_id is not None:
-            return self.run_id
         mlflow = self.mlflow
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
@@ -187,12 +184,12 @@ class MLflowTracker(Callback):
                 nested=parent is not None,
                 tags={RUN_DIR_TAG: str(self.paths.root.resolve())},
             )
-            self.run_id = run.info.run_id
+            run_id = str(run.info.run_id)
             params = list(flat_params(self.tree, MAX_PARAM_VAL_LENGTH).items())
             for start in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
-                mlflow.log_params(dict(params[start : start + MAX_PARAMS_TAGS_PER_BATCH]), run_id=self.run_id)
-        logger.info("MLflow run %s (tracking URI %s)", self.run_id, uri)
-        return self.run_id
+                mlflow.log_params(dict(params[start : start + MAX_PARAMS_TAGS_PER_BATCH]), run_id=run_id)
+        logger.info("MLflow run %s (tracking URI %s)", run_id, uri)
+        return run_id
 
     def experiment_id(self) -> str:
         """The id of the run's experiment (created when new)."""
@@ -201,10 +198,7 @@ class MLflowTracker(Callback):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         # Asynchronous: a remote tracking server's round trip never holds up the training loop.
         if metrics:
-            self.mlflow.log_metrics(metrics, step=step, synchronous=False, run_id=self.start())
-
-    def on_train_begin(self, state: TrainingState, model: Any) -> None:
-        self.start()
+            self.mlflow.log_metrics(metrics, step=step, synchronous=False, run_id=self.run_id)
 
     def on_log(self, record: dict[str, Any]) -> None:
         self.log_metrics(numeric({k: v for k, v in record.items() if k != "step"}), step=int(record["step"]))
@@ -212,11 +206,8 @@ class MLflowTracker(Callback):
     def on_evaluate(self, record: dict[str, Any]) -> None:
         self.log_metrics(numeric({k: v for k, v in record.items() if k.startswith("eval_")}), int(record["step"]))
 
-    def on_save(self, model: Any, target: Path) -> None:
-        self.start()  # zero-shot runs never begin training: their first hook is the save
-
     def on_run_end(self, result: TrainResult) -> None:
-        run_id = self.start()
+        run_id = self.run_id
         mlflow = self.mlflow
         with quiet_mlflow():
             final = numeric(result.metrics, prefix=f"{result.eval_split}_") | numeric(result.stats)
@@ -231,8 +222,6 @@ class MLflowTracker(Callback):
             self.end("FINISHED")
 
     def on_run_failed(self, error: BaseException) -> None:
-        if self.run_id is None:
-            return
         try:
             with quiet_mlflow():
                 self.mlflow.flush_async_logging()
@@ -242,8 +231,6 @@ class MLflowTracker(Callback):
 
     def end(self, status: str) -> None:
         """End this run with `status`, leaving a parent run (or any run started after this one) open."""
-        if self.run_id is None:
-            return
         active = self.mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             self.mlflow.end_run(status=status)
