@@ -352,3 +352,18 @@ def test_sample_with_an_empty_label_delimiter_is_a_one_line_error(
     assert code == EXIT_USER_ERROR
     assert "--label-delimiter" in error_line(err, "sample")
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_missing_optional_library_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from adaptext.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    assert main(["tune", "configs/quickstart.yaml", "--trials", "1"]) == 2  # checked before the config is read
+    assert capsys.readouterr().err.strip() == (
+        "adaptext tune: error: adaptext tune needs optuna, which is not installed: pip install 'adaptext[scale]'"
+    )

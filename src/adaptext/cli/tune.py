@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from adaptext.core.config import load_config
+from adaptext.core.errors import require_extra
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("optuna", "adaptext tune")
     from adaptext.tuning import tune  # optuna and torch are imported only once a command runs
 
     config = load_config(args.config, args.overrides)

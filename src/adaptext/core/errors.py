@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 
 class AdaptextError(Exception):
     """A user error: bad config, bad data or a bad path. The CLI prints it without a traceback."""
@@ -13,3 +15,9 @@ class ConfigError(AdaptextError):
 
 class DataError(AdaptextError):
     """A data file is missing, unreadable or inconsistent with the configuration."""
+
+
+def require_extra(module: str, feature: str) -> None:
+    """Raise a one-line `AdaptextError` when `module`, which `feature` needs, is not installed (`adaptext[scale]`)."""
+    if importlib.util.find_spec(module) is None:
+        raise AdaptextError(f"{feature} needs {module}, which is not installed: pip install 'adaptext[scale]'")

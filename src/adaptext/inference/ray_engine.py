@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from adaptext.core.errors import AdaptextError
+from adaptext.core.errors import AdaptextError, require_extra
 from adaptext.core.outputs import expand
 from adaptext.data.io import file_format, text_values
 from adaptext.inference.files import (
@@ -174,11 +174,10 @@ def _read(path: Path, columns: list[str]) -> Any:
 def ray_session() -> Iterator[float]:
     """Ray for one command: joins `RAY_ADDRESS` when set, else starts a local Ray on this machine's CPUs, and stops
     what it started. Yields the cluster's CPUs. Ray Data keeps rows in order and shows no progress bars of its own."""
-    try:
-        import ray
-        from ray.data import DataContext
-    except ImportError:
-        raise AdaptextError("--engine ray needs Ray Data: pip install 'adaptext[scale]'") from None
+    require_extra("ray", "--engine ray")
+    import ray
+    from ray.data import DataContext
+
     # Ray's own warnings stay; its notes that token authentication is on (as it should be) and that its progress
     # bars are off (this command shows its own) do not help.
     for name, level in QUIET_LOGGERS.items():

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from adaptext.core.config import build_config
+from adaptext.core.errors import require_extra
 from adaptext.core.run import RunPaths
 from adaptext.training.callbacks import CALLBACKS, Callback
 from adaptext.training.state import STATS_FILE, TrainResult
@@ -158,6 +159,7 @@ class MLflowTracker(Callback):
     def __init__(self, paths: RunPaths) -> None:
         # MLflow's artefact progress bars ("Downloading artifacts" as it logs the model) stay off unless asked for.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        require_extra("mlflow", "tracking.backend=mlflow")
         import mlflow  # only here: `adaptext --help` and runs without MLflow never load it
 
         self.mlflow = mlflow
