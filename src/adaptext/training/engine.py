@@ -369,6 +369,7 @@ class Loop:
             accelerator.save_state(str(folder))
             write_json(folder / STATE_FILE, asdict(state))
             self.save_window(folder)
+            accelerator.wait_for_everyone()  # every process's files are in before the folder is swapped in
 
         if accelerator.is_main_process:
             replace_dir(self.paths.checkpoint, write)
@@ -377,6 +378,7 @@ class Loop:
             accelerator.wait_for_everyone()
             accelerator.save_state(str(staging))
             self.save_window(staging)
+            accelerator.wait_for_everyone()
         accelerator.wait_for_everyone()
         self.saved_at = state.global_step
 
