@@ -17,7 +17,7 @@ class DataError(AdaptextError):
     """A data file is missing, unreadable or inconsistent with the configuration."""
 
 
-def require_extra(module: str, feature: str) -> None:
-    """Raise a one-line `AdaptextError` when `module`, which `feature` needs, is not installed (`adaptext[scale]`)."""
+def require_extra(module: str, feature: str, extra: str = "scale") -> None:
+    """Raise a one-line `AdaptextError` when `module`, which `feature` needs, is not installed (`adaptext[extra]`)."""
     if importlib.util.find_spec(module) is None:
-        raise AdaptextError(f"{feature} needs {module}, which is not installed: pip install 'adaptext[scale]'")
+        raise AdaptextError(f"{feature} needs {module}, which is not installed: pip install 'adaptext[{extra}]'")

@@ -20,7 +20,7 @@ from adaptext.core.errors import AdaptextError
 MARKER = ".adaptext"
 
 
-FolderKind = Literal["run", "evaluation", "export", "merge", "tune"]
+FolderKind = Literal["run", "evaluation", "export", "merge", "tune", "explanation", "audit"]
 
 
 _WHAT = {
@@ -29,6 +29,8 @@ _WHAT = {
     "export": "ONNX export",
     "merge": "merged model",
     "tune": "tuning study",
+    "explanation": "explanation",
+    "audit": "data audit",
 }
 
 
