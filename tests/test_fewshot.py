@@ -25,6 +25,8 @@ from adaptext.core.task import MULTI_LABEL, SINGLE_LABEL
 from adaptext.data.batching import Encoded, tokenize
 from adaptext.data.io import read_table
 from adaptext.deploy.serve import ServeOptions, create_app
+from adaptext.explain.explainer import default_method, explain_texts
+from adaptext.explain.methods import IntegratedGradients
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
@@ -858,3 +860,13 @@ def test_calibration_fits_a_temperature_that_changes_confidence_not_labels(
         return float(-np.log(probs[np.arange(len(targets)), targets] + 1e-12).mean())
 
     assert nll(scaled) <= nll(plain) + 1e-6
+
+
+def test_a_fewshot_model_is_explained_by_integrated_gradients(fewshot_run: dict[str, Any]) -> None:
+    predictor = Predictor.from_dir(fewshot_run["result"].run_dir)
+    assert default_method(predictor) == "ig"
+    texts = ["my invoice is wrong", "the parcel is late"]
+    explained = explain_texts(predictor, texts, methods=["ig"]).explanations["ig"]
+    assert [len(e.tokens) for e in explained] == [4, 4]
+    _, delta = IntegratedGradients().attribute_tokens(predictor, texts, [0, 1])
+    assert np.all(np.abs(delta) < 0.05)  # completeness holds with the few-shot head too

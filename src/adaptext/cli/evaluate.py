@@ -13,6 +13,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("model", help="run folder or model folder")
     p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file")
     p.add_argument("--output", required=True, help="new or empty folder for metrics.json, report.html and plots")
+    p.add_argument(
+        "--errors",
+        type=int,
+        default=20,
+        help="misclassified examples shown in the report with the words that made the model decide (0: none)",
+    )
     add_overwrite_option(p, "an earlier evaluation report in --output")
     add_column_options(p, with_label=True)
     p.set_defaults(func=run)
@@ -26,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         "text_pair_column": args.text_pair_column,
         "label_column": args.label_column,
     }
-    report = evaluate_file(args.model, args.data, args.output, columns, overwrite=args.overwrite)
+    report = evaluate_file(args.model, args.data, args.output, columns, overwrite=args.overwrite, errors=args.errors)
     print(
         f"{report.n_examples} examples: accuracy {report.metrics['accuracy']:.4f}, "
         f"macro_f1 {report.metrics['macro_f1']:.4f}"

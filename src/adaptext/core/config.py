@@ -179,6 +179,12 @@ class TrainConfig(_Section):
     )
     threshold: Float = Field(0.5, gt=0, lt=1, description="Multi-label decision threshold on each label's probability.")
     num_workers: Int = Field(0, ge=0, description="DataLoader worker processes.")
+    report_errors: Int = Field(
+        20,
+        ge=0,
+        description="Misclassified validation examples the run's report shows, most confident first, with the "
+        "words that made the model decide (0: none).",
+    )
 
 
 class PeftSection(_Section):

@@ -167,10 +167,12 @@ def compute_metrics(
     )
 
 
-def evaluate_data(predictor: Predictor, data: TextData) -> EvalReport:
-    """Predict `data` with `predictor` and score the predictions against its labels."""
+def evaluate_data(predictor: Predictor, data: TextData, probs: np.ndarray | None = None) -> EvalReport:
+    """Predict `data` with `predictor` (unless its probabilities `probs` are given) and score the predictions
+    against its labels."""
     targets = label_targets(data, predictor.labels, predictor.task)
-    probs = predictor.predict_proba(data.texts, data.pairs)
+    if probs is None:
+        probs = predictor.predict_proba(data.texts, data.pairs)
     report = compute_metrics(probs, targets, predictor.labels, predictor.task, predictor.threshold)
     report.data_source = data.source
     return report

@@ -18,6 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from adaptext.core.run import write_json
+from adaptext.explain.page import STYLE as HIGHLIGHT_STYLE
+from adaptext.explain.page import highlight, legend
 
 if TYPE_CHECKING:
     from adaptext.evaluation.metrics import EvalReport
@@ -148,7 +150,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-.low{background:#fde2e2}"""
+.low{background:#fde2e2}td .why{display:block;text-align:left}"""
 
 
 def top_confusions(report: EvalReport, limit: int = 10) -> list[dict[str, Any]]:
@@ -167,6 +169,28 @@ def top_confusions(report: EvalReport, limit: int = 10) -> list[dict[str, Any]]:
     return rows
 
 
+def _errors_section(errors: list[dict[str, Any]], source: str) -> list[str]:
+    rows = []
+    for error in errors:
+        cells = [
+            str(error["row"]),
+            html.escape(error["true label"]),
+            html.escape(error["predicted"]),
+            f"{error['score']:.3f}",
+            highlight(error["tokens"], error["attributions"]),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    method = html.escape(str(errors[0]["method"]))
+    return [
+        "<h2>Misclassified examples, most confident first</h2>",
+        f"<p>From {html.escape(source)}. Words are highlighted by their push towards the predicted label "
+        f"({method}); <code>adaptext explain</code> explains any file.</p>",
+        legend(),
+        "<table><thead><tr><th>row</th><th>true label</th><th>predicted</th><th>score</th><th>text</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>",
+    ]
+
+
 def write_report(
     report: EvalReport,
     out_dir: Path,
@@ -175,8 +199,13 @@ def write_report(
     title: str = "Evaluation",
     metric: str = "macro_f1",
     run_info: dict[str, Any] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    errors_source: str = "",
 ) -> Path:
-    """Write metrics.json, per_class.csv, the plots and report.html into `out_dir`; return report.html's path."""
+    """Write metrics.json, per_class.csv, the plots and report.html into `out_dir`; return report.html's path.
+
+    `errors` are misclassified examples with their word attributions (`explained_errors`), taken from
+    `errors_source`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", report.metrics | {"n_examples": report.n_examples})
     with (out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -197,7 +226,7 @@ def write_report(
     confused = top_confusions(report)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{_STYLE}</style></head><body>",
+        f"<style>{_STYLE}{HIGHLIGHT_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{report.n_examples} examples, {len(report.labels)} labels"
         f"{' (multi-label)' if report.multi_label else ''}. Data: {html.escape(report.data_source)}</p>",
@@ -215,6 +244,8 @@ def write_report(
         parts += ["<h2>Most frequent confusions</h2>", _table(confused, ["true label", "predicted", "count"])]
     for caption, name in figures:
         parts += [f"<h2>{html.escape(caption)}</h2>", f"<img src='{name}' alt='{html.escape(caption)}'>"]
+    if errors:
+        parts += _errors_section(errors, errors_source)
     parts += [
         "<h2>All classes</h2>",
         _table(

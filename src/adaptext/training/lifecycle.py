@@ -137,21 +137,28 @@ def save_model(
 
 def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState) -> TrainResult:
     """Evaluate the best saved model on the test split (or validation) and write the run's report."""
+    from adaptext.evaluation.errors import explained_errors
     from adaptext.evaluation.report import write_report  # matplotlib is loaded only once training memory is freed
 
     predictor = Predictor.from_dir(paths.model, batch_size=eval_batch_size(config.train))
     data = splits.test if splits.test is not None else splits.validation
     split = "test" if splits.test is not None else "validation"
-    report = evaluate_data(predictor, data)
+    probs = predictor.predict_proba(data.texts, data.pairs)
+    report = evaluate_data(predictor, data, probs)
     stats = run_stats(config, paths, state, splits)
     if process_state().is_main_process:  # every process evaluates; one writes
         write_json(paths.root / STATS_FILE, stats)
+        if split != "validation":
+            probs = predictor.predict_proba(splits.validation.texts, splits.validation.pairs)
+        errors = explained_errors(predictor, splits.validation, probs, config.train.report_errors)
         write_report(
             report,
             paths.root,
             history=read_train_log(paths.log),
             title=f"{config.model.name} on {split}: {data.source}",
             run_info=stats,
+            errors=errors,
+            errors_source=f"the validation split ({splits.validation.source})",
         )
     logger.info(
         "%s accuracy %.4f, macro_f1 %.4f",

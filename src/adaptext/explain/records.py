@@ -1,0 +1,37 @@
+"""What an explanation is: one text's word attributions, and the results of explaining many texts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Explanation:
+    """The attributions of one text's words towards one label, by one method."""
+
+    text: str
+    label: str  # the explained label
+    score: float  # its probability
+    method: str
+    tokens: list[str]  # the text's words; " ".join(tokens) is the text up to whitespace
+    attributions: list[float]  # one per word; positive pushes towards `label`
+    predicted: str = ""  # the model's label for the text
+    true_label: str | None = None
+    pair: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        extra = record.pop("extra")
+        return {k: v for k, v in record.items() if v is not None} | extra
+
+
+@dataclass
+class ExplainResult:
+    """What `explain_texts` computed: explanations by method, their timing and what the report needs."""
+
+    explanations: dict[str, list[Explanation]]
+    seconds_per_text: dict[str, float]
+    targets: list[int]
+    spans: list[list[tuple[int, int]]]
