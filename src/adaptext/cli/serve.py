@@ -9,7 +9,7 @@ import os
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve models over HTTP (Hugging Face-compatible API, web page at /)",
+        help="serve models over HTTP (Hugging Face-compatible API, POST /explain, web page at /)",
         description="Serve one or more run, model, adapter or ONNX folders. The first is the default at /predict "
         "and POST /; each is also at /models/NAME/predict. Adapters of one base model share it in memory.",
     )

@@ -5,7 +5,7 @@
 by score, as Hugging Face inference does, so `huggingface_hub.InferenceClient(model=URL).text_classification(...)`
 works unchanged. Concurrent requests for one model are grouped into batches (up to `max_batch_size` texts, waiting
 at most `max_wait_ms` for more); the model runs in a worker thread, off the event loop. A caller that disconnects
-before its batch runs is dropped from it.
+before its batch runs is dropped from it. `POST /explain` gives word attributions (see `explain_api`).
 
 Hardening: the API key is checked before any body is read (401 whatever the body); a request's head and body must
 arrive within `request_timeout` seconds (408 for a slow body; a connection that sends no request head in that time is
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adaptext import __version__
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
+from adaptext.deploy.explain_api import add_explain_routes
 from adaptext.inference.predictor import MultiPredictor, Predictor, scores
 from adaptext.modeling.adapters import base_model_name
 
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 PAGE = Path(__file__).with_name("page.html")
@@ -314,20 +317,7 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
     async def predict(name: str, body: PredictRequest, request: Request) -> Response:
         if name not in models:
             raise HTTPException(404, f"no model {name!r}; the models are {', '.join(models)}")
-        texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        if not texts:
-            raise HTTPException(422, "inputs: give at least one text")
-        if len(texts) > options.max_texts:
-            raise HTTPException(413, f"inputs: {len(texts)} texts, at most {options.max_texts} per request")
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise HTTPException(422, f"inputs[{i}]: empty text (only spaces or nothing); give some words")
-            if len(text) > options.max_chars:
-                raise HTTPException(413, f"inputs[{i}]: {len(text)} characters, at most {options.max_chars}")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as error:  # JSON allows lone surrogates ("\ud800"); no text has them
-                raise HTTPException(422, f"inputs[{i}]: not valid Unicode ({error.reason} at {error.start})") from None
+        texts = _request_texts(body.inputs, options)
         predictor = models[name]
         parameters = body.parameters or Parameters()
         function = parameters.function_to_apply or predictor.task.activation
@@ -357,6 +347,15 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
     @app.post("/models/{name}/predict", summary="Classify with the named model", **answers)
     async def predict_named(name: str, body: PredictRequest, request: Request) -> Response:
         return await predict(name, body, request)
+
+    async def run_on_model(name: str, work: Callable[[], Any], request: Request) -> Any:
+        # In the model's own worker thread, between its batches: see explain_api's docstring.
+        running = asyncio.get_running_loop().run_in_executor(batchers[name].executor, work)
+        return await _unless_disconnected(running, request.receive)
+
+    explain_routes = add_explain_routes(
+        app, models, default, texts_of=lambda inputs: _request_texts(inputs, options), run_on_model=run_on_model
+    )
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:
@@ -405,9 +404,30 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
     app.add_middleware(BodyTimeout, seconds=options.request_timeout)
     if options.api_key is not None:
         protected: set[Callable[..., Any]] = {predict_default, predict_root, predict_named, info, metrics}
+        protected |= explain_routes
         app.add_middleware(KeyCheck, key=options.api_key.encode("utf-8"), routes=app.router.routes, protected=protected)
     app.add_middleware(Observe, record=observe)
     return app
+
+
+def _request_texts(inputs: str | list[str], options: ServeOptions) -> list[str]:
+    """The texts of a request's `inputs`, checked against `options`' limits (413) and for empty or invalid text
+    (422)."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not texts:
+        raise HTTPException(422, "inputs: give at least one text")
+    if len(texts) > options.max_texts:
+        raise HTTPException(413, f"inputs: {len(texts)} texts, at most {options.max_texts} per request")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise HTTPException(422, f"inputs[{i}]: empty text (only spaces or nothing); give some words")
+        if len(text) > options.max_chars:
+            raise HTTPException(413, f"inputs[{i}]: {len(text)} characters, at most {options.max_chars}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # JSON allows lone surrogates ("\ud800"); no text has them
+            raise HTTPException(422, f"inputs[{i}]: not valid Unicode ({error.reason} at {error.start})") from None
+    return texts
 
 
 def _problem(error: Mapping[str, Any], body: Any) -> str:
@@ -437,9 +457,9 @@ def _unreadable_body(cause: BaseException) -> str:
     return f"body: could not be read as JSON ({type(cause).__name__})"
 
 
-async def _unless_disconnected(work: Awaitable[np.ndarray], receive: Receive) -> np.ndarray | None:
+async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T | None:
     """The result of `work`, or None (with `work` cancelled) when the client disconnects first."""
-    task: asyncio.Future[np.ndarray] = asyncio.ensure_future(work)
+    task: asyncio.Future[T] = asyncio.ensure_future(work)
 
     async def disconnected() -> None:
         # The body has been read: the next message is the disconnect (or comes once the answer is sent).
