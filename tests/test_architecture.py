@@ -144,7 +144,7 @@ def test_strategies_register_where_they_are_defined() -> None:
 
 def test_help_of_every_command_does_not_import_torch() -> None:
     # `adaptext --help` (and each command's) must be instant: no torch until a command runs.
-    commands = ["train", "tune", "evaluate", "explain", "predict", "sample", "merge", "export", "serve"]
+    commands = ["train", "tune", "evaluate", "explain", "predict", "sample", "audit", "merge", "export", "serve"]
     code = (
         "import contextlib, io, sys\n"
         "from adaptext.cli import main\n"
