@@ -1,6 +1,7 @@
 """Screenshots of the explanations for the docs: `adaptext explain`'s page and `adaptext serve`'s "why?" view.
 
-    python bench/screenshots_explain.py /tmp/xp/sst2_run --data /work/shared/datasets/sst2/dev.csv
+    python bench/explain.py --datasets sst2       # trains (or reuses) the SST-2 model the benchmark explains
+    python bench/screenshots_explain.py /tmp/adaptext-bench-explain/sst2/run --data ../shared/datasets/sst2/dev.csv
 
 writes `docs/images/explanations.png` (the `explanations.html` of `adaptext explain MODEL --data DATA --method ig
 occlusion --limit 6`) and `docs/images/serve-why.png` (the service's page at `/` after classifying `--texts`, with
