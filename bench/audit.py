@@ -100,7 +100,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_xlim(0, 30)
     ax.set_xlabel("% of rows inspected, most suspicious first")
     ax.set_ylabel("% of flipped rows found")
-    ax.set_title(f"{Path(results['data']).parent.name} train, {results['rows']} rows, {results['noise']:.0%} flipped ({results['features']})")
+    name = Path(results["data"]).parent.name
+    ax.set_title(f"{name} train, {results['rows']} rows, {results['noise']:.0%} flipped ({results['features']})")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
