@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adaptext.cli.options import add_column_options, add_overwrite_option
+from adaptext.cli.options import add_column_options, add_overwrite_option, column_overrides
 
 # As in adaptext.audit.labels, spelled here so that `--help` imports no numpy.
 RANKING_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
@@ -56,11 +56,7 @@ def run(args: argparse.Namespace) -> int:
     settings = AuditSettings(
         model=args.model,
         encoder=args.encoder,
-        columns={
-            "text_column": args.text_column,
-            "text_pair_column": args.text_pair_column,
-            "label_column": args.label_column,
-        },
+        columns=column_overrides(args),
         folds=args.folds,
         near_threshold=args.near_threshold,
         method=args.ranking,

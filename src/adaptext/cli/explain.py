@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adaptext.cli.options import add_column_options, add_overwrite_option
+from adaptext.cli.options import add_column_options, add_overwrite_option, column_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,11 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from adaptext.explain.explainer import explain_file
 
-    columns = {
-        "text_column": args.text_column,
-        "text_pair_column": args.text_pair_column,
-        "label_column": args.label_column,
-    }
+    columns = column_overrides(args)
     summary = explain_file(
         args.model,
         args.data,

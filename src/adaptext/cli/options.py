@@ -18,6 +18,11 @@ def add_column_options(parser: argparse.ArgumentParser, *, with_label: bool, wit
         parser.add_argument("--label-column", help="label column (default: as in training, else 'label')")
 
 
+def column_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    """The column options of `add_column_options` as given (None where not given)."""
+    return {name: getattr(args, name, None) for name in ("text_column", "text_pair_column", "label_column")}
+
+
 def launched_as_main() -> bool:
     """False in the processes other than the first that `torchrun` or `accelerate launch` started (RANK > 0)."""
     return os.environ.get("RANK", "0") == "0"

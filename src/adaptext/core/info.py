@@ -135,6 +135,17 @@ class ModelInfo(BaseModel):
         """The file this record was read from, for messages (`adaptext.json` when it was not read)."""
         return str(self._source) if self._source is not None else METADATA_FILE
 
+    def data_settings(self, columns: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """The `data` config keys to read a file the way the model was trained (columns, label delimiter, multi-label),
+        with the non-None `columns` given instead."""
+        settings: dict[str, Any] = {
+            "text_column": self.text_column,
+            "text_pair_column": self.text_pair_column,
+            "label_column": self.label_column,
+            "label_delimiter": self.label_delimiter,
+        }
+        return settings | {k: v for k, v in (columns or {}).items() if v is not None}
+
     def missing(self, key: str) -> AdaptextError:
         """The error for a folder whose record lacks `key`, which this kind of folder needs."""
         return AdaptextError(f"{self.source}: no {key!r}; was this folder saved by adaptext?")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from adaptext.core.config import DataConfig
 from adaptext.core.outputs import check_output_dir, expand, replace_folder
@@ -38,15 +37,8 @@ def evaluate_file(
     model_path, data_path = expand(model_path), expand(data_path)
     output = check_output_dir(output_dir, "evaluation", overwrite=overwrite, inputs=[model_path, data_path])
     predictor = Predictor.from_dir(model_path)
-    saved = predictor.info
-    settings: dict[str, Any] = {
-        "text_column": saved.text_column,
-        "text_pair_column": saved.text_pair_column,
-        "label_column": saved.label_column,
-        "label_delimiter": saved.label_delimiter,
-    }
-    settings |= {k: v for k, v in (columns or {}).items() if v is not None}
-    cfg = DataConfig.model_validate(settings | {"multi_label": predictor.multi_label})
+    settings = predictor.info.data_settings(columns) | {"multi_label": predictor.multi_label}
+    cfg = DataConfig.model_validate(settings)
     data = load_examples(data_path, cfg)
     check_known_labels(data, predictor.labels)
     probs = predictor.predict_proba(data.texts, data.pairs, progress=True)

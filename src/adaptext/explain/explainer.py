@@ -156,17 +156,17 @@ def faithfulness_summary(
     *,
     pairs: Sequence[str] | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Comprehensiveness and sufficiency of each method next to random attributions, and agreement."""
-    random = faithfulness(
-        predictor, texts, result.spans, result.targets, random_attributions(result.spans, seed), pairs
-    )
+    spans, targets = result.spans, result.targets
+    random = faithfulness(predictor, texts, spans, targets, random_attributions(spans, seed), pairs, progress=progress)
     methods: dict[str, Any] = {}
     by_method: dict[str, list[np.ndarray]] = {}
     for name, explanations in result.explanations.items():
         values = [np.asarray(e.attributions, dtype=np.float32) for e in explanations]
         by_method[name] = values
-        measured = faithfulness(predictor, texts, result.spans, result.targets, values, pairs)
+        measured = faithfulness(predictor, texts, spans, targets, values, pairs, progress=progress)
         methods[name] = {
             "comprehensiveness": measured.comprehensiveness,
             "sufficiency": measured.sufficiency,
@@ -206,15 +206,8 @@ def explain_file(
         raise AdaptextError(f"--limit must be at least 1, got {limit}")
     predictor = Predictor.from_dir(model_path)
     chosen, left_out = choose_methods(predictor, methods)
-    saved = predictor.info
-    settings: dict[str, Any] = {
-        "text_column": saved.text_column,
-        "text_pair_column": saved.text_pair_column,
-        "label_column": saved.label_column,
-        "label_delimiter": saved.label_delimiter,
-    }
-    settings |= {k: v for k, v in (columns or {}).items() if v is not None}
-    cfg = DataConfig.model_validate(settings | {"multi_label": predictor.multi_label})
+    settings = predictor.info.data_settings(columns) | {"multi_label": predictor.multi_label}
+    cfg = DataConfig.model_validate(settings)
     has_labels = cfg.label_column in read_table(data_path).columns and not predictor.multi_label
     if target == "true" and not has_labels:
         raise AdaptextError(f"{data_path}: --target true needs the label column {cfg.label_column!r}")
@@ -238,7 +231,7 @@ def explain_file(
         "target": target,
         "quantity": "log-odds of the explained label",
         "not_applicable": left_out,
-    } | faithfulness_summary(predictor, data.texts, result, pairs=data.pairs, seed=seed)
+    } | faithfulness_summary(predictor, data.texts, result, pairs=data.pairs, seed=seed, progress=True)
 
     def write(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

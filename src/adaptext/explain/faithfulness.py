@@ -50,6 +50,7 @@ def faithfulness(
     attributions: Sequence[np.ndarray],
     pairs: Sequence[str] | None = None,
     bins: Sequence[float] = BINS,
+    progress: bool = False,
 ) -> Faithfulness:
     """Comprehensiveness and sufficiency of `attributions` (one array per text, one value per word)."""
     variants: list[str] = []
@@ -62,7 +63,7 @@ def faithfulness(
             variants += [without_words(text, words, rationale), without_words(text, words, rest)]
         if pairs is not None:
             variant_pairs += [pairs[i]] * (1 + 2 * len(bins))
-    probs = predictor.predict_proba(variants, variant_pairs if pairs is not None else None)
+    probs = predictor.predict_proba(variants, variant_pairs if pairs is not None else None, progress=progress)
     per_text = 1 + 2 * len(bins)
     comprehensiveness, sufficiency = [], []
     for i, target in enumerate(targets):
