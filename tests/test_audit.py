@@ -187,3 +187,31 @@ def test_a_saved_classifier_gives_the_embeddings_of_its_final_layer(
     assert result.settings["encoder_source"] == str(tiny_model_dir)
     assert result.probabilities.shape == (60, 3)
     assert result.targets.tolist()[:3] == [LABELS.index(r["label"]) for r in noisy_rows(60)[:3]]
+
+
+def test_a_text_in_three_files_leaks_between_all_and_repeats_stay_one_group() -> None:
+    import numpy as np
+
+    from adaptext.audit.duplicates import Split, find_duplicates
+    from adaptext.data.examples import TextData
+
+    def data(texts: list[str], name: str) -> TextData:
+        return TextData(texts=texts, source=name, labels=["a"] * len(texts), rows=list(range(1, len(texts) + 1)))
+
+    train = ["thanks"] * 30 + ["thanks!"] * 30 + ["the same everywhere"]
+    splits = [Split("train", data(train, "train")), Split("validation", data(["the same everywhere"], "v")),
+              Split("test", data(["The same  everywhere"], "t"))]  # fmt: skip
+    # "thanks" and "thanks!" embed alike; every other text points its own way.
+    vectors = {"thanks": [1.0, 0.0, 0.0], "thanks!": [0.999, 0.0447, 0.0], "the same everywhere": [0.0, 0.0, 1.0]}
+    embeddings = [np.asarray([vectors[t.lower().replace("  ", " ")] for t in s.data.texts]) for s in splits]
+    embeddings = [e / np.linalg.norm(e, axis=1, keepdims=True) for e in embeddings]
+    found = find_duplicates(splits, embeddings, threshold=0.99, progress=False)
+    exact = [(d.split_a, d.row_a, d.split_b, d.row_b) for d in found if d.kind == "exact"]
+    assert len([p for p in exact if p[2] == "train"]) == 29 + 29  # each repeat against the first of its text
+    assert {p for p in exact if p[2] != "train"} == {
+        ("train", 61, "validation", 1),
+        ("train", 61, "test", 1),
+        ("validation", 1, "test", 1),
+    }
+    near = [(d.split_a, d.row_a, d.split_b, d.row_b) for d in found if d.kind == "near"]
+    assert near == [("train", 1, "train", 31)]  # one pair between the two groups, not 30 x 30

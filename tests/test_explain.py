@@ -17,9 +17,10 @@ from transformers import BertTokenizerFast
 from adaptext.cli import main
 from adaptext.core.config import load_config
 from adaptext.core.errors import AdaptextError
-from adaptext.explain.explainer import choose_methods, explain_texts
+from adaptext.explain.explainer import choose_methods, explain_texts, faithfulness_summary
 from adaptext.explain.faithfulness import faithfulness, random_attributions, top_words
 from adaptext.explain.methods import EXPLAINERS, IntegratedGradients, log_odds, text_log_odds
+from adaptext.explain.page import highlight
 from adaptext.explain.words import token_words, without_words, word_spans, words_of
 from adaptext.inference.predictor import Predictor
 from adaptext.strategies import train
@@ -122,6 +123,7 @@ def test_removing_words_keeps_spacing_and_chinese_unspaced() -> None:
     text = "I really like it, truly"
     assert without_words(text, word_spans(text), {1}) == "I like it, truly"
     assert without_words(text, word_spans(text), {4}) == "I really like it truly"
+    assert without_words("good,bad", word_spans("good,bad"), {1}) == "good bad"  # no new word "goodbad"
     chinese = "我很喜欢"
     assert without_words(chinese, word_spans(chinese), {1}) == "我喜欢"
     assert without_words(text, word_spans(text), set(range(6))) == ""
@@ -334,3 +336,37 @@ def test_in_a_pair_only_the_first_text_is_explained_and_the_second_held_fixed(pr
         assert [e.pair for e in result.explanations[name]] == pairs
     _, delta = IntegratedGradients().attribute_tokens(predictor, texts, result.targets, pairs)
     assert np.all(np.abs(delta) < 0.05)
+
+
+def test_shap_explains_a_one_word_text_exactly(predictor: Predictor) -> None:
+    target = int(predictor.predict_proba(["invoice"]).argmax())
+    (values,) = EXPLAINERS.get("shap").attribute(predictor, ["invoice"], [word_spans("invoice")], [target])
+    full, empty = text_log_odds(predictor, ["invoice", ""], None, [target, target])
+    assert values.tolist() == pytest.approx([full - empty], abs=1e-5)
+
+
+def test_a_label_named_like_a_target_keyword_is_reached_with_the_label_prefix(predictor: Predictor) -> None:
+    renamed = Predictor(predictor.model, predictor.tokenizer, max_length=32)
+    renamed.labels = ["true", "predicted", "technical"]
+    with pytest.raises(AdaptextError, match="write label:true"):
+        explain_texts(renamed, TEXTS[:1], methods=["occlusion"], target="true", true_labels=["technical"])
+    predicted = explain_texts(renamed, TEXTS[:1], methods=["occlusion"], target="predicted").explanations
+    assert predicted["occlusion"][0].label == predicted["occlusion"][0].predicted  # the default keeps its meaning
+    assert explain_texts(renamed, TEXTS[:1], methods=["occlusion"], target="label:predicted").targets == [1]
+    explained = explain_texts(renamed, TEXTS[:2], methods=["occlusion"], target="label:true")
+    assert {e.label for e in explained.explanations["occlusion"]} == {"true"}
+
+
+def test_words_past_max_length_are_marked_unseen_and_left_out_of_faithfulness(predictor: Predictor) -> None:
+    long_text = " ".join(["my invoice is wrong"] * 12)  # 48 words; the fixture model reads 32 tokens
+    result = explain_texts(predictor, [long_text, TEXTS[0]], methods=["ig", "occlusion"])
+    seen = result.seen[0]
+    assert 20 < seen < 32 and result.seen[1] == len(words_of(TEXTS[0]))
+    for name in ("ig", "occlusion"):
+        long, short = result.explanations[name]
+        assert long.words_seen == seen and short.words_seen is None
+        assert not any(long.attributions[seen:]) and any(long.attributions[:seen])
+    page = highlight(long.tokens, long.attributions, long.words_seen)
+    assert page.count("class='unseen'") == len(long.tokens) - seen
+    summary = faithfulness_summary(predictor, [long_text, TEXTS[0]], result)
+    assert set(summary["methods"]) == {"ig", "occlusion"}

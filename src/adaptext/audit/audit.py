@@ -100,7 +100,13 @@ def audit_splits(splits: list[Split], settings: AuditSettings, *, progress: bool
             )
         )
     logger.info("audit: %d suspects, %d duplicate pairs", len(suspects), len(duplicates))
-    recorded = asdict(settings) | {"encoder_source": encoder.source, "folds_used": scores.folds}
+    recorded = asdict(settings) | {
+        "encoder_source": encoder.source,
+        "max_length": encoder.max_length,  # a model's own, with --model
+        "folds_used": scores.folds,
+    }
+    if settings.model is not None:
+        recorded["encoder"] = None  # the model's encoder was used, not a pretrained one
     return AuditResult(
         source=train.source,
         n_rows=len(train),

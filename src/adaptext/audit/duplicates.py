@@ -75,23 +75,32 @@ def _label(data: TextData, index: int) -> str | None:
 def find_duplicates(
     splits: Sequence[Split], embeddings: Sequence[np.ndarray], threshold: float, *, progress: bool = True
 ) -> list[Duplicate]:
-    """Every exact duplicate (each later row against the first row with its text) and every near-duplicate pair
-    (similarity >= `threshold`, exact ones left out), within and across `splits`; `embeddings` are unit vectors
-    in the same order."""
+    """Every exact duplicate and every near-duplicate pair (similarity >= `threshold`, exact ones left out), within
+    and across `splits`; `embeddings` are unit vectors in the same order.
+
+    A repeated text is paired with the first row holding it in its own file, and with the first row holding it in
+    each earlier file (so a text in train, validation and test is reported as leakage between all three). Near
+    duplicates are searched among those first rows only: a text repeated a thousand times is one group, not a
+    thousand times as many pairs."""
     owners = [(s, i) for s, split in enumerate(splits) for i in range(len(split.data))]
     keys = [key for split in splits for key in _keys(split.data)]
     found: list[Duplicate] = []
-    first: dict[str, int] = {}
+    first: dict[str, dict[int, int]] = {}  # text -> file -> the first row holding it there
+    representatives: list[int] = []
     for position, key in enumerate(keys):
-        if key in first:
-            found.append(_pair(splits, owners, first[key], position, "exact", 1.0))
-        else:
-            first[key] = position
-    matrix = np.concatenate(embeddings).astype(np.float32, copy=False)
-    key_ids = np.unique(np.asarray(keys, dtype=object), return_inverse=True)[1]
+        split = owners[position][0]
+        holders = first.setdefault(key, {})
+        if split in holders:
+            found.append(_pair(splits, owners, holders[split], position, "exact", 1.0))
+            continue
+        found += [_pair(splits, owners, earlier, position, "exact", 1.0) for earlier in holders.values()]
+        holders[split] = position
+        representatives.append(position)
+    matrix = np.concatenate(embeddings).astype(np.float32, copy=False)[representatives]
     for i, j, similarity in _similar_pairs(matrix, threshold, progress=progress):
-        if key_ids[i] != key_ids[j]:
-            found.append(_pair(splits, owners, i, j, "near", similarity))
+        a, b = representatives[i], representatives[j]
+        if keys[a] != keys[b]:
+            found.append(_pair(splits, owners, a, b, "near", similarity))
     return found
 
 

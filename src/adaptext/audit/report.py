@@ -98,6 +98,7 @@ def _table(frame: pd.DataFrame, table_id: str) -> str:
 
 def _summary(result: AuditResult) -> str:
     counts = result.summary()
+    classifier = _CLASSIFIER_WORDS.get(result.settings["classifier"], result.settings["classifier"])
     items: list[tuple[str, Any]] = [
         ("file", result.source),
         ("rows audited", counts["rows"]),
@@ -108,11 +109,18 @@ def _summary(result: AuditResult) -> str:
         ("duplicate pairs whose labels disagree", counts["conflicting_duplicates"]),
         *((f"leakage {pair}", n) for pair, n in counts["leakage"].items() if _both_given(pair, result)),
         ("embeddings from", result.settings["encoder_source"]),
-        ("ranking", f"{result.settings['method']}, {result.settings['folds_used']}-fold logistic regression"),
+        ("ranking", f"{result.settings['method']}, {result.settings['folds_used']}-fold {classifier}"),
         ("near-duplicate threshold", result.settings["near_threshold"]),
     ]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items)
     return f"<table class='summary'>{rows}</table>"
+
+
+_CLASSIFIER_WORDS = {
+    "ensemble": "logistic regression + 10-nearest-neighbour vote",
+    "logistic": "logistic regression",
+    "knn": "10-nearest-neighbour vote",
+}
 
 
 def _both_given(pair: str, result: AuditResult) -> bool:

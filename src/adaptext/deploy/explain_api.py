@@ -62,6 +62,9 @@ class WordAttributions(BaseModel):
         description="One per word: its push on the explained label's log-odds (positive: for the label)."
     )
     predicted: str = Field(description="The model's label for the text.")
+    words_seen: int | None = Field(
+        None, description="Only for a text longer than the model reads: the words after this many were not read."
+    )
 
 
 # Runs `work` for model `name` off the event loop, where it cannot meet the model's batches; None when the caller
@@ -100,8 +103,15 @@ def add_explain_routes(
             raise HTTPException(422, f"parameters.target: unknown label {target!r}; give predicted or one of {labels}")
 
         def work() -> list[dict[str, Any]]:
-            result = explain_texts(predictor, texts, methods=[method], target=target)
-            return [{key: e.to_dict()[key] for key in ANSWER_KEYS} for e in result.explanations[method]]
+            # Any target but `predicted` is a label name here, even `true` (the service has no label column).
+            named = target if target == "predicted" else f"label:{target}"
+            result = explain_texts(predictor, texts, methods=[method], target=named)
+            answers = []
+            for explanation in result.explanations[method]:
+                record = explanation.to_dict()
+                # `words_seen` only for a text longer than the model reads: the words after it were never read.
+                answers.append({key: record[key] for key in (*ANSWER_KEYS, "words_seen") if key in record})
+            return answers
 
         try:
             answer = await run_on_model(name, work, request)

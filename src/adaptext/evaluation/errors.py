@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 
 from adaptext.core.errors import AdaptextError
 from adaptext.data.examples import TextData
@@ -36,7 +37,7 @@ def explained_errors(predictor: Predictor, data: TextData, probs: np.ndarray, li
             pairs=None if data.pairs is None else [data.pairs[i] for i in chosen],
             methods=[method],
         )
-    except AdaptextError as error:  # the report is still written, without highlights
+    except (AdaptextError, torch.OutOfMemoryError) as error:  # the report is still written, without highlights
         logger.warning("report: misclassified examples not explained: %s", error)
         return []
     return [
@@ -48,6 +49,7 @@ def explained_errors(predictor: Predictor, data: TextData, probs: np.ndarray, li
             "method": method,
             "tokens": explanation.tokens,
             "attributions": explanation.attributions,
+            "pair": explanation.pair,
         }
         for i, explanation in zip(chosen, result.explanations[method], strict=True)
     ]

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from adaptext.core.run import write_json
 from adaptext.explain.page import STYLE as HIGHLIGHT_STYLE
-from adaptext.explain.page import highlight, legend
+from adaptext.explain.page import held_fixed, highlight, legend
 
 if TYPE_CHECKING:
     from adaptext.evaluation.metrics import EvalReport
@@ -177,7 +177,7 @@ def _errors_section(errors: list[dict[str, Any]], source: str) -> list[str]:
             html.escape(error["true label"]),
             html.escape(error["predicted"]),
             f"{error['score']:.3f}",
-            highlight(error["tokens"], error["attributions"]),
+            highlight(error["tokens"], error["attributions"]) + held_fixed(error.get("pair")),
         ]
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     method = html.escape(str(errors[0]["method"]))

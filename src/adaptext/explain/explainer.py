@@ -25,7 +25,7 @@ from adaptext.explain.faithfulness import agreement, faithfulness, random_attrib
 from adaptext.explain.methods import EXPLAINERS
 from adaptext.explain.page import write_page
 from adaptext.explain.records import ExplainResult, Explanation
-from adaptext.explain.words import word_spans, words_of
+from adaptext.explain.words import Span, word_spans, words_of, words_within
 from adaptext.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,15 @@ def choose_methods(predictor: Predictor, requested: Sequence[str]) -> tuple[list
 def resolve_targets(
     predictor: Predictor, probs: np.ndarray, target: str, true_labels: Sequence[Any] | None
 ) -> list[int]:
-    """The label index to explain for each text: `predicted`, `true` (needs `true_labels`) or a label name."""
+    """The label index to explain for each text: `predicted`, `true` (needs `true_labels`), a label name, or
+    `label:NAME` (a label whose name is `predicted` or `true`)."""
+    if target.startswith("label:"):
+        return _label_target(predictor, target.removeprefix("label:"), len(probs))
+    if target == "true" and "true" in predictor.labels:  # `predicted`, the default, always means the model's label
+        raise AdaptextError(
+            "--target true: the model has a label named 'true'; write label:true for that label, or use the data's "
+            "labels under another name"
+        )
     if target == "predicted":
         return [int(i) for i in probs.argmax(axis=1)]
     if target == "true":
@@ -92,9 +100,13 @@ def resolve_targets(
         if unknown:
             raise AdaptextError(f"labels the model does not know: {', '.join(unknown[:5])}")
         return [index[str(label)] for label in true_labels]
-    if target not in predictor.labels:
-        raise AdaptextError(f"unknown label {target!r}; the model's labels are {', '.join(predictor.labels[:20])}")
-    return [predictor.labels.index(target)] * len(probs)
+    return _label_target(predictor, target, len(probs))
+
+
+def _label_target(predictor: Predictor, name: str, count: int) -> list[int]:
+    if name not in predictor.labels:
+        raise AdaptextError(f"unknown label {name!r}; the model's labels are {', '.join(predictor.labels[:20])}")
+    return [predictor.labels.index(name)] * count
 
 
 def explain_texts(
@@ -113,7 +125,8 @@ def explain_texts(
     targets = resolve_targets(predictor, probs, target, true_labels)
     spans = [word_spans(text) for text in texts]
     predicted = [predictor.labels[int(i)] for i in probs.argmax(axis=1)]
-    result = ExplainResult(explanations={}, seconds_per_text={}, targets=targets, spans=spans)
+    seen = words_seen(predictor, texts, pairs, spans)
+    result = ExplainResult(explanations={}, seconds_per_text={}, targets=targets, spans=spans, seen=seen)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # texts of a batch pad to similar lengths
     for name in chosen:
         method = EXPLAINERS.get(name)
@@ -143,10 +156,34 @@ def explain_texts(
                 predicted=predicted[i],
                 true_label=None if true_labels is None else str(true_labels[i]),
                 pair=None if pairs is None else pairs[i],
+                words_seen=seen[i] if seen[i] < len(spans[i]) else None,
             )
             for i, text in enumerate(texts)
         ]
     return result
+
+
+def words_seen(
+    predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None, spans: Sequence[Sequence[Span]]
+) -> list[int]:
+    """Per text, how many of its words the model reads: the words before `max_length` cuts the text (all of them
+    for a tokenizer without character offsets, or a prompt / NLI model, whose own template changes the cut)."""
+    tokenizer = predictor.tokenizer
+    if not tokenizer.is_fast or hasattr(predictor.model, "encode_texts"):
+        return [len(words) for words in spans]
+    encoded = tokenizer(
+        list(texts),
+        list(pairs) if pairs is not None else None,
+        truncation="longest_first" if pairs is not None else True,
+        max_length=predictor.max_length,
+        return_offsets_mapping=True,
+    )
+    seen = []
+    for i, words in enumerate(spans):
+        ids = encoded.sequence_ids(i)
+        offsets = [o for o, sequence in zip(encoded["offset_mapping"][i], ids, strict=True) if sequence == 0]
+        seen.append(words_within(offsets, words))
+    return seen
 
 
 def faithfulness_summary(
@@ -159,12 +196,17 @@ def faithfulness_summary(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Comprehensiveness and sufficiency of each method next to random attributions, and agreement."""
-    spans, targets = result.spans, result.targets
+    # Rationales (and random ones) are drawn from the words the model reads: removing an unseen word changes nothing.
+    spans = [words[:count] for words, count in zip(result.spans, result.seen, strict=True)]
+    targets = result.targets
     random = faithfulness(predictor, texts, spans, targets, random_attributions(spans, seed), pairs, progress=progress)
     methods: dict[str, Any] = {}
     by_method: dict[str, list[np.ndarray]] = {}
     for name, explanations in result.explanations.items():
-        values = [np.asarray(e.attributions, dtype=np.float32) for e in explanations]
+        values = [
+            np.asarray(e.attributions[:count], dtype=np.float32)
+            for e, count in zip(explanations, result.seen, strict=True)
+        ]
         by_method[name] = values
         measured = faithfulness(predictor, texts, spans, targets, values, pairs, progress=progress)
         methods[name] = {
@@ -209,6 +251,8 @@ def explain_file(
     settings = predictor.info.data_settings(columns) | {"multi_label": predictor.multi_label}
     cfg = DataConfig.model_validate(settings)
     has_labels = cfg.label_column in read_table(data_path).columns and not predictor.multi_label
+    if target == "true" and predictor.multi_label:
+        raise AdaptextError("--target true is for single-label models; name a label or use predicted")
     if target == "true" and not has_labels:
         raise AdaptextError(f"{data_path}: --target true needs the label column {cfg.label_column!r}")
     data = load_examples(data_path, cfg, with_labels=has_labels)

@@ -217,7 +217,8 @@ class IntegratedGradients(AttributionMethod):
                 additional_forward_args=extra,
                 target=torch.as_tensor(list(targets), device=device),
                 n_steps=self.steps,
-                internal_batch_size=max(self.steps, 4 * self.steps),
+                # As many sequences per forward and backward pass as the predictor batches (memory on a GPU).
+                internal_batch_size=max(self.steps, predictor.batch_size),
                 return_convergence_delta=True,
             )
         per_token = (attributions.sum(-1) * mask).detach().float().cpu().numpy()
@@ -248,10 +249,11 @@ class Shap(AttributionMethod):
         out = []
         for i, text in enumerate(texts):
             words = spans[i]
-            if not words:
-                out.append(np.zeros(0, dtype=np.float32))
-                continue
             pair = pairs[i] if pairs is not None else None
+            if len(words) <= 1:  # one player: its Shapley value is the whole difference (shap cannot split one)
+                both = text_log_odds(predictor, [text, ""], None if pair is None else [pair, pair], [targets[i]] * 2)
+                out.append(np.asarray([both[0] - both[1]] if words else [], dtype=np.float32))
+                continue
 
             def model_fn(strings: Any, pair: str | None = pair) -> np.ndarray:
                 batch = [str(s) for s in strings]

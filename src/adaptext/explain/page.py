@@ -10,6 +10,7 @@ from typing import Any
 from adaptext.explain.records import ExplainResult
 
 STYLE = """.why{line-height:1.9}.why span{padding:1px 2px;border-radius:3px}
+.why .unseen{color:#999;text-decoration:underline dotted}
 .legend span{padding:1px 6px;border-radius:3px;margin-right:.5em}"""
 
 _PAGE_STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -38,15 +39,24 @@ def word_color(value: float, scale: float) -> str:
     return f"rgba(22,163,74,{alpha})" if value > 0 else f"rgba(220,38,38,{alpha})"
 
 
-def highlight(tokens: Sequence[str], attributions: Sequence[float]) -> str:
+def highlight(tokens: Sequence[str], attributions: Sequence[float], seen: int | None = None) -> str:
     """The words as HTML spans coloured by their attribution (scaled to the text's largest), with the value as
-    a tooltip."""
+    a tooltip; words from index `seen` on are past the model's max_length and shown as unread."""
     scale = max((abs(v) for v in attributions), default=0.0)
     spans = [
         f"<span style='background:{word_color(v, scale)}' title='{v:+.4f}'>{html.escape(t)}</span>"
-        for t, v in zip(tokens, attributions, strict=True)
+        if seen is None or i < seen
+        else f"<span class='unseen' title='past max_length: not read by the model'>{html.escape(t)}</span>"
+        for i, (t, v) in enumerate(zip(tokens, attributions, strict=True))
     ]
     return "<span class='why'>" + " ".join(spans) + "</span>"
+
+
+def held_fixed(pair: str | None) -> str:
+    """The second text of a pair, shown under the first: it is read by the model but not attributed."""
+    if pair is None:
+        return ""
+    return f"<br><small>second text (held fixed, not attributed): {html.escape(pair)}</small>"
 
 
 def legend() -> str:
@@ -107,7 +117,11 @@ def write_page(path: Path, result: ExplainResult, rows: Sequence[int], summary: 
                 + _cell(html.escape(explanation.label))
                 + _cell(f"{explanation.score:.3f}", numeric=True)
                 + _cell(html.escape(name))
-                + _cell(highlight(explanation.tokens, explanation.attributions), sort=explanation.text)
+                + _cell(
+                    highlight(explanation.tokens, explanation.attributions, explanation.words_seen)
+                    + held_fixed(explanation.pair),
+                    sort=explanation.text,
+                )
                 + "</tr>"
             )
     left_out = summary.get("not_applicable") or {}

@@ -19,6 +19,7 @@ class Explanation:
     predicted: str = ""  # the model's label for the text
     true_label: str | None = None
     pair: str | None = None
+    words_seen: int | None = None  # set when the text is longer than the model reads: words after these are unseen
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -35,3 +36,4 @@ class ExplainResult:
     seconds_per_text: dict[str, float]
     targets: list[int]
     spans: list[list[tuple[int, int]]]
+    seen: list[int]  # per text, how many of its first words fit in the model's max_length (the rest are never read)

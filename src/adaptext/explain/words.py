@@ -121,7 +121,8 @@ def token_words(
 
 def without_words(text: str, spans: Sequence[Span], drop: set[int]) -> str:
     """`text` with the words whose indices are in `drop` removed. Between two kept words goes one space if the
-    text between them (less the removed words) held whitespace, else nothing, so Chinese stays unspaced."""
+    text between them (less the removed words) held whitespace or a removed word parted two non-CJK words, else
+    nothing, so Chinese stays unspaced."""
     parts: list[str] = []
     previous_end: int | None = None
     for index, (start, end) in enumerate(spans):
@@ -130,7 +131,10 @@ def without_words(text: str, spans: Sequence[Span], drop: set[int]) -> str:
         if previous_end is not None:
             removed = [spans[i] for i in range(len(spans)) if i in drop and previous_end <= spans[i][0] < start]
             gap = [text[a:b] for a, b in _complement(previous_end, start, removed)]
-            if any(c.isspace() for piece in gap for c in piece):
+            spaced = any(c.isspace() for piece in gap for c in piece)
+            # "good,bad" less "," is "good bad", not a new word "goodbad"; Chinese stays unspaced.
+            glued = removed and not is_cjk(text[previous_end - 1]) and not is_cjk(text[start])
+            if spaced or glued:
                 parts.append(" ")
         parts.append(text[start:end])
         previous_end = end
@@ -144,3 +148,10 @@ def _complement(start: int, end: int, holes: Sequence[Span]) -> list[Span]:
         cursor = b
     pieces.append((cursor, end))
     return pieces
+
+
+def words_within(offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> int:
+    """How many of the words (`spans`) start before the end of the last token (`offsets` of the tokens kept after
+    truncation): the words the model reads."""
+    end = max((e for _, e in offsets), default=0)
+    return sum(1 for start, _ in spans if start < end)
