@@ -22,7 +22,7 @@ from adaptext.core.errors import AdaptextError
 from adaptext.core.outputs import check_output_dir, expand, replace_folder
 from adaptext.data.io import load_examples, read_table
 from adaptext.explain.faithfulness import agreement, faithfulness, random_attributions
-from adaptext.explain.methods import EXPLAINERS
+from adaptext.explain.methods import EXPLAINERS, encode_with_offsets
 from adaptext.explain.page import write_page
 from adaptext.explain.records import ExplainResult, Explanation
 from adaptext.explain.words import Span, word_spans, words_of, words_within
@@ -171,13 +171,7 @@ def words_seen(
     tokenizer = predictor.tokenizer
     if not tokenizer.is_fast or hasattr(predictor.model, "encode_texts"):
         return [len(words) for words in spans]
-    encoded = tokenizer(
-        list(texts),
-        list(pairs) if pairs is not None else None,
-        truncation="longest_first" if pairs is not None else True,
-        max_length=predictor.max_length,
-        return_offsets_mapping=True,
-    )
+    encoded = encode_with_offsets(predictor, texts, pairs)
     seen = []
     for i, words in enumerate(spans):
         ids = encoded.sequence_ids(i)

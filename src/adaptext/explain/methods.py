@@ -87,6 +87,19 @@ def text_log_odds(
     return values[np.arange(len(texts)), np.asarray(targets, dtype=int)]
 
 
+def encode_with_offsets(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None, **options: Any) -> Any:
+    """The texts (and pairs) tokenized as the predictor reads them (truncated to its `max_length`), with each
+    token's character offsets; `options` go to the tokenizer (padding, tensors)."""
+    return predictor.tokenizer(
+        list(texts),
+        list(pairs) if pairs is not None else None,
+        truncation="longest_first" if pairs is not None else True,
+        max_length=predictor.max_length,
+        return_offsets_mapping=True,
+        **options,
+    )
+
+
 def _multi(predictor: Predictor) -> bool:
     return predictor.multi_label
 
@@ -178,15 +191,7 @@ class IntegratedGradients(AttributionMethod):
 
         model, tokenizer = predictor.model, predictor.tokenizer
         device = torch.device(model.device)
-        encoded = tokenizer(
-            list(texts),
-            list(pairs) if pairs is not None else None,
-            truncation="longest_first" if pairs is not None else True,
-            max_length=predictor.max_length,
-            padding=True,
-            return_offsets_mapping=True,
-            return_tensors="pt",
-        )
+        encoded = encode_with_offsets(predictor, texts, pairs, padding=True, return_tensors="pt")
         ids = encoded["input_ids"].to(device)
         mask = encoded["attention_mask"].to(device)
         owners = []
