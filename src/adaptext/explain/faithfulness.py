@@ -31,8 +31,6 @@ class Faithfulness:
 
     comprehensiveness: float
     sufficiency: float
-    per_text_comprehensiveness: list[float]
-    per_text_sufficiency: list[float]
 
 
 def top_words(attributions: np.ndarray, share: float) -> set[int]:
@@ -74,8 +72,6 @@ def faithfulness(
     return Faithfulness(
         comprehensiveness=float(np.mean(comprehensiveness)) if comprehensiveness else float("nan"),
         sufficiency=float(np.mean(sufficiency)) if sufficiency else float("nan"),
-        per_text_comprehensiveness=comprehensiveness,
-        per_text_sufficiency=sufficiency,
     )
 
 

@@ -28,7 +28,7 @@ import torch
 
 from adaptext.core.errors import require_extra
 from adaptext.core.registry import Registry
-from adaptext.explain.words import Span, token_words, without_words
+from adaptext.explain.words import Span, token_words, without_words, word_spans
 from adaptext.inference.predictor import Predictor
 
 
@@ -59,8 +59,6 @@ def log_odds_torch(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
 class AttributionMethod(ABC):
     """One way of scoring the words of texts."""
 
-    title = ""  # shown on pages and in tables
-
     def unsupported(self, predictor: Predictor) -> str | None:
         """Why this method cannot explain `predictor`'s model, or None when it can."""
         return None
@@ -77,13 +75,17 @@ class AttributionMethod(ABC):
         """For each text, one attribution per word of `spans[i]` towards label index `targets[i]`."""
 
 
+def label_log_odds(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None) -> np.ndarray:
+    """The log-odds of every label for each text (n, num_labels), through the predictor (any model kind)."""
+    logits = predictor.predict_logits(list(texts), list(pairs) if pairs is not None else None)
+    return log_odds(logits, predictor.multi_label)
+
+
 def text_log_odds(
     predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None, targets: Sequence[int]
 ) -> np.ndarray:
     """The log-odds of label `targets[i]` for each text (n,), through the predictor (any model kind)."""
-    values = log_odds(
-        predictor.predict_logits(list(texts), list(pairs) if pairs is not None else None), _multi(predictor)
-    )
+    values = label_log_odds(predictor, texts, pairs)
     return values[np.arange(len(texts)), np.asarray(targets, dtype=int)]
 
 
@@ -100,13 +102,7 @@ def encode_with_offsets(predictor: Predictor, texts: Sequence[str], pairs: Seque
     )
 
 
-def _multi(predictor: Predictor) -> bool:
-    return predictor.multi_label
-
-
 class Occlusion(AttributionMethod):
-    title = "occlusion (leave one word out)"
-
     def attribute(
         self,
         predictor: Predictor,
@@ -133,8 +129,6 @@ class Occlusion(AttributionMethod):
 
 
 class IntegratedGradients(AttributionMethod):
-    title = "integrated gradients"
-
     def __init__(self, steps: int = 32, texts_per_batch: int = 8) -> None:
         self.steps = steps
         self.texts_per_batch = texts_per_batch
@@ -168,6 +162,7 @@ class IntegratedGradients(AttributionMethod):
                 texts[start:stop],
                 targets[start:stop],
                 pairs[start:stop] if pairs is not None else None,
+                spans=spans[start:stop],
             )
             for i, (tokens, owners) in enumerate(attributions):
                 words = spans[start + i]
@@ -182,13 +177,15 @@ class IntegratedGradients(AttributionMethod):
         texts: Sequence[str],
         targets: Sequence[int],
         pairs: Sequence[str] | None = None,
+        spans: Sequence[Sequence[Span]] | None = None,
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
         """Per text: (attribution of each token, word index of each token or -1); and the convergence deltas
-        (sum of attributions minus the log-odds difference between text and baseline), one per text."""
+        (sum of attributions minus the log-odds difference between text and baseline), one per text. `spans` are
+        the texts' words (cut here when not given)."""
         from captum.attr import LayerIntegratedGradients
 
-        from adaptext.explain.words import word_spans
-
+        if spans is None:
+            spans = [word_spans(text) for text in texts]
         model, tokenizer = predictor.model, predictor.tokenizer
         device = torch.device(model.device)
         encoded = encode_with_offsets(predictor, texts, pairs, padding=True, return_tensors="pt")
@@ -198,16 +195,14 @@ class IntegratedGradients(AttributionMethod):
         for i, text in enumerate(texts):
             sequence_ids = encoded.sequence_ids(i)
             owners.append(
-                np.asarray(
-                    token_words(encoded["offset_mapping"][i].tolist(), word_spans(text), len(text), sequence_ids)
-                )
+                np.asarray(token_words(encoded["offset_mapping"][i].tolist(), spans[i], len(text), sequence_ids))
             )
         in_text = torch.as_tensor(np.stack(owners) >= 0, device=device)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         baseline = ids.masked_fill(in_text, pad_id)
         names = ["attention_mask"] + (["token_type_ids"] if "token_type_ids" in encoded else [])
         extra = tuple(encoded[name].to(device) for name in names)
-        multi = _multi(predictor)
+        multi = predictor.multi_label
 
         def forward(input_ids: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
             logits = model(input_ids=input_ids, **dict(zip(names, args, strict=True))).logits
@@ -232,8 +227,6 @@ class IntegratedGradients(AttributionMethod):
 
 
 class Shap(AttributionMethod):
-    title = "SHAP (partition explainer)"
-
     def __init__(self, max_evals: int = 128, batch_size: int = 64) -> None:
         self.max_evals = max_evals
         self.batch_size = batch_size
@@ -262,8 +255,7 @@ class Shap(AttributionMethod):
 
             def model_fn(strings: Any, pair: str | None = pair) -> np.ndarray:
                 batch = [str(s) for s in strings]
-                logits = predictor.predict_logits(batch, [pair] * len(batch) if pair is not None else None)
-                return log_odds(logits, _multi(predictor))
+                return label_log_odds(predictor, batch, [pair] * len(batch) if pair is not None else None)
 
             masker = shap.maskers.Text(_WordTokenizer(), collapse_mask_token=True)
             explainer = shap.explainers.Partition(model_fn, masker, output_names=predictor.labels)
@@ -283,8 +275,6 @@ class _WordTokenizer:
     mask_token_id = -1
 
     def __call__(self, text: str, return_offsets_mapping: bool = False) -> dict[str, list[Any]]:
-        from adaptext.explain.words import word_spans
-
         spans = word_spans(text)
         return {"input_ids": list(range(len(spans))), "offset_mapping": spans}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -20,12 +20,10 @@ class Explanation:
     true_label: str | None = None
     pair: str | None = None
     words_seen: int | None = None  # set when the text is longer than the model reads: words after these are unseen
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        record = asdict(self)
-        extra = record.pop("extra")
-        return {k: v for k, v in record.items() if v is not None} | extra
+        """The fields that are set (None left out), as `explanations.jsonl` and `/explain` write them."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass

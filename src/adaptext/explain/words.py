@@ -121,33 +121,25 @@ def token_words(
 
 def without_words(text: str, spans: Sequence[Span], drop: set[int]) -> str:
     """`text` with the words whose indices are in `drop` removed. Between two kept words goes one space if the
-    text between them (less the removed words) held whitespace or a removed word parted two non-CJK words, else
-    nothing, so Chinese stays unspaced."""
+    text between them held whitespace or a removed word parted two non-CJK words, else nothing, so Chinese stays
+    unspaced. (Words hold no whitespace, so the whitespace between two kept words is never a removed word's.)"""
     parts: list[str] = []
     previous_end: int | None = None
+    removed_between = False
     for index, (start, end) in enumerate(spans):
         if index in drop:
+            removed_between = previous_end is not None
             continue
         if previous_end is not None:
-            removed = [spans[i] for i in range(len(spans)) if i in drop and previous_end <= spans[i][0] < start]
-            gap = [text[a:b] for a, b in _complement(previous_end, start, removed)]
-            spaced = any(c.isspace() for piece in gap for c in piece)
+            spaced = any(c.isspace() for c in text[previous_end:start])
             # "good,bad" less "," is "good bad", not a new word "goodbad"; Chinese stays unspaced.
-            glued = removed and not is_cjk(text[previous_end - 1]) and not is_cjk(text[start])
+            glued = removed_between and not is_cjk(text[previous_end - 1]) and not is_cjk(text[start])
             if spaced or glued:
                 parts.append(" ")
         parts.append(text[start:end])
         previous_end = end
+        removed_between = False
     return "".join(parts)
-
-
-def _complement(start: int, end: int, holes: Sequence[Span]) -> list[Span]:
-    pieces, cursor = [], start
-    for a, b in holes:
-        pieces.append((cursor, a))
-        cursor = b
-    pieces.append((cursor, end))
-    return pieces
 
 
 def words_within(offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> int:
