@@ -148,9 +148,12 @@ def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState
     stats = run_stats(config, paths, state, splits)
     if process_state().is_main_process:  # every process evaluates; one writes
         write_json(paths.root / STATS_FILE, stats)
-        if split != "validation":
-            probs = predictor.predict_proba(splits.validation.texts, splits.validation.pairs)
-        errors = explained_errors(predictor, splits.validation, probs, config.train.report_errors)
+        errors = []
+        if config.train.report_errors:
+            validation = splits.validation
+            if split != "validation":
+                probs = predictor.predict_proba(validation.texts, validation.pairs)
+            errors = explained_errors(predictor, validation, probs, config.train.report_errors)
         write_report(
             report,
             paths.root,
