@@ -24,6 +24,7 @@ from adaptext.core.task import SINGLE_LABEL
 from adaptext.data.batching import Encoded, tokenize
 from adaptext.data.examples import TextData
 from adaptext.inference.loaders import FolderLoader, OnnxLoader, loader_for
+from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
 from adaptext.modeling.hub import load_tokenizer
@@ -61,28 +62,22 @@ def check_model_folder(path: str | Path) -> tuple[Path, FolderLoader, ModelInfo]
 def load_encoder(model: str | Path | None, encoder: str, *, max_length: int, device: str | None = None) -> Encoder:
     """The encoder of saved classifier `model`, else the mean-pooled pretrained encoder `encoder`."""
     if model is not None:
-        model_dir, loader, info = check_model_folder(model)
+        check_model_folder(model)  # an ONNX, prompt or NLI folder is refused before its weights are read
+        predictor = Predictor.from_dir(model, device=device)
         try:
-            tokenizer = loader.load_tokenizer(model_dir)
-            net = loader.load(model_dir, info)
-        except (OSError, ValueError) as error:
-            raise AdaptextError(f"{model_dir}: cannot load the model: {error}") from None
-        try:
-            final_linear(net)
+            final_linear(predictor.model)
         except ValueError:
             raise AdaptextError(f"{model}: no final linear layer to read embeddings from") from None
-        length = info.max_length or min(tokenizer.model_max_length, 512)
-        source = str(model)
-    else:
-        tokenizer = load_tokenizer(encoder)
-        # Two placeholder labels: the head is never used, only its input (the mean-pooled embedding).
-        net = build_model(encoder, ["a", "b"], SINGLE_LABEL)
-        prepare_encoder(net)
-        length = max_length
-        source = encoder
-    net.to(default_device(device))
+        return Encoder(
+            model=predictor.model, tokenizer=predictor.tokenizer, max_length=predictor.max_length, source=str(model)
+        )
+    tokenizer = load_tokenizer(encoder)
+    # Two placeholder labels: the head is never used, only its input (the mean-pooled embedding).
+    net = build_model(encoder, ["a", "b"], SINGLE_LABEL)
+    prepare_encoder(net)
+    net.to(default_device(device))  # type: ignore[arg-type]  # transformers types `to` for dtype-or-device
     net.eval()
-    return Encoder(model=net, tokenizer=tokenizer, max_length=length, source=source)
+    return Encoder(model=net, tokenizer=tokenizer, max_length=max_length, source=encoder)
 
 
 def embed_data(encoder: Encoder, data: TextData, *, batch_size: int = 64, progress: bool = True) -> np.ndarray:
