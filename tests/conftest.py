@@ -11,7 +11,12 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random
+import shutil
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +198,44 @@ def tiny_config(tiny_model_dir: Path, data_files: dict[str, Path], tmp_path: Pat
         return load_config(None, base + list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by playwright (Debian's chromium, or playwright's own); the test is skipped
+    without one."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    with sync_playwright() as p:
+        if executable is None and not Path(p.chromium.executable_path).is_file():
+            pytest.skip("no chromium: install Debian's chromium or run `playwright install chromium`")
+        launched = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@contextmanager
+def served_in_thread(app: Any, options: Any) -> Iterator[tuple[str, int]]:
+    """`app` served by uvicorn (`build_server` with `options`) in a thread of this process on a free local port;
+    yields the base URL and the port once the server has started, and stops it after."""
+    from adaptext.deploy.serve import build_server
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = build_server(app, options)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "the server did not start"
+        bound = int(sock.getsockname()[1])
+        yield f"http://127.0.0.1:{bound}", bound
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

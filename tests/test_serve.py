@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,10 +32,10 @@ from prometheus_client.parser import text_string_to_metric_families
 import adaptext
 from adaptext.core.config import load_config
 from adaptext.core.errors import AdaptextError
-from adaptext.deploy.serve import Batcher, ServeOptions, bind_socket, build_server, create_app, load_models
+from adaptext.deploy.serve import Batcher, ServeOptions, create_app, load_models
 from adaptext.inference.predictor import Predictor
 from adaptext.strategies import train
-from conftest import LABELS, LEARNABLE, make_rows
+from conftest import LABELS, LEARNABLE, make_rows, served_in_thread
 
 B_LABELS = ["billing", "shipping"]
 TEXTS = [
@@ -876,17 +875,7 @@ def read_until_closed(conn: socket.socket, limit: float) -> tuple[bytes, float]:
 
 def test_idle_and_slow_connections_are_closed(models: dict[str, Predictor]) -> None:
     options = ServeOptions(request_timeout=1.0)
-    port = free_port()
-    sock = bind_socket("127.0.0.1", port)
-    server = build_server(create_app(models, options), options)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        url = f"http://127.0.0.1:{port}"
+    with served_in_thread(create_app(models, options), options) as (url, port):
         assert httpx.post(f"{url}/predict", json={"inputs": TEXTS[0]}, timeout=30).status_code == 200
 
         # A connection that never sends anything.
@@ -927,10 +916,6 @@ def test_idle_and_slow_connections_are_closed(models: dict[str, Predictor]) -> N
             time.sleep(2.5)
             assert kept.get("/health").status_code == 200  # httpx reconnects: the old one was closed
         assert httpx.post(f"{url}/predict", json={"inputs": TEXTS[1]}, timeout=30).status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 class Recorder:
@@ -1334,21 +1319,6 @@ def test_sigterm_ends_the_server_as_a_signal_would(sigterm_outcome: dict[str, An
 
 
 # 6. the web page in a browser ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    with sync_playwright() as p:
-        if executable is None and not Path(p.chromium.executable_path).is_file():
-            pytest.skip("no chromium: install Debian's chromium or run `playwright install chromium`")
-        launched = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 def page_results(page: Any) -> list[dict[str, Any]]:

@@ -5,8 +5,6 @@ a real browser."""
 from __future__ import annotations
 
 import itertools
-import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,11 +21,11 @@ from fastapi.testclient import TestClient
 from adaptext.cli import main
 from adaptext.core.config import load_config
 from adaptext.deploy.explain_api import MAX_TEXTS, MAX_WORDS
-from adaptext.deploy.serve import ServeOptions, build_server, create_app
+from adaptext.deploy.serve import ServeOptions, create_app
 from adaptext.explain.explainer import explain_texts
 from adaptext.inference.predictor import Predictor
 from adaptext.strategies import train
-from conftest import LABELS, LEARNABLE, make_rows
+from conftest import LABELS, LEARNABLE, make_rows, served_in_thread
 
 TEXTS = ["my invoice is wrong again", "where is my parcel today", "login error with the screen, please help"]
 KEY = "s3cret-key"
@@ -220,38 +218,11 @@ def test_explanations_are_counted_and_run_in_the_models_worker_thread_between_it
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    with sync_playwright() as p:
-        if executable is None and not Path(p.chromium.executable_path).is_file():
-            pytest.skip("no chromium: install Debian's chromium or run `playwright install chromium`")
-        launched = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(scope="module")
 def server_url(models: dict[str, Predictor]) -> Iterator[str]:
     """The service on a free local port, run by uvicorn in a thread of this process."""
     options = ServeOptions()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = build_server(create_app(models, options), options)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
-    yield url
-    server.should_exit = True
-    thread.join(30)
-    sock.close()
+    with served_in_thread(create_app(models, options), options) as (url, _):
+        yield url
 
 
 def test_the_page_shows_why_with_highlighted_words(browser: Any, server_url: str) -> None:
