@@ -3,6 +3,7 @@ model stays a plain `transformers` model."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable
@@ -19,7 +20,13 @@ from adaptext.core.task import SINGLE_LABEL
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.hub import load_tokenizer
-from adaptext.modeling.pooling import add_mean_pooling, has_mean_pooling, resolve_pooling, sentence_pooling
+from adaptext.modeling.pooling import (
+    add_mean_pooling,
+    has_mean_pooling,
+    resolve_pooling,
+    sentence_pooling,
+    use_direct_mean,
+)
 from adaptext.strategies import train
 from conftest import LABELS
 
@@ -90,6 +97,64 @@ def test_the_head_reads_the_mean_of_the_token_states(tiny_model_dir: Path) -> No
     torch.testing.assert_close(model.bert.pooler.dense.weight, torch.eye(32))
     assert model.bert.pooler.dense.weight.requires_grad
     assert not any(p.requires_grad for p in model.bert.encoder.layer[-1].parameters())
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_direct_mean_gives_what_the_saved_layer_computes(tiny_model_dir: Path, attention: str) -> None:
+    """adaptext computes the pooling layer as a mean and two LayerNorms; plain transformers runs the saved layer as
+    an ordinary encoder layer. Both give the same logits, with and without padding, for each attention kernel."""
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL, pooling="mean").eval()
+    model.set_attn_implementation(attention)
+    layer = model.bert.encoder.layer[-1]
+    assert "forward" in vars(layer)  # the direct form is installed on the instance
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    batches = [tokenizer(TEXTS, padding=True, return_tensors="pt"), tokenizer(TEXTS[:1], return_tensors="pt")]
+    calls = []
+    original = type(layer).forward
+    with torch.no_grad():
+        direct = [model(**batch).logits for batch in batches]
+        del layer.forward  # the saved layer, as plain transformers runs it
+        layer.register_forward_hook(lambda *_: calls.append(1))
+        full = [model(**batch).logits for batch in batches]
+    assert len(calls) == 2 and type(layer).forward is original
+    for got, expected in zip(direct, full, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_copy_of_a_model_with_the_direct_mean_uses_its_own_modules(tiny_model_dir: Path) -> None:
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL, pooling="mean").eval()
+    copied = copy.deepcopy(model)
+    layer = copied.bert.encoder.layer[-1]
+    assert layer.forward.__self__ is layer
+    with torch.no_grad():
+        layer.output.LayerNorm.weight.mul_(2.0)  # changes the copy's output, not the original's
+    batch = load_tokenizer(str(tiny_model_dir))(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert not torch.allclose(model(**batch).logits, copied(**batch).logits)
+
+
+def test_the_direct_mean_is_kept_only_for_the_pooling_layer_s_weights(tiny_model_dir: Path) -> None:
+    model = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL, pooling="mean").eval()
+    assert not use_direct_mean(model.bert.encoder.layer[0])  # an ordinary layer keeps its own forward
+    assert "forward" not in vars(model.bert.encoder.layer[0])
+    layer = model.bert.encoder.layer[-1]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**batch).logits
+
+        # An adapter that wraps the layer's query later (as LoRA would) must be run, not skipped.
+        class Shifted(nn.Module):
+            def __init__(self, inner: nn.Linear) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.inner(x).flip(-1)
+
+        layer.attention.self.value = Shifted(layer.attention.self.value)
+        after = model(**batch).logits
+    assert not torch.allclose(before, after, atol=1e-3)
 
 
 def test_the_pooling_layer_has_no_dropout_in_training_mode(tiny_model_dir: Path) -> None:

@@ -36,6 +36,7 @@ from adaptext.inference.onnx import ONNX_FILE, OnnxClassifier
 from adaptext.modeling.adapters import load_adapter_model
 from adaptext.modeling.cloze import load_prompt_model
 from adaptext.modeling.nli import load_nli_model
+from adaptext.modeling.pooling import use_direct_mean_pooling
 
 
 class FolderLoader(ABC):
@@ -144,7 +145,9 @@ class TransformersLoader(FolderLoader):
         return (folder / "config.json").is_file()
 
     def load(self, folder: Path, info: ModelInfo) -> Any:
-        return AutoModelForSequenceClassification.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        use_direct_mean_pooling(model)  # the same outputs, without the pooling layer's full cost
+        return model
 
 
 LOADERS.add("prompt", PromptLoader())

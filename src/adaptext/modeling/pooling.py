@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -148,4 +149,94 @@ def _fix_pooling_layer(model: PreTrainedModel) -> list[nn.Parameter]:
     parameters = list(layer.parameters())
     for parameter in parameters:
         parameter.requires_grad_(False)
+    use_direct_mean(layer)
     return parameters
+
+
+def use_direct_mean_pooling(model: nn.Module) -> bool:
+    """`use_direct_mean` on the pooling layer of `model` when its config says it has one; False otherwise."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "adaptext_mean_pooling", False):
+        return False
+    encoder = getattr(getattr(model, "base_model", None), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    return isinstance(layers, nn.ModuleList) and len(layers) > 0 and use_direct_mean(layers[-1])
+
+
+def use_direct_mean(layer: nn.Module) -> bool:
+    """Make the pooling `layer` compute its result directly: the masked mean of the token states and its two
+    LayerNorms, without the full layer's matrix products; return False (and leave it alone) when its weights are
+    not the pooling layer's.
+
+    The saved weights do not change, so plain `transformers` still runs the layer as an ordinary encoder layer and
+    gets the same [CLS] state to ~1e-5 (the residual its output scale drowns). Here the layer costs O(tokens x
+    hidden) instead of a full layer's products (one layer in seven for MiniLM: docs/benchmarks.md), the mean is
+    exact, and an ONNX export carries a mean and two LayerNorms instead of the layer's products and its x1e6
+    output weights. The check runs again at each call, so a layer that an adapter wraps later (a
+    LoRA on its query) falls back to the layer's own forward.
+    """
+    if not _is_pooling_layer(layer):
+        return False
+    # bound to the instance (no closure), so a deep copy of the model rebinds it to the copy's own modules
+    layer.forward = types.MethodType(_direct_mean_forward, layer)
+    return True
+
+
+def _direct_mean_forward(
+    self: nn.Module, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any
+) -> Any:
+    """The pooling layer's output, (batch, tokens, hidden): LayerNorm(LayerNorm(mean of the attended tokens)) at
+    every position; the layer's own forward for a mask of another kind or wrapped weights."""
+    weights = _query_row_weights(attention_mask, hidden_states)
+    if weights is None or not _plain_linears(self):
+        return type(self).forward(self, hidden_states, attention_mask, *args, **kwargs)
+    # (batch, tokens, hidden) -> (batch, hidden): the mean over the tokens the [CLS] query attends to
+    mean = (hidden_states * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+    pooled = self.get_submodule("output.LayerNorm")(self.get_submodule("attention.output.LayerNorm")(mean))
+    return pooled.unsqueeze(1).expand_as(hidden_states)
+
+
+def _plain_linears(layer: nn.Module) -> bool:
+    return all(type(layer.get_submodule(path)) is nn.Linear for path in _POOLING_LINEARS)
+
+
+def _is_pooling_layer(layer: nn.Module) -> bool:
+    """True when `layer`'s weights are those `add_mean_pooling` sets: zero queries, keys and feed-forward, identity
+    values and a scaled identity output."""
+    try:
+        if not _plain_linears(layer):
+            return False
+        linears = {path: cast(nn.Linear, layer.get_submodule(path)) for path in _POOLING_LINEARS}
+    except AttributeError:
+        return False
+    size = linears["attention.self.value"].weight.shape[0]
+    eye = torch.eye(size, dtype=linears["attention.self.value"].weight.dtype)
+    expected = {
+        "attention.self.query": torch.zeros_like(eye),
+        "attention.self.key": torch.zeros_like(eye),
+        "attention.self.value": eye,
+        "attention.output.dense": eye * POOL_SCALE,
+    }
+    with torch.no_grad():
+        same = all(torch.equal(linears[path].weight.cpu(), weight) for path, weight in expected.items())
+        zeros = all(not linears[path].weight.any() for path in ("intermediate.dense", "output.dense")) and not any(
+            bool(linear.bias.any()) for linear in linears.values() if linear.bias is not None
+        )
+    return same and zeros
+
+
+def _query_row_weights(attention_mask: Any, hidden_states: torch.Tensor) -> torch.Tensor | None:
+    """(batch, tokens) weights, 1 for each token the first query attends to and 0 for the others, from the mask the
+    encoder hands its layers: None (no padding), a boolean or additive (batch, 1, queries, tokens) mask, or a
+    (batch, tokens) one; None for any other kind."""
+    if attention_mask is None:
+        return hidden_states.new_ones(hidden_states.shape[:2])
+    if not isinstance(attention_mask, torch.Tensor):
+        return None
+    if attention_mask.dim() == 2 and attention_mask.is_floating_point():
+        return None  # 1-for-kept or additive: cannot tell
+    row = attention_mask[:, 0, 0, :] if attention_mask.dim() == 4 else attention_mask
+    if row.dim() != 2:
+        return None
+    kept = row if row.dtype == torch.bool else row == 0 if row.is_floating_point() else row != 0
+    return kept.to(hidden_states.dtype)
