@@ -151,6 +151,7 @@ def runs(tiny_model_dir: Path, data: dict[str, Path], tmp_path_factory: pytest.T
     cache: dict[str, TrainResult] = {}
     settings: dict[str, list[str]] = {
         "full": [*LEARNABLE],
+        "mean": [*LEARNABLE, "model.pooling=mean"],
         "lora": ["peft.method=lora", "train.learning_rate=1e-2", "train.epochs=2", "train.batch_size=8"],
         "multi": [
             f"data.train={data['ml_train']}",
@@ -351,6 +352,16 @@ def test_int8_export_is_quantized_checked_and_agrees_on_the_validation_file(
     assert (output / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size
     assert check["size_export_mb"] < metadata(fp32)["export_check"]["size_export_mb"]
 
+    # The head (the dense layer before the classifier, and the classifier) stays fp32, as adaptext.json records.
+    graph = onnx.load(str(output / "model.onnx")).graph
+    names = {name: (name, f"{name}_MatMul") for name in check["fp32_nodes"]}  # the quantizer splits a Gemm
+    kept = {name: node for node in graph.node for name, forms in names.items() if node.name in forms}
+    assert len(check["fp32_nodes"]) == 2 and set(kept) == set(check["fp32_nodes"])
+    assert all(node.op_type in ("MatMul", "Gemm") for node in kept.values())
+    floats = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    assert all(any(name in floats for name in node.input) for node in kept.values())
+    assert "matrix products kept in fp32" in stdout
+
     texts = pd.read_csv(data["validation"])["text"].tolist()
     int8 = Predictor.from_dir(output)
     assert int8.metadata["quantize"] == "int8"
@@ -359,6 +370,39 @@ def test_int8_export_is_quantized_checked_and_agrees_on_the_validation_file(
     want = [p.label for p in pytorch.predict(texts)]
     agreement = np.mean([g == w for g, w in zip(got, want, strict=True)])
     assert agreement >= 0.99, (got, want)
+
+
+def test_a_mean_pooled_export_computes_the_mean_without_the_pooling_layer_s_products(
+    exports: Any, runs: Any, data: dict[str, Path]
+) -> None:
+    """The saved pooling layer is an encoder layer with a x1e6 output scale; the export carries the mean it computes
+    (and its two LayerNorms) instead, and still matches the PyTorch model (the export check) and plain transformers."""
+    import onnx
+    from onnx import numpy_helper
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    output, _ = exports("mean", "int8")
+    fp32, _ = exports("mean")
+    assert metadata(fp32)["export_check"]["max_abs_diff"] <= 1e-4
+    assert metadata(output)["export_check"]["label_agreement"] >= 0.99
+    graph = onnx.load(str(fp32 / "model.onnx")).graph
+    weights = [numpy_helper.to_array(init) for init in graph.initializer if len(init.dims) == 2]
+    largest = max(float(abs(weight).max()) for weight in weights)
+    assert largest < 1e3, largest
+    model_dir = runs("mean").run_dir / "model"
+    layers = AutoModelForSequenceClassification.from_pretrained(model_dir).config.num_hidden_layers
+    weighted = [
+        n for n in graph.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & {i.name for i in graph.initializer}
+    ]
+    assert len(weighted) == 6 * (layers - 1) + 2  # the encoder's own layers and the head: none for the pooling layer
+
+    texts = pd.read_csv(data["validation"])["text"].tolist()[:8]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    plain = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        expected = plain(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
+    got = Predictor.from_dir(fp32).predict_logits(texts)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 # 3. failures write nothing ---------------------------------------------------------------------

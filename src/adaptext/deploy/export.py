@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class ExportCheck:
     size_export_mb: float
     torch_texts_per_s: float
     export_texts_per_s: float
+    fp32_nodes: list[str] = field(default_factory=list)  # int8: the matrix products kept in fp32 (`fp32_nodes`)
 
     @property
     def passed(self) -> bool:
@@ -73,6 +74,7 @@ class ExportCheck:
             text += f", accuracy {self.accuracy_export:.4f} vs PyTorch {self.accuracy_torch:.4f}"
         if self.quantize is None:
             return text + f" (needs logits within {FP32_TOLERANCE:g} and identical labels)"
+        text += f", {len(self.fp32_nodes)} matrix products kept in fp32"
         return text + (
             f" (needs >= {INT8_MIN_AGREEMENT:.0%} agreement and at most {INT8_MAX_ACCURACY_DROP:.0%} accuracy lost)"
         )
@@ -130,8 +132,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
         _to_onnx(model, predictor.tokenizer, staging / ONNX_FILE)
-        if quantize == "int8":
-            _quantize_int8(staging / ONNX_FILE)
+        kept = _quantize_int8(staging / ONNX_FILE) if quantize == "int8" else []
         model.config.save_pretrained(staging)
         predictor.tokenizer.save_pretrained(staging)
         exported = Predictor(
@@ -160,6 +161,7 @@ def export_onnx(
             size_export_mb=(staging / ONNX_FILE).stat().st_size / 2**20,
             torch_texts_per_s=torch_speed,
             export_texts_per_s=export_speed,
+            fp32_nodes=kept,
         )
         if not check.passed:
             raise AdaptextError(f"export check failed, nothing written: {check.describe()}")
@@ -221,7 +223,9 @@ def _to_onnx(model: Any, tokenizer: Any, target: Path) -> None:
         )
 
 
-def _quantize_int8(path: Path) -> None:
+def _quantize_int8(path: Path) -> list[str]:
+    """Quantize the weights of `path`'s matrix products to int8 in place (onnxruntime's dynamic quantization, with
+    per-channel scales), keeping the head in fp32; return the names of the nodes kept in fp32."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -229,14 +233,31 @@ def _quantize_int8(path: Path) -> None:
     # then rejects them as conflicting. They are hints only: drop them and let the quantizer infer its own.
     model = onnx.load(str(path))
     del model.graph.value_info[:]
+    kept = head_nodes(model)
     plain = path.with_name("plain.onnx")
     onnx.save(model, str(plain))
     quantized = path.with_name("quantized.onnx")
     # Per-channel scales: on the quickstart MiniLM per-tensor int8 changed 2.3% of the labels (failing the 99% check),
     # per-channel 0.7%, at the same size (docs/benchmarks.md).
-    quantize_dynamic(str(plain), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
+    # The quantizer first rewrites each Gemm as a MatMul named NAME_MatMul (and an Add): exclude both names.
+    excluded = kept + [f"{name}_MatMul" for name in kept]
+    quantize_dynamic(
+        str(plain), str(quantized), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded
+    )
     plain.unlink()
     quantized.replace(path)
+    return kept
+
+
+def head_nodes(model: Any) -> list[str]:
+    """The matrix products of an exported encoder classifier's head: every MatMul or Gemm after the encoder's last
+    LayerNorm (the dense layer and the classifier: few weights that decide the label, and cost little in fp32).
+    The graph's nodes are in topological order."""
+    nodes = list(model.graph.node)
+    norms = [i for i, node in enumerate(nodes) if node.op_type == "LayerNormalization"]
+    if not norms:
+        return []
+    return [node.name for node in nodes[norms[-1] + 1 :] if node.op_type in ("MatMul", "Gemm")]
 
 
 def _accuracy(logits: np.ndarray, examples: Any, predictor: Any) -> float | None:
