@@ -16,7 +16,7 @@ from adaptext.core.errors import AdaptextError, DataError
 from conftest import LABELS, make_rows
 
 FLIPPED = [5, 25, 45, 65, 85, 105]  # 0-based positions of the planted errors among 120 rows
-AUDIT_FILES = {".adaptext", "suspects.csv", "duplicates.csv", "audit.json", "audit.html"}
+AUDIT_FILES = {".adaptext", "suspects.csv", "duplicates.csv", "audit.json", "audit.html", "debug.log"}
 
 
 def noisy_rows(n: int = 120, seed: int = 1) -> list[dict[str, str]]:

@@ -412,7 +412,7 @@ def test_evaluate_and_predict_commands_work_on_a_fewshot_run(
     assert (out / "report.html").is_file()
 
     predictions = tmp_path / "predictions.jsonl"
-    assert main(["-q", "predict", str(run), "--input", str(validation), "--output", str(predictions)]) == 0
+    assert main(["predict", str(run), "--input", str(validation), "--output", str(predictions)]) == 0
     frame = pd.read_json(predictions, lines=True)
     probs = Predictor.from_dir(run).predict_proba(list(frame["text"]))
     assert list(frame["label"]) == [LABELS[i] for i in probs.argmax(axis=1)]

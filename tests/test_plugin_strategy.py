@@ -128,7 +128,7 @@ def test_plugin_trains_through_the_cli(
     config_file.write_text(config_to_yaml(tiny_config()), encoding="utf-8")
     output = tmp_path / "cli-run"
 
-    assert main(["-q", "train", str(config_file), "strategy=centroid", f"output_dir={output}"]) == 0
+    assert main(["train", str(config_file), "strategy=centroid", f"output_dir={output}"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"run folder:  {output}"
     assert out[1].startswith(f"model:       {output / 'model'}  (centroid, ")

@@ -170,7 +170,7 @@ def test_the_command_runs_a_study_and_its_best_config_trains(
     root = tmp_path / "tune"
     path = write_yaml(tmp_path / "base.yaml", tiny_config(*FAST))
     space = "tune.space={train.learning_rate: {type: float, low: 1e-4, high: 3e-3, log: true}}"
-    assert main(["-q", "tune", str(path), "--trials", "2", f"output_dir={root}", space]) == 0
+    assert main(["tune", str(path), "--trials", "2", f"output_dir={root}", space]) == 0
     out = capsys.readouterr().out
     assert f"best config: {root / 'best_config.yaml'}" in out and "2 complete" in out
     rows = read_trials(root)

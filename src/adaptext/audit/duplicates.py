@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from adaptext.core.console import progress_bar
 from adaptext.data.examples import TextData
 
 BLOCK_ROWS = 512  # rows per block of the similarity product: 512 x n float32 (137 MB for n = 67k)
@@ -125,7 +125,7 @@ def _similar_pairs(matrix: np.ndarray, threshold: float, *, progress: bool) -> I
     """(i, j, cosine) for every i < j with cosine >= threshold, block by block over the rows."""
     n = len(matrix)
     starts = range(0, n, BLOCK_ROWS)
-    for start in tqdm(starts, desc="near duplicates", unit="block", disable=not progress or None):
+    for start in progress_bar(starts, show=progress, desc="near duplicates", unit="block"):
         stop = min(start + BLOCK_ROWS, n)
         # (block, n - start): each block against itself and every later row only.
         sims = matrix[start:stop] @ matrix[start:].T

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from adaptext.core.console import progress_bar
 from adaptext.core.device import default_device
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, find_model_dir
@@ -87,7 +87,7 @@ def embed_data(encoder: Encoder, data: TextData, *, batch_size: int = 64, progre
     dtype = torch.bfloat16 if device.type == "cuda" else None
     parts = []
     chunks = range(0, len(data), EMBED_CHUNK)
-    bar = tqdm(total=len(data), desc=f"embed {Path(data.source).name}", unit="text", disable=not progress or None)
+    bar = progress_bar(total=len(data), show=progress, desc=f"embed {Path(data.source).name}", unit="text")
     for start in chunks:
         stop = start + EMBED_CHUNK
         pairs = data.pairs[start:stop] if data.pairs is not None else None

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from adaptext.core.console import progress_bar
 from adaptext.core.errors import AdaptextError
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def out_of_fold_probabilities(
         # A label rarer than the folds is expected here (see `fold_count`); sklearn would say so on every call.
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         splits = list(splitter.split(embeddings, targets))
-    for train_idx, held_idx in tqdm(splits, desc="out-of-fold", unit="fold", disable=not progress or None):
+    for train_idx, held_idx in progress_bar(splits, show=progress, desc="out-of-fold", unit="fold"):
         models = [_logistic()] if classifier == "logistic" else [_knn(len(train_idx))]
         if classifier == "ensemble":
             models.append(_logistic())

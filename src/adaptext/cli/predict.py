@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from adaptext.cli.options import add_column_options, add_overwrite_option
+from adaptext.core.console import keep_debug_log
 from adaptext.core.outputs import expand
 
 DEFAULT_CHUNK_ROWS = 10_000  # adaptext.inference.stream.DEFAULT_CHUNK_ROWS, not imported so --help stays instant
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopped: run the same command with --resume to continue from the last complete chunk", file=sys.stderr)
         raise
+    output = expand(args.output)
+    keep_debug_log(output.with_name(output.name + ".debug.log"), append=args.resume)  # beside OUT, as OUT.partial is
     print(f"{count} predictions written to {args.output}")
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 
 from adaptext.cli.options import launched_as_main
 from adaptext.core.config import load_config
+from adaptext.core.console import DEBUG_LOG, keep_debug_log
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     result = train(config, resume=args.resume, overwrite=args.overwrite)
+    keep_debug_log(result.run_dir / DEBUG_LOG, append=args.resume)  # a resumed run adds to its log
     if not launched_as_main():
         return 0  # the main process of several prints the summary
     metrics = result.metrics

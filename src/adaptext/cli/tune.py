@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from adaptext.core.config import load_config
+from adaptext.core.console import DEBUG_LOG, keep_debug_log
 from adaptext.core.errors import require_extra
 
 
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         overwrite=args.overwrite,
     )
+    keep_debug_log(result.root / DEBUG_LOG, append=not args.overwrite)  # a continued study adds to its log
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result.trials.items()))
     print(f"tune folder: {result.root}  ({counts}; {result.steps_trained} steps trained)")
     if result.best_config is None:

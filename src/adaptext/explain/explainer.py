@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from adaptext.core.config import DataConfig
+from adaptext.core.console import progress_bar
 from adaptext.core.errors import AdaptextError
 from adaptext.core.outputs import check_output_dir, expand, replace_folder
 from adaptext.data.io import load_examples, read_table
@@ -133,7 +133,7 @@ def explain_texts(
         values: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(texts)
         start = time.perf_counter()
         steps = range(0, len(texts), CHUNK)
-        for first in tqdm(steps, desc=f"explain ({name})", unit="chunk", disable=not progress or None):
+        for first in progress_bar(steps, show=progress, desc=f"explain ({name})", unit="chunk"):
             chunk = order[first : first + CHUNK]
             found = method.attribute(
                 predictor,

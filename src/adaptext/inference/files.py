@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
+from adaptext.core.console import progress_bar
 from adaptext.core.errors import AdaptextError
 from adaptext.core.outputs import check_output_file, expand
 from adaptext.core.run import write_json
@@ -285,7 +285,7 @@ def predict_file(
     as_lists = output.suffix.lower() in (".jsonl", ".parquet")
     with open_output(output, input_path, scan, settings, resume=resume) as out:
         chunks = read_chunks(input_path, text_columns, chunk_size=chunk_size, skip=out.rows_done, columns=scan.columns)
-        with tqdm(total=scan.rows, initial=out.rows_done, desc="predict", unit="row", disable=None) as bar:
+        with progress_bar(total=scan.rows, initial=out.rows_done, desc="predict", unit="row") as bar:
             for chunk in chunks:
                 predictions = predictor.predict(chunk.texts, chunk.pairs, **options)
                 out.write(

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from adaptext.core.console import progress_bar
 from adaptext.core.device import default_device
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
@@ -138,7 +138,7 @@ class Predictor:
         )
         self.model.eval()
         batches = range(0, n, self.batch_size)
-        for start in tqdm(batches, desc="predict", unit="batch", disable=not progress or None):
+        for start in progress_bar(batches, show=progress, desc="predict", unit="batch"):
             idx = order[start : start + self.batch_size]
             items = [{name: values[i] for name, values in features.items()} | {"index": i} for i in idx]
             batch = self._collate(items)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from adaptext.core.console import progress_bar
 from adaptext.core.errors import AdaptextError, require_extra
 from adaptext.core.outputs import expand
 from adaptext.data.io import file_format, text_values
@@ -131,10 +132,8 @@ def predict_file_ray(
 
 
 def _write_in_order(predicted: Any, out: PartialOutput, total: int, chunk_size: int) -> None:
-    from tqdm.auto import tqdm
-
     skip = out.rows_done  # a resumed run: these rows are in the output already
-    with tqdm(total=total, initial=skip, desc="predict", unit="row", disable=None) as bar:
+    with progress_bar(total=total, initial=skip, desc="predict", unit="row") as bar:
         for frame in predicted.iter_batches(batch_size=chunk_size, batch_format="pandas", prefetch_batches=2):
             if skip:
                 dropped = min(skip, len(frame))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from adaptext.core.console import progress_bar
 from adaptext.core.registry import Registry
 from adaptext.core.run import RunPaths
 from adaptext.training.state import TrainingState, TrainResult
@@ -90,15 +91,13 @@ class CallbackList(Callback):
 
 @CALLBACKS.register("progress")
 class ProgressBar(Callback):
-    """A tqdm bar of optimizer steps, with the last logged loss (off when the output is not a terminal)."""
+    """A tqdm bar of optimizer steps, with the last logged loss (off when quiet or not on a terminal)."""
 
     def __init__(self, paths: RunPaths | None = None) -> None:
         self.bar: Any = None
 
     def on_train_begin(self, state: TrainingState, model: Any) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=state.total_steps, initial=state.global_step, desc="train", unit="step", disable=None)
+        self.bar = progress_bar(total=state.total_steps, initial=state.global_step, desc="train", unit="step")
 
     def on_step_end(self, state: TrainingState) -> None:
         self.bar.update(1)
