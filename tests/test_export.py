@@ -509,6 +509,51 @@ def test_int8_below_99_percent_agreement_fails_with_the_numbers(
     no_leftovers(output)
 
 
+def test_int8_that_fails_with_the_head_in_fp32_keeps_the_feed_forward_in_fp32_too(
+    runs: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    recipes: list[tuple[str, ...]] = []
+    quantize = export_module._quantize_int8
+
+    def recorded(source: Path, target: Path, fp32_kinds: tuple[str, ...] = ()) -> list[str]:
+        recipes.append(fp32_kinds)
+        return quantize(source, target, fp32_kinds)
+
+    def flip_first_of_the_first_recipe(logits: torch.Tensor) -> torch.Tensor:
+        if len(recipes) > 1:
+            return logits
+        logits = logits.clone()
+        logits[0] = logits[0].roll(1)
+        return logits
+
+    monkeypatch.setattr(export_module, "_quantize_int8", recorded)
+    perturb_logits(monkeypatch, flip_first_of_the_first_recipe)
+    output = tmp_path / "out"
+    code, _, error = run_cli(capsys, "export", str(runs("full").run_dir), "--quantize", "int8", "--output", str(output))
+    assert code == 0, error
+    assert recipes == list(export_module.INT8_RECIPES[:2]) and recipes[1] == ("feed_forward_in", "feed_forward_out")
+    check = metadata(output)["export_check"]
+    assert check["label_agreement"] >= 0.99
+    graph = onnx.load(str(output / "model.onnx")).graph
+    layers = 2  # the tiny model's
+    assert len(check["fp32_nodes"]) == 2 + 2 * layers  # the head, and both feed-forward products of each layer
+    floats = {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")}
+    assert all(name in floats or f"{name}_MatMul" in floats for name in check["fp32_nodes"])
+    # the attention's four products of each layer are quantized
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == 4 * layers
+
+
+def test_product_kinds_name_each_encoder_product_and_the_head(exports: Any) -> None:
+    import onnx
+
+    output, _ = exports("full")
+    kinds = export_module.product_kinds(onnx.load(str(output / "model.onnx")))
+    layers = 2
+    assert list(kinds.values()) == [*export_module.PRODUCT_KINDS * layers, "head", "head"]
+
+
 def test_int8_with_an_unlabelled_data_file_is_an_error(
     runs: Any, data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

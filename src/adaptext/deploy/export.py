@@ -74,7 +74,7 @@ class ExportCheck:
             text += f", accuracy {self.accuracy_export:.4f} vs PyTorch {self.accuracy_torch:.4f}"
         if self.quantize is None:
             return text + f" (needs logits within {FP32_TOLERANCE:g} and identical labels)"
-        text += f", {len(self.fp32_nodes)} matrix products kept in fp32"
+        text += f", {len(self.fp32_nodes)} matrix products kept in fp32"  # the head, and more where it was needed
         return text + (
             f" (needs >= {INT8_MIN_AGREEMENT:.0%} agreement and at most {INT8_MAX_ACCURACY_DROP:.0%} accuracy lost)"
         )
@@ -130,39 +130,51 @@ def export_onnx(
     predictor.tokenizer.model_max_length = predictor.max_length
 
     with tempfile.TemporaryDirectory() as tmp:
-        staging = Path(tmp)
-        _to_onnx(model, predictor.tokenizer, staging / ONNX_FILE)
-        kept = _quantize_int8(staging / ONNX_FILE) if quantize == "int8" else []
+        staging, fp32 = Path(tmp) / "export", Path(tmp) / "fp32.onnx"
+        staging.mkdir()
+        _to_onnx(model, predictor.tokenizer, fp32)
         model.config.save_pretrained(staging)
         predictor.tokenizer.save_pretrained(staging)
-        exported = Predictor(
-            OnnxClassifier(staging),  # type: ignore[arg-type]  # duck-typed: same call interface
-            predictor.tokenizer,
-            max_length=predictor.max_length,
-            threshold=predictor.threshold,
-            batch_size=predictor.batch_size,
-        )
-        start = time.perf_counter()
-        logits = exported.predict_logits(examples.texts, examples.pairs)
-        export_speed = len(examples.texts) / (time.perf_counter() - start)
-        parity = compare_logits(reference, logits, FP32_TOLERANCE, predictor.task)
-        check = ExportCheck(
-            quantize=quantize,
-            n_examples=parity.n_examples,
-            max_abs_diff=parity.max_abs_diff,
-            label_agreement=parity.label_agreement,
-            accuracy_torch=_accuracy(reference, examples, predictor),
-            accuracy_export=_accuracy(logits, examples, predictor),
-            # for an adapter, the merged model is what gets exported: fp32 weights
-            size_torch_mb=(
-                4 * sum(p.numel() for p in model.parameters()) if is_adapter else adapter_size_bytes(model_dir)
+        size_torch = 4 * sum(p.numel() for p in model.parameters()) if is_adapter else adapter_size_bytes(model_dir)
+
+        def checked(kept: list[str]) -> ExportCheck:
+            exported = Predictor(
+                OnnxClassifier(staging),  # type: ignore[arg-type]  # duck-typed: same call interface
+                predictor.tokenizer,
+                max_length=predictor.max_length,
+                threshold=predictor.threshold,
+                batch_size=predictor.batch_size,
             )
-            / 2**20,
-            size_export_mb=(staging / ONNX_FILE).stat().st_size / 2**20,
-            torch_texts_per_s=torch_speed,
-            export_texts_per_s=export_speed,
-            fp32_nodes=kept,
-        )
+            start = time.perf_counter()
+            logits = exported.predict_logits(examples.texts, examples.pairs)
+            export_speed = len(examples.texts) / (time.perf_counter() - start)
+            parity = compare_logits(reference, logits, FP32_TOLERANCE, predictor.task)
+            return ExportCheck(
+                quantize=quantize,
+                n_examples=parity.n_examples,
+                max_abs_diff=parity.max_abs_diff,
+                label_agreement=parity.label_agreement,
+                accuracy_torch=_accuracy(reference, examples, predictor),
+                accuracy_export=_accuracy(logits, examples, predictor),
+                # for an adapter, the merged model is what gets exported: fp32 weights
+                size_torch_mb=size_torch / 2**20,
+                size_export_mb=(staging / ONNX_FILE).stat().st_size / 2**20,
+                torch_texts_per_s=torch_speed,
+                export_texts_per_s=export_speed,
+                fp32_nodes=kept,
+            )
+
+        if quantize is None:
+            fp32.replace(staging / ONNX_FILE)
+            check = checked([])
+        else:
+            # The first recipe whose int8 model passes the check is kept: most models pass with the head alone in
+            # fp32; a model with many texts near its decision boundary may need its feed-forward products too.
+            for fp32_kinds in INT8_RECIPES:
+                check = checked(_quantize_int8(fp32, staging / ONNX_FILE, fp32_kinds))
+                if check.passed:
+                    break
+                logger.info("int8 with %s in fp32: %s", _recipe_name(fp32_kinds), check.describe())
         if not check.passed:
             raise AdaptextError(f"export check failed, nothing written: {check.describe()}")
 
@@ -223,41 +235,66 @@ def _to_onnx(model: Any, tokenizer: Any, target: Path) -> None:
         )
 
 
-def _quantize_int8(path: Path) -> list[str]:
-    """Quantize the weights of `path`'s matrix products to int8 in place (onnxruntime's dynamic quantization, with
-    per-channel scales), keeping the head in fp32; return the names of the nodes kept in fp32."""
+def _quantize_int8(source: Path, target: Path, fp32_kinds: tuple[str, ...] = ()) -> list[str]:
+    """Write `source` with the weights of its matrix products quantized to int8 to `target` (onnxruntime's dynamic
+    quantization, per-channel weight scales), keeping the head and the encoder products of `fp32_kinds` (see
+    `PRODUCT_KINDS`) in fp32; return the names of the nodes kept in fp32."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # The dynamo exporter records intermediate shapes traced at the example's size; the quantizer's shape inference
     # then rejects them as conflicting. They are hints only: drop them and let the quantizer infer its own.
-    model = onnx.load(str(path))
+    model = onnx.load(str(source))
     del model.graph.value_info[:]
-    kept = head_nodes(model)
-    plain = path.with_name("plain.onnx")
+    kept = [name for name, kind in product_kinds(model).items() if kind == "head" or kind in fp32_kinds]
+    plain = target.with_name("plain.onnx")
     onnx.save(model, str(plain))
-    quantized = path.with_name("quantized.onnx")
     # Per-channel scales: on the quickstart MiniLM per-tensor int8 changed 2.3% of the labels (failing the 99% check),
     # per-channel 0.7%, at the same size (docs/benchmarks.md).
     # The quantizer first rewrites each Gemm as a MatMul named NAME_MatMul (and an Add): exclude both names.
     excluded = kept + [f"{name}_MatMul" for name in kept]
-    quantize_dynamic(
-        str(plain), str(quantized), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded
-    )
+    quantize_dynamic(str(plain), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded)
     plain.unlink()
-    quantized.replace(path)
     return kept
 
 
-def head_nodes(model: Any) -> list[str]:
-    """The matrix products of an exported encoder classifier's head: every MatMul or Gemm after the encoder's last
-    LayerNorm (the dense layer and the classifier: few weights that decide the label, and cost little in fp32).
-    The graph's nodes are in topological order."""
+# What each weighted matrix product of a post-LN encoder layer computes, in graph order.
+PRODUCT_KINDS = ("query", "key", "value", "attention_output", "feed_forward_in", "feed_forward_out")
+
+
+# int8 recipes tried in turn, as the encoder products kept in fp32 besides the head (docs/benchmarks.md, "int8").
+INT8_RECIPES: tuple[tuple[str, ...], ...] = ((), ("feed_forward_in", "feed_forward_out"))
+
+
+def _recipe_name(fp32_kinds: tuple[str, ...]) -> str:
+    return "the head" + "".join(f", {kind}" for kind in fp32_kinds)
+
+
+def product_kinds(model: Any) -> dict[str, str]:
+    """The weighted matrix products (MatMul or Gemm with an initializer) of an exported encoder classifier, by node
+    name: `head` for those after the encoder's last LayerNorm (the dense layer and the classifier: few weights that
+    decide the label), else their kind in `PRODUCT_KINDS` within their encoder layer.
+
+    Layers are told apart by their LayerNorms, two per post-LN layer (BERT, MiniLM, RoBERTa, XLM-R, ELECTRA) after
+    the embeddings' one; the graph's nodes are in topological order. A layer whose products do not number six (an
+    architecture of another shape) gets `other` for each.
+    """
+    initializers = {init.name for init in model.graph.initializer}
     nodes = list(model.graph.node)
     norms = [i for i, node in enumerate(nodes) if node.op_type == "LayerNormalization"]
-    if not norms:
-        return []
-    return [node.name for node in nodes[norms[-1] + 1 :] if node.op_type in ("MatMul", "Gemm")]
+    layers: dict[int, list[str]] = {}
+    kinds: dict[str, str] = {}
+    for i, node in enumerate(nodes):
+        if node.op_type not in ("MatMul", "Gemm") or not set(node.input) & initializers:
+            continue
+        if norms and i > norms[-1]:
+            kinds[node.name] = "head"
+        else:
+            layers.setdefault((sum(1 for n in norms if n < i) - 1) // 2, []).append(node.name)
+    for names in layers.values():
+        labels = PRODUCT_KINDS if len(names) == len(PRODUCT_KINDS) else ("other",) * len(names)
+        kinds.update(zip(names, labels, strict=True))
+    return {node.name: kinds[node.name] for node in nodes if node.name in kinds}  # in graph order
 
 
 def _accuracy(logits: np.ndarray, examples: Any, predictor: Any) -> float | None:
