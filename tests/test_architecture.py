@@ -26,7 +26,7 @@ BUILTINS: dict[str, set[str]] = {
     "task": {"single_label", "multi_label"},
     "callback": {"progress", "tensorboard"},
     "objective": {"cross_entropy", "adalora", "pet", "contrastive"},
-    "model-folder loader": {"prompt", "nli", "adapter", "onnx", "transformers"},
+    "model-folder loader": {"prompt", "nli", "adapter", "onnx", "static", "transformers"},
     "attribution method": {"ig", "occlusion", "shap"},
 }
 
@@ -144,7 +144,19 @@ def test_strategies_register_where_they_are_defined() -> None:
 
 def test_help_of_every_command_does_not_import_torch() -> None:
     # `adaptext --help` (and each command's) must be instant: no torch until a command runs.
-    commands = ["train", "tune", "evaluate", "explain", "predict", "sample", "audit", "merge", "export", "serve"]
+    commands = [
+        "train",
+        "tune",
+        "evaluate",
+        "explain",
+        "distill",
+        "predict",
+        "sample",
+        "audit",
+        "merge",
+        "export",
+        "serve",
+    ]
     code = (
         "import contextlib, io, sys\n"
         "from adaptext.cli import main\n"

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from adaptext import __version__
-from adaptext.cli import audit, evaluate, explain, export, merge, predict, sample, serve, train, tune
+from adaptext.cli import audit, distill, evaluate, explain, export, merge, predict, sample, serve, train, tune
 from adaptext.cli.options import launched_as_main
 from adaptext.core.console import DEBUG_LOG, LOG_FORMAT, TIME_FORMAT, DebugLog, library_output_to_log, set_quiet
 from adaptext.core.errors import AdaptextError
@@ -32,7 +32,7 @@ __all__ = ["EXIT_USER_ERROR", "build_parser", "main"]
 EXIT_USER_ERROR = 2
 
 # in the order `--help` lists them
-COMMANDS = (train, tune, evaluate, explain, predict, sample, audit, merge, export, serve)
+COMMANDS = (train, tune, evaluate, explain, distill, predict, sample, audit, merge, export, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from adaptext.core.errors import AdaptextError
 MARKER = ".adaptext"
 
 
-FolderKind = Literal["run", "evaluation", "export", "merge", "tune", "explanation", "audit"]
+FolderKind = Literal["run", "evaluation", "export", "merge", "tune", "explanation", "audit", "student"]
 
 
 _WHAT = {
@@ -31,6 +31,7 @@ _WHAT = {
     "tune": "tuning study",
     "explanation": "explanation",
     "audit": "data audit",
+    "student": "distilled student",
 }
 
 

@@ -10,6 +10,7 @@ The built-in kinds, in the order they are asked:
 - `nli`: an NLI zero-shot scorer, `scorer: nli` (an entailment-model folder);
 - `adapter`: a peft adapter, recognised by peft's `adapter_config.json`;
 - `onnx`: an ONNX export, recognised by `model.onnx`;
+- `static`: a static-embedding student (`adaptext distill`), recognised by `adaptext_static` in `config.json`;
 - `transformers`: any other sequence-classification folder (`config.json`), the last resort.
 
 >>> class Mine(FolderLoader):  # doctest: +SKIP
@@ -37,6 +38,7 @@ from adaptext.modeling.adapters import load_adapter_model
 from adaptext.modeling.cloze import load_prompt_model
 from adaptext.modeling.nli import load_nli_model
 from adaptext.modeling.pooling import use_direct_mean_pooling
+from adaptext.modeling.static import StaticClassifier, is_static_folder, load_tokenizer
 
 
 class FolderLoader(ABC):
@@ -135,6 +137,22 @@ class OnnxLoader(FolderLoader):
         return OnnxClassifier(folder)
 
 
+class StaticLoader(FolderLoader):
+    """A static-embedding student: a token-embedding table averaged and read by a small head (`adaptext distill`)."""
+
+    description = "static-embedding"
+    priority = 5
+
+    def handles(self, folder: Path, info: ModelInfo) -> bool:
+        return is_static_folder(folder)
+
+    def load(self, folder: Path, info: ModelInfo) -> Any:
+        return StaticClassifier.load(folder)
+
+    def load_tokenizer(self, folder: Path) -> PreTrainedTokenizerBase:
+        return load_tokenizer(folder)
+
+
 class TransformersLoader(FolderLoader):
     """Any transformers sequence-classification folder: the kind asked last."""
 
@@ -154,4 +172,5 @@ LOADERS.add("prompt", PromptLoader())
 LOADERS.add("nli", NliLoader())
 LOADERS.add("adapter", AdapterLoader())
 LOADERS.add("onnx", OnnxLoader())
+LOADERS.add("static", StaticLoader())
 LOADERS.add("transformers", TransformersLoader())

@@ -1,0 +1,228 @@
+"""Static students made by `adaptext distill` against their teachers on SST-2 and BANKING77 (issue 20).
+
+    python bench/distill.py                               # trains both teachers (cached in --work), distils, measures
+    python bench/distill.py --datasets sst2 --dim 128     # one data set, another width
+    python bench/distill.py --init embeddings --output bench/results/distill-embeddings.json
+
+The teachers are what a user gets from `adaptext train` with the bundled model, as in bench/explain.py: SST-2
+fine-tuned on 8,000 training sentences (seed 0) for one epoch, validated on the dev set; BANKING77 on a stratified
+80% of its training file (seed 0) for three epochs, validated on the other 20% (the official test split is not
+shipped here). The student is distilled from the run folder, so it learns on the teacher's training texts and their
+augmented copies; SST-2 adds `--sst2-unlabelled` further training sentences (labels dropped) as unlabelled text.
+BANKING77 has no unlabelled text of its own.
+
+Measured on the held-out split (SST-2 dev, BANKING77's 20%): accuracy of both, agreement, texts/s through
+`Predictor` batched (64) and one text at a time, requests/s of `adaptext serve` with 16 concurrent single-text
+clients (bench/serve_load.py's generator), and the distillation's wall time. model2vec's own pretrained static
+models (potion-*) are not on this machine (no network), so they are not compared. Results: bench/results/distill.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets"
+RESULTS = ROOT / "bench" / "results" / "distill.json"
+
+
+def prepare(dataset: str, data_root: Path, work: Path) -> tuple[Path, Path]:
+    """Train (once, cached in `work`) the dataset's teacher; return its run folder and the held-out file."""
+    import pandas as pd
+
+    from adaptext.core.config import DataConfig, load_config
+    from adaptext.data.io import load_examples
+    from adaptext.data.splits import stratified_split
+    from adaptext.strategies import train
+
+    folder = work / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    if dataset == "sst2":
+        frame = pd.read_csv(data_root / "sst2" / "train.csv", keep_default_na=False).sample(n=8000, random_state=0)
+        heldout = data_root / "sst2" / "dev.csv"
+        overrides = ["train.epochs=1"]
+    else:
+        source = data_root / "banking77" / "train.csv"
+        kept, held = stratified_split(load_examples(source, DataConfig()), 0.2, seed=0)
+        full = pd.read_csv(source, keep_default_na=False)
+        frame = full.iloc[kept]
+        heldout = folder / "heldout.csv"
+        full.iloc[held].to_csv(heldout, index=False)
+        overrides = ["train.epochs=3"]
+    run = folder / "run"
+    if not (folder / "train.csv").is_file():
+        frame.to_csv(folder / "train.csv", index=False)  # the student reads the run's training texts too
+    if not (run / "model" / "config.json").is_file():
+        config = load_config(
+            None,
+            [
+                "model.name=minilm",
+                f"data.train={folder / 'train.csv'}",
+                f"data.validation={heldout}",
+                "data.max_length=64",
+                f"output_dir={run}",
+                "seed=0",
+                "train.report_errors=0",
+                *overrides,
+            ],
+        )
+        print(f"[{dataset}] training the teacher into {run}", file=sys.stderr)
+        train(config, overwrite=True)
+    return run, heldout
+
+
+def unlabelled_for(dataset: str, data_root: Path, work: Path, rows: int) -> Path | None:
+    """SST-2 training sentences the teacher was not trained on, without labels; None for BANKING77 or `rows` 0."""
+    import pandas as pd
+
+    if dataset != "sst2" or rows <= 0:
+        return None
+    frame = pd.read_csv(data_root / "sst2" / "train.csv", keep_default_na=False)
+    used = set(frame.sample(n=8000, random_state=0).index)
+    rest = frame.drop(index=list(used)).sample(n=min(rows, len(frame) - len(used)), random_state=1)
+    path = work / dataset / f"unlabelled-{rows}.txt"
+    path.write_text("\n".join(rest.text.str.replace("\n", " ")) + "\n", encoding="utf-8")
+    return path
+
+
+def speed(predictor: Any, texts: list[str], single: int) -> dict[str, float]:
+    """Texts/s batched (the predictor's batch size) and one text per call (the first `single` texts)."""
+    predictor.predict(texts[:64])  # warm-up
+    started = time.perf_counter()
+    predictor.predict(texts)
+    batched = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for text in texts[:single]:
+        predictor.predict([text])
+    one = single / (time.perf_counter() - started)
+    return {"batched": batched, "one_at_a_time": one}
+
+
+def measure(
+    dataset: str, run: Path, heldout: Path, student_dir: Path, single: int, serve_requests: int
+) -> dict[str, Any]:
+    import numpy as np
+    import pandas as pd
+
+    from adaptext.inference.predictor import Predictor
+
+    frame = pd.read_csv(heldout, keep_default_na=False)
+    texts = frame.text.tolist()
+    result: dict[str, Any] = {"dataset": dataset, "heldout": str(heldout), "texts": len(texts)}
+    decided = {}
+    for who, folder in (("teacher", run), ("student", student_dir)):
+        predictor = Predictor.from_dir(folder)
+        probs = predictor.predict_proba(texts)
+        decided[who] = probs.argmax(1)
+        truth = np.array([predictor.labels.index(label) for label in frame.label])
+        result[who] = {"accuracy": float((decided[who] == truth).mean())} | speed(predictor, texts, single)
+        if serve_requests > 0:
+            result[who]["serve_16_clients"] = serve_speed(folder, texts, serve_requests, 16)
+    result["agreement"] = float((decided["teacher"] == decided["student"]).mean())
+    result["accuracy_lost_points"] = 100 * (result["teacher"]["accuracy"] - result["student"]["accuracy"])
+    result["speedup"] = {key: result["student"][key] / result["teacher"][key] for key in ("batched", "one_at_a_time")}
+    return result
+
+
+def serve_speed(folder: Path, texts: list[str], requests: int, clients: int) -> dict[str, Any]:
+    """Requests/s and latency of `adaptext serve` on `folder` with `clients` concurrent single-text clients
+    (bench/serve_load.py's load generator)."""
+    import asyncio
+
+    from serve_load import free_port, load, start
+
+    port = free_port()
+    process = start([sys.executable, "-m", "adaptext", "-q", "serve", str(folder), "--port", str(port)], port)
+    try:
+        return asyncio.run(load(f"http://127.0.0.1:{port}/predict", texts, requests, clients))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| data set | model | accuracy | agreement | texts/s batched | texts/s one at a time | serve req/s (16) "
+        "| distil s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for who in ("teacher", "student"):
+            m = r[who]
+            agreement = f"{r['agreement']:.4f}" if who == "student" else ""
+            seconds = f"{r['distill_seconds']:.0f}" if who == "student" else ""
+            served = f"{m['serve_16_clients']['requests_per_s']:.0f}" if "serve_16_clients" in m else ""
+            lines.append(
+                f"| {r['dataset']} | {who} | {m['accuracy']:.4f} | {agreement} | {m['batched']:.0f} | "
+                f"{m['one_at_a_time']:.0f} | {served} | {seconds} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["sst2", "banking77"], choices=["sst2", "banking77"])
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/adaptext-bench-distill"), help="teacher cache")
+    parser.add_argument("--sst2-unlabelled", type=int, default=20000, help="SST-2 sentences given as unlabelled")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--augment", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--init", default="embeddings", choices=["teacher", "embeddings", "random"])
+    parser.add_argument("--single", type=int, default=300, help="texts predicted one at a time for the speed")
+    parser.add_argument(
+        "--serve-requests", type=int, default=1000, help="requests to `adaptext serve` at 16 clients (0: skip)"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    import logging
+
+    import torch
+
+    from adaptext.distill import StudentSettings, distill_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    settings = StudentSettings(
+        dim=args.dim,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        augment=args.augment,
+        temperature=args.temperature,
+        init=args.init,
+    )
+    results = []
+    for dataset in args.datasets:
+        run, heldout = prepare(dataset, args.data_root, args.work)
+        unlabelled = unlabelled_for(dataset, args.data_root, args.work, args.sst2_unlabelled)
+        student_dir = args.work / dataset / "student"
+        started = time.perf_counter()
+        summary = distill_model(run, student_dir, unlabelled=unlabelled, settings=settings, overwrite=True)
+        seconds = time.perf_counter() - started
+        result = measure(dataset, run, heldout, student_dir, args.single, args.serve_requests)
+        results.append(result | {"distill_seconds": seconds, "distill": summary})
+        print(table(results[-1:]), flush=True)
+    record = {
+        "command": "python bench/distill.py " + " ".join(sys.argv[1:]),
+        "torch_threads": torch.get_num_threads(),
+        "settings": vars(args) | {"data_root": str(args.data_root), "work": str(args.work), "output": str(args.output)},
+        "results": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    print(table(results))
+    print(f"written: {args.output}")
+
+
+if __name__ == "__main__":
+    main()

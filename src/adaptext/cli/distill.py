@@ -1,0 +1,75 @@
+"""`adaptext distill RUN --output DIR [--unlabelled FILE] [--dim D]`: a static-embedding student of a classifier."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from adaptext.cli.options import add_overwrite_option
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("distill", help="distil a trained classifier into a static-embedding student, many times faster")
+    p.add_argument("model", help="the teacher: a run folder (its training texts are used) or any model folder")
+    p.add_argument("--output", required=True, help="new or empty folder for the student and its distill.html report")
+    p.add_argument(
+        "--unlabelled",
+        default=None,
+        help="more texts for the teacher to label: CSV/TSV/JSONL/Parquet with a text column, or .txt, one per line",
+    )
+    p.add_argument("--text-column", default=None, help="the --unlabelled file's text column (default: the teacher's)")
+    p.add_argument("--dim", type=int, default=256, help="width of the token embeddings (default 256)")
+    p.add_argument(
+        "--hidden", type=int, default=512, help="width of the head's hidden layer, 0 for a linear head (default 512)"
+    )
+    p.add_argument("--epochs", type=int, default=10, help="passes over the distillation texts (default 10)")
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=2,
+        help="changed copies of each training text for the teacher to label (default 2)",
+    )
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft labels (default 2)")
+    p.add_argument(
+        "--init",
+        choices=["teacher", "embeddings", "random"],
+        default="embeddings",
+        help="the first embedding table: embeddings (the teacher's input word embeddings, default), teacher "
+        "(model2vec's, from the teacher's encoder: as accurate here, and a minute or two slower) or random",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation, the head and the batch order")
+    add_overwrite_option(p, "an earlier student in --output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adaptext.distill import StudentSettings, distill_model
+
+    settings = StudentSettings(
+        dim=args.dim,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        augment=args.augment,
+        temperature=args.temperature,
+        init=args.init,
+        seed=args.seed,
+    )
+    summary = distill_model(
+        args.model,
+        args.output,
+        unlabelled=args.unlabelled,
+        text_column=args.text_column,
+        settings=settings,
+        overwrite=args.overwrite,
+    )
+    texts, seconds = summary["texts"]["distilled_on"], summary["seconds"]["total_s"]
+    print(f"student of {summary['teacher']}: distilled on {texts} texts in {seconds:.0f} s")
+    for split, agreement in summary["agreement"].items():
+        accuracy = summary["accuracy"][split]
+        speed = summary["texts_per_second"][split]
+        print(
+            f"{split}: accuracy teacher {accuracy['teacher']:.4f}, student {accuracy['student']:.4f}; "
+            f"agreement {agreement:.4f}; texts/s teacher {speed['teacher']:.0f}, student {speed['student']:.0f}"
+        )
+    print(f"report: {Path(args.output) / 'distill.html'}")
+    return 0

@@ -1,0 +1,238 @@
+"""Making a static-embedding student: its first embedding table from the teacher, then training on soft labels.
+
+The table starts from the teacher's input word embeddings reduced by PCA to the student's width, or (`init:
+teacher`) as model2vec makes one (`model2vec.distill.distill_from_model`): every token of the teacher's vocabulary
+run alone through the teacher's encoder, the outputs reduced by PCA. A teacher model2vec cannot read (an adapter, a
+prompt model) falls back to its input word embeddings; one with neither (an ONNX export) starts from random vectors.
+Training then fits table and head to the teacher's probabilities at a temperature (Hinton et al., 2015)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch.nn import functional as F  # noqa: N812  (torch's own spelling)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from adaptext.core.console import progress_bar
+from adaptext.modeling.static import StaticClassifier, StaticConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """How the student is made.
+
+    Attributes:
+        dim: Width of each token embedding (at most the teacher's width when the table starts from the teacher).
+        hidden: Width of the head's hidden layer; 0 for a linear head.
+        epochs: Passes over the distillation texts.
+        batch_size: Texts per optimizer step.
+        learning_rate: AdamW's learning rate for the table and the head.
+        temperature: Softmax temperature of both teacher and student in the loss.
+        augment: Changed copies of each training text added to the distillation texts.
+        init: `embeddings` (the teacher's input word embeddings, PCA'd), `teacher` (model2vec's table from the
+            teacher's encoder where it can read it, else as `embeddings`) or `random`. `embeddings` is the default:
+            it scored as `teacher` did (BANKING77 0.9144 against 0.9129, SST-2 0.7959 against 0.7982) and costs
+            a second where model2vec's pass over a 30k vocabulary costs a minute or two on 2 cores.
+        seed: Seed of the augmentation, the initial head and the batch order.
+    """
+
+    dim: int = 256
+    hidden: int = 512
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 5e-3
+    temperature: float = 2.0
+    augment: int = 2
+    init: str = "embeddings"
+    seed: int = 0
+
+
+INITS = ("teacher", "embeddings", "random")
+
+
+def initial_table(model: Any, tokenizer: PreTrainedTokenizerBase, settings: StudentSettings) -> tuple[np.ndarray, str]:
+    """The student's first embedding table (vocab, width) and how it was made (`model2vec`, `embeddings`, `random`).
+
+    The width is `settings.dim`, or the teacher's own width when that is smaller.
+    """
+    vocab_size = len(tokenizer)
+    if settings.init == "teacher" and _encoder_of(model) is not None:
+        return _model2vec_table(_encoder_of(model), tokenizer, settings.dim), "model2vec"  # type: ignore[arg-type]
+    embeddings = _input_embeddings(model)
+    if settings.init in ("teacher", "embeddings") and embeddings is not None:
+        return _pca(embeddings[:vocab_size], settings.dim), "embeddings"
+    if settings.init != "random":
+        logger.warning("the teacher (%s) has no word embeddings to start from: the table starts random", type(model))
+    rng = np.random.default_rng(settings.seed)
+    return rng.normal(0.0, 0.1, size=(vocab_size, settings.dim)).astype(np.float32), "random"
+
+
+def _encoder_of(model: Any) -> PreTrainedModel | None:
+    # A transformers sequence classifier's encoder (BertModel, ...): model2vec runs it on one token at a time.
+    # Wrapped models (peft, prompt, NLI scorers) are left to their input embeddings.
+    if not isinstance(model, PreTrainedModel) or model.base_model is model:
+        return None
+    base = model.base_model
+    return base if isinstance(base, PreTrainedModel) else None
+
+
+def _input_embeddings(model: Any) -> np.ndarray | None:
+    get = getattr(model, "get_input_embeddings", None)
+    if get is None:
+        inner = getattr(model, "model", None)  # prompt and NLI wrappers hold the transformers model here
+        get = getattr(inner, "get_input_embeddings", None)
+    layer = get() if callable(get) else None
+    weight = getattr(layer, "weight", None)
+    return weight.detach().float().cpu().numpy() if isinstance(weight, torch.Tensor) else None
+
+
+def _model2vec_table(encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dim: int) -> np.ndarray:
+    from model2vec.distill import distill_from_model
+
+    # float32 and no SIF weighting: the table is trained further, and SIF's weights assume a vocabulary ordered by
+    # frequency, which a WordPiece vocabulary is not.
+    fast = cast(Any, tokenizer)  # a fast tokenizer; model2vec's annotation names transformers' backend class
+    static = distill_from_model(
+        encoder, fast, pca_dims=dim, sif_coefficient=None, quantize_to="float32", device=str(encoder.device)
+    )
+    vectors = np.asarray(static.embedding, dtype=np.float32)
+    table = np.zeros((len(tokenizer), vectors.shape[1]), dtype=np.float32)
+    # model2vec drops some tokens ([unusedN]) and renumbers the rest: map its rows back to the teacher's ids.
+    teacher_ids = tokenizer.get_vocab()
+    for token, row in static.tokenizer.get_vocab().items():
+        index = teacher_ids.get(token)
+        if index is not None and index < len(table):
+            table[index] = vectors[row]
+    return table
+
+
+def _pca(vectors: np.ndarray, dim: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    width = min(dim, vectors.shape[1])
+    return PCA(n_components=width, random_state=0).fit_transform(vectors).astype(np.float32)
+
+
+def build_student(
+    table: np.ndarray, labels: list[str], problem_type: str, settings: StudentSettings, extra: dict[str, Any]
+) -> StaticClassifier:
+    """A student whose embedding table is `table` (vocab, width) and whose head is new."""
+    torch.manual_seed(settings.seed)
+    config = StaticConfig(
+        vocab_size=table.shape[0],
+        dim=table.shape[1],
+        id2label=dict(enumerate(labels)),
+        hidden=settings.hidden,
+        problem_type=problem_type,
+        extra=extra,
+    )
+    student = StaticClassifier(config)
+    with torch.no_grad():
+        # Scaled to unit mean norm: PCA outputs of different teachers differ in scale by orders of magnitude, and
+        # one learning rate should suit them all.
+        weights = torch.from_numpy(table)
+        norm = weights.norm(dim=1).mean().clamp_min(1e-6)
+        student.embeddings.weight.copy_(weights / norm)
+    return student
+
+
+def soft_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, multi_label: bool
+) -> torch.Tensor:
+    """The distillation loss of a batch: KL divergence from the teacher's probabilities at `temperature` to the
+    student's (softmax over labels, or each label's sigmoid for multi-label), times temperature² so its gradients
+    keep their size (Hinton et al., 2015). It is 0 when the student matches the teacher.
+    """
+    t = temperature
+    if multi_label:
+        # (batch, labels): both outcomes of each label, as a 2-way distribution
+        student_log = torch.stack([F.logsigmoid(student_logits / t), F.logsigmoid(-student_logits / t)], dim=-1)
+        teacher_log = torch.stack([F.logsigmoid(teacher_logits / t), F.logsigmoid(-teacher_logits / t)], dim=-1)
+        loss = F.kl_div(student_log, teacher_log, log_target=True, reduction="sum") / student_logits.shape[0]
+    else:
+        student_log = F.log_softmax(student_logits / t, dim=-1)
+        teacher_log = F.log_softmax(teacher_logits / t, dim=-1)
+        loss = F.kl_div(student_log, teacher_log, log_target=True, reduction="batchmean")
+    return loss * t * t
+
+
+def train_student(
+    student: StaticClassifier,
+    ids: list[list[int]],
+    teacher_logits: np.ndarray,
+    settings: StudentSettings,
+    *,
+    multi_label: bool,
+) -> list[float]:
+    """Fit `student` to `teacher_logits` (texts, labels) on the token ids of the texts; return each epoch's mean
+    loss. A progress bar counts the steps."""
+    rng = random.Random(settings.seed)
+    # Sparse gradients for the table: a batch touches a few thousand of its rows, and a dense update of all of
+    # them (30k x 256 for a BERT vocabulary) costs 7x the step (bench: 420 against 60 ms per step on 2 cores).
+    table = student.embeddings.weight
+    head = [p for p in student.parameters() if p is not table]
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.SparseAdam([table], lr=settings.learning_rate),
+        torch.optim.AdamW(head, lr=settings.learning_rate, weight_decay=0.0),
+    ]
+    steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    schedules = [
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(total, 1)))
+        for optimizer in optimizers
+    ]
+    targets = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
+    losses: list[float] = []
+    student.train()
+    student.embeddings.sparse = True
+    # One thread: the steps are too small to gain from more, and threads that share busy cores thrash (an epoch of
+    # 38k SST-2 texts took 80 s at 2 threads and 4 s at 1 on 2 shared cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    bar = progress_bar(total=total, desc="distill", unit="step")
+    try:
+        for _ in range(settings.epochs):
+            order = list(range(len(ids)))
+            rng.shuffle(order)
+            running = 0.0
+            for start in range(0, len(order), settings.batch_size):
+                batch = order[start : start + settings.batch_size]
+                input_ids, mask = _pad([ids[i] for i in batch])
+                logits = student(input_ids=input_ids, attention_mask=mask).logits
+                loss = soft_loss(logits, targets[batch], settings.temperature, multi_label)
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for optimizer, schedule in zip(optimizers, schedules, strict=True):
+                    optimizer.step()
+                    schedule.step()
+                running += loss.item() * len(batch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{running / min(start + len(batch), len(order)):.4f}")
+            losses.append(running / max(len(ids), 1))
+            logger.info("distill: epoch %d of %d, loss %.4f", len(losses), settings.epochs, losses[-1])
+    finally:
+        bar.close()
+        torch.set_num_threads(threads)
+        student.embeddings.sparse = False
+    student.eval()
+    return losses
+
+
+def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    # (batch, longest) ids and mask; the pad id does not matter since the mask weighs it 0
+    width = max(len(row) for row in rows)
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1.0
+    return input_ids, mask

@@ -1,0 +1,66 @@
+"""The texts a student learns from: the teacher's training texts, copies of them changed a little, unlabelled text."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+from adaptext.core.errors import DataError
+from adaptext.data.io import read_table, require_columns, text_values
+
+TEXT_SUFFIX = ".txt"
+
+
+def read_unlabelled(path: Path, text_column: str) -> list[str]:
+    """The texts of `path`: a CSV/TSV/JSONL/Parquet file's `text_column`, or a `.txt` file's non-blank lines.
+
+    >>> read_unlabelled(Path("reviews.txt"), "text")[:1]  # doctest: +SKIP
+    ['a gripping, well acted thriller']
+    """
+    if path.suffix.lower() != TEXT_SUFFIX:
+        frame = read_table(path)
+        require_columns(path, frame, [text_column])
+        return text_values(path, frame, text_column)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: is a folder, expected a file")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not valid UTF-8 (byte offset {error.start}); save the file as UTF-8") from None
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise DataError(f"{path}: the file holds no text (one text per line expected)")
+    return texts
+
+
+def augment(texts: Iterable[str], copies: int, seed: int, p_drop: float = 0.1, p_swap: float = 0.1) -> list[str]:
+    """`copies` changed copies of each text (Tang et al., 2019): each word dropped with probability `p_drop`, each
+    pair of neighbours swapped with probability `p_swap`, and now and then only a random stretch of the words kept.
+
+    The teacher labels every copy, so the student sees how the teacher's confidence moves as words come and go,
+    which the original texts alone do not show a bag of words.
+    """
+    rng = random.Random(seed)
+    made: list[str] = []
+    for text in texts:
+        words = text.split()
+        if len(words) < 2:
+            continue
+        for _ in range(copies):
+            kept = [w for w in words if rng.random() >= p_drop] or [rng.choice(words)]
+            for i in range(len(kept) - 1):
+                if rng.random() < p_swap:
+                    kept[i], kept[i + 1] = kept[i + 1], kept[i]
+            if len(kept) > 3 and rng.random() < 0.25:
+                # a stretch of 1 to 5 words: how the teacher reads a phrase out of its sentence
+                length = rng.randint(1, min(5, len(kept) - 1))
+                start = rng.randrange(len(kept) - length + 1)
+                kept = kept[start : start + length]
+            made.append(" ".join(kept))
+    return made
+
+
+def unique(texts: Iterable[str]) -> list[str]:
+    """`texts` without repeats, in first-seen order: a repeated text would only weigh more in the loss."""
+    return list(dict.fromkeys(texts))

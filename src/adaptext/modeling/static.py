@@ -1,0 +1,173 @@
+"""A static-embedding classifier: a token-embedding table, averaged over the text's tokens, read by a small head.
+
+It answers like a transformers sequence classifier (`model(**inputs).logits`, `config.id2label`,
+`config.problem_type`), so `Predictor`, `evaluate`, `predict` and `serve` use it unchanged; `adaptext distill`
+makes one from a trained classifier.
+
+The folder layout is model2vec's: `model.safetensors` holds the table under `embeddings` (plus the head's weights
+under `head.*`), `config.json` has `model_type: model2vec` and `hidden_dim`, and `tokenizer.json` is the tokenizer.
+So `model2vec.StaticModel.from_pretrained(folder)` reads the same folder as a plain static embedding model (the
+learnt table, without the head).
+
+>>> model = StaticClassifier(StaticConfig(vocab_size=100, dim=8, id2label={0: "neg", 1: "pos"}))
+>>> model(input_ids=torch.tensor([[1, 5, 2]]), attention_mask=torch.ones(1, 3)).logits.shape
+torch.Size([1, 2])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_TYPE = "model2vec"  # what model2vec's loader expects in config.json
+EMBEDDINGS = "embeddings"  # the table's name in model.safetensors, model2vec's
+
+
+@dataclass
+class StaticConfig:
+    """The shape and label names of a `StaticClassifier`, saved as `config.json`.
+
+    Attributes:
+        vocab_size: Rows of the embedding table: the tokenizer's vocabulary size.
+        dim: Width of each token embedding.
+        id2label: Label name per output index.
+        hidden: Width of the head's hidden layer; 0 for a linear head on the averaged embedding.
+        problem_type: transformers' `problem_type` (`single_label_classification` or `multi_label_classification`).
+        dropout: Dropout on the averaged embedding while training.
+    """
+
+    vocab_size: int
+    dim: int
+    id2label: dict[int, str]
+    hidden: int = 0
+    problem_type: str = "single_label_classification"
+    dropout: float = 0.1
+    extra: dict[str, Any] = field(default_factory=dict)  # written to config.json as they are (teacher, ...)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: index for index, name in self.id2label.items()}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    def to_json(self) -> dict[str, Any]:
+        """The keys of `config.json`: model2vec's (`model_type`, `hidden_dim`, `normalize`) and the classifier's."""
+        fields = asdict(self)
+        extra = fields.pop("extra")
+        return (
+            extra
+            | {
+                "model_type": MODEL_TYPE,
+                "architectures": ["StaticClassifier"],
+                "hidden_dim": self.dim,
+                "normalize": False,  # the head reads the plain mean; model2vec would otherwise rescale each vector
+                "adaptext_static": True,
+                "label2id": self.label2id,
+            }
+            | fields
+            | {"id2label": {str(k): v for k, v in self.id2label.items()}}
+        )
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> StaticConfig:
+        """The config saved as `raw` (the parsed `config.json`); `KeyError` or `ValueError` when it is not one."""
+        written = {"model_type", "architectures", "hidden_dim", "normalize", "adaptext_static", "label2id"}
+        return cls(
+            vocab_size=int(raw["vocab_size"]),
+            dim=int(raw["dim"]),
+            id2label={int(k): str(v) for k, v in raw["id2label"].items()},
+            hidden=int(raw.get("hidden", 0)),
+            problem_type=str(raw.get("problem_type") or "single_label_classification"),
+            dropout=float(raw.get("dropout", 0.1)),
+            extra={k: v for k, v in raw.items() if k not in written and k not in cls.__dataclass_fields__},
+        )
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in `folder`, read without its `config.json` (a model2vec config transformers does not
+    know, and would warn about)."""
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder, config=PretrainedConfig())
+    return tokenizer
+
+
+def is_static_folder(folder: Path) -> bool:
+    """True when `folder/config.json` is a static classifier's."""
+    try:
+        raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and raw.get("adaptext_static") is True
+
+
+class StaticClassifier(nn.Module):
+    """Mean of the token embeddings (padding excluded), then a linear or one-hidden-layer head."""
+
+    def __init__(self, config: StaticConfig) -> None:
+        super().__init__()
+        self.config = config
+        # mode="sum" with per-token weights 1/length: the masked mean in one fused kernel.
+        self.embeddings = nn.EmbeddingBag(config.vocab_size, config.dim, mode="sum")
+        self.dropout = nn.Dropout(config.dropout)
+        layers: list[nn.Module] = []
+        if config.hidden:
+            layers += [nn.Linear(config.dim, config.hidden), nn.GELU()]
+        layers.append(nn.Linear(config.hidden or config.dim, config.num_labels))
+        self.head = nn.Sequential(*layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.weight.device
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean embedding of each text: (batch, tokens) -> (batch, dim)."""
+        mask = torch.ones_like(input_ids, dtype=torch.float32) if attention_mask is None else attention_mask.float()
+        weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return self.embeddings(input_ids, per_sample_weights=weights)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **_: Any,  # token_type_ids and the like: a bag of tokens has no use for them
+    ) -> SequenceClassifierOutput:
+        # (batch, tokens) -> (batch, dim) -> (batch, num_labels)
+        logits = self.head(self.dropout(self.pooled(input_ids, attention_mask)))
+        return SequenceClassifierOutput(logits=logits)
+
+    def save(self, folder: Path) -> None:
+        """Write `config.json` and `model.safetensors` (the table as `embeddings`) into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {EMBEDDINGS: self.embeddings.weight.detach().cpu().contiguous()}
+        tensors |= {f"head.{name}": value.detach().cpu().contiguous() for name, value in self.head.state_dict().items()}
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        text = json.dumps(self.config.to_json(), indent=2, ensure_ascii=False) + "\n"
+        (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> StaticClassifier:
+        """The classifier saved in `folder`; `ValueError` or `OSError` when the files are missing or do not fit."""
+        try:
+            config = StaticConfig.from_json(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{folder / CONFIG_FILE}: not a static classifier's config ({error!r})") from None
+        tensors = load_file(str(folder / WEIGHTS_FILE))
+        model = cls(config)
+        head = {name.removeprefix("head."): value for name, value in tensors.items() if name.startswith("head.")}
+        try:
+            model.embeddings.weight.data.copy_(tensors[EMBEDDINGS])
+            model.head.load_state_dict(head)
+        except (KeyError, RuntimeError) as error:
+            raise ValueError(f"{folder / WEIGHTS_FILE}: weights do not fit the config ({error})") from None
+        return model

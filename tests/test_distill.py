@@ -1,0 +1,275 @@
+"""`adaptext distill`: a static-embedding student of a tiny trained run, loaded and served like any model folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from adaptext.core.config import load_config
+from adaptext.core.errors import AdaptextError
+from adaptext.core.info import ModelInfo
+from adaptext.distill import StudentSettings, distill_model
+from adaptext.distill.student import build_student, soft_loss, train_student
+from adaptext.distill.texts import augment, read_unlabelled
+from adaptext.inference.loaders import StaticLoader, loader_for
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.static import StaticClassifier, StaticConfig
+from adaptext.strategies import train
+from conftest import LEARNABLE, make_rows, served_in_thread
+
+FAST = StudentSettings(dim=16, hidden=0, epochs=30, batch_size=16, learning_rate=2e-2, augment=2, init="teacher")
+PROBES = ["refund my invoice please", "where is my parcel", "login error again", "the", ""]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("distill-teacher")
+    files = {}
+    for split, n, seed in (("train", 120, 1), ("validation", 30, 2), ("test", 30, 3)):
+        files[split] = folder / f"{split}.csv"
+        pd.DataFrame(make_rows(n, seed=seed)).to_csv(files[split], index=False)
+    config = load_config(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.train={files['train']}",
+            f"data.validation={files['validation']}",
+            f"data.test={files['test']}",
+            f"output_dir={folder / 'run'}",
+            "data.max_length=32",
+            "train.precision=fp32",
+            "seed=7",
+            *LEARNABLE,
+        ],
+    )
+    return train(config).run_dir
+
+
+@pytest.fixture(scope="module")
+def unlabelled_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("distill-unlabelled") / "more.txt"
+    path.write_text("\n".join(row["text"] for row in make_rows(90, seed=11)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def student(teacher_run: Path, unlabelled_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("distill-out") / "student"
+    distill_model(teacher_run, output, unlabelled=unlabelled_file, settings=FAST)
+    return output
+
+
+def distill_cli(*argv: str) -> int:
+    from adaptext.cli import distill
+
+    parser = argparse.ArgumentParser()
+    distill.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["distill", *argv])
+    return int(args.func(args))
+
+
+# the folder --------------------------------------------------------------------------------------------------------
+
+
+def test_student_folder_holds_the_promised_files(student: Path, teacher_run: Path) -> None:
+    names = {p.name for p in student.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "adaptext.json",
+        "distill.json",
+        "distill.html",
+    } <= names
+    info = ModelInfo.read(student)
+    assert info.strategy == "distill" and info.labels == ["billing", "shipping", "technical"]
+    summary = json.loads((student / "distill.json").read_text(encoding="utf-8"))
+    assert summary["init"] == "model2vec"
+    assert set(summary["agreement"]) == {"validation", "test"}
+    assert summary["texts"]["unlabelled"] == 90
+    assert "agreement" in (student / "distill.html").read_text(encoding="utf-8")
+    assert loader_for(student, info).__class__ is StaticLoader
+
+
+def test_student_learns_the_teacher(student: Path) -> None:
+    summary = json.loads((student / "distill.json").read_text(encoding="utf-8"))
+    losses = summary["epoch_losses"]
+    assert losses[-1] < 0.5 * losses[0]
+    # 3 labels: chance agreement is about 1/3; the keyword task is learnt by a bag of words
+    assert summary["agreement"]["validation"] >= 0.9
+    assert summary["accuracy"]["test"]["student"] >= 0.8
+
+
+def test_student_reloads_with_the_same_logits(student: Path) -> None:
+    first = Predictor.from_dir(student)
+    assert isinstance(first.model, StaticClassifier)
+    again = Predictor.from_dir(student)
+    assert np.array_equal(first.predict_logits(PROBES), again.predict_logits(PROBES))
+    # a padded batch predicts as one text at a time does
+    one_by_one = np.concatenate([first.predict_logits([text]) for text in PROBES])
+    np.testing.assert_allclose(first.predict_logits(PROBES), one_by_one, atol=1e-5)
+
+
+def test_model2vec_reads_the_table(student: Path) -> None:
+    from model2vec import StaticModel
+
+    static = StaticModel.from_pretrained(student)
+    mine = StaticClassifier.load(student)
+    assert np.allclose(static.embedding, mine.embeddings.weight.detach().numpy())
+
+
+# the commands that take any model folder ---------------------------------------------------------------------------
+
+
+def test_evaluate_and_predict_take_the_student(student: Path, teacher_run: Path, tmp_path: Path) -> None:
+    from adaptext.cli import main
+
+    test_file = Path(load_config(teacher_run / "config.yaml").data.test or "")
+    assert main(["-q", "evaluate", str(student), "--data", str(test_file), "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["accuracy"] >= 0.8
+    out = tmp_path / "predictions.csv"
+    assert main(["-q", "predict", str(student), "--input", str(test_file), "--output", str(out)]) == 0
+    predicted = pd.read_csv(out)
+    assert len(predicted) == 30
+    expected = [p.label for p in Predictor.from_dir(student).predict(pd.read_csv(test_file).text.tolist())]
+    assert predicted["label"].tolist() == expected
+
+
+def test_serve_answers_with_the_student(student: Path) -> None:
+    import httpx
+
+    from adaptext.deploy.serve import ServeOptions, create_app, load_models
+
+    models = load_models([str(student)])
+    reference = Predictor.from_dir(student).predict(PROBES[:3])
+    with served_in_thread(create_app(models, ServeOptions()), ServeOptions()) as (url, _):
+        response = httpx.post(f"{url}/predict", json={"inputs": PROBES[:3]}, timeout=30)
+    assert response.status_code == 200, response.text
+    answers: list[list[dict[str, Any]]] = response.json()  # per text, every label with its score
+    assert [max(a, key=lambda item: item["score"])["label"] for a in answers] == [p.label for p in reference]
+    for answer, expected in zip(answers, reference, strict=True):
+        assert {item["label"]: item["score"] for item in answer} == pytest.approx(expected.scores, abs=1e-5)
+
+
+def test_cli_distills_and_refuses_a_folder_it_did_not_write(teacher_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli-student"
+    assert distill_cli(str(teacher_run), "--output", str(out), "--dim", "8", "--epochs", "2", "--augment", "0") == 0
+    assert Predictor.from_dir(out).predict(["refund"])[0].label in {"billing", "shipping", "technical"}
+    with pytest.raises(AdaptextError, match="--overwrite"):
+        distill_cli(str(teacher_run), "--output", str(out), "--epochs", "1")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(AdaptextError, match="not a folder adaptext wrote"):
+        distill_cli(str(teacher_run), "--output", str(mine), "--epochs", "1")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+# bad input ---------------------------------------------------------------------------------------------------------
+
+
+def test_bad_unlabelled_files_name_the_file(teacher_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    missing = tmp_path / "missing.csv"
+    with pytest.raises(AdaptextError, match=str(missing)):
+        distill_model(teacher_run, out, unlabelled=missing, settings=FAST)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(AdaptextError, match=f"{empty}.*no text"):
+        distill_model(teacher_run, out, unlabelled=empty, settings=FAST)
+    wrong = tmp_path / "wrong.csv"
+    pd.DataFrame({"sentence": ["a b c"]}).to_csv(wrong, index=False)
+    with pytest.raises(AdaptextError, match=f"{wrong}.*'text' not found"):
+        distill_model(teacher_run, out, unlabelled=wrong, settings=FAST)
+    assert not out.exists()  # a failed distillation writes nothing
+
+
+def test_a_model_folder_needs_texts(teacher_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    alone = tmp_path / "alone"
+    shutil.copytree(teacher_run / "model", alone)
+    with pytest.raises(AdaptextError, match="--unlabelled"):
+        distill_model(alone, tmp_path / "out", settings=FAST)
+
+
+def test_read_unlabelled_reads_tables_and_lines(write_csv: Any, tmp_path: Path) -> None:
+    path = write_csv("more.jsonl", [{"review": "good film"}, {"review": "bad film"}])
+    assert read_unlabelled(path, "review") == ["good film", "bad film"]
+    lines = tmp_path / "lines.txt"
+    lines.write_text("one\n\ntwo\n", encoding="utf-8")
+    assert read_unlabelled(lines, "text") == ["one", "two"]
+
+
+# the parts ---------------------------------------------------------------------------------------------------------
+
+
+def test_augment_is_seeded_and_changes_texts() -> None:
+    texts = ["please refund the invoice for my order today"] * 3
+    first, second = augment(texts, 2, seed=1), augment(texts, 2, seed=1)
+    assert first == second and len(first) == 6
+    assert any(text != texts[0] for text in first)
+    assert augment(["one"], 3, seed=1) == []  # a one-word text has nothing to change
+
+
+def test_soft_loss_decreases_on_a_learnable_toy_task() -> None:
+    # two labels, each given away by one token; the teacher's logits are confident and right
+    rng = np.random.default_rng(0)
+    ids = [[int(rng.integers(2, 10)), 10 + (i % 2), int(rng.integers(2, 10))] for i in range(64)]
+    teacher = np.array([[3.0, -3.0] if i % 2 == 0 else [-3.0, 3.0] for i in range(64)], dtype=np.float32)
+    table = rng.normal(0, 1, size=(12, 8)).astype(np.float32)
+    settings = StudentSettings(dim=8, epochs=40, batch_size=16, learning_rate=5e-2)
+    model = build_student(table, ["a", "b"], "single_label_classification", settings, extra={})
+    losses = train_student(model, ids, teacher, settings, multi_label=False)
+    assert losses[-1] < 0.3 * losses[0]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(ids)).logits.numpy()
+    assert (logits.argmax(1) == teacher.argmax(1)).mean() == 1.0
+
+
+def test_soft_loss_is_zero_gradient_at_the_teacher() -> None:
+    logits = torch.tensor([[1.0, -2.0, 0.5]], requires_grad=True)
+    soft_loss(logits, logits.detach(), 2.0, multi_label=False).backward()
+    assert logits.grad is not None and torch.allclose(logits.grad, torch.zeros(1, 3), atol=1e-6)
+
+
+def test_static_classifier_round_trips(tmp_path: Path) -> None:
+    config = StaticConfig(vocab_size=20, dim=4, id2label={0: "x", 1: "y"}, hidden=5, extra={"init": "random"})
+    model = StaticClassifier(config).eval()
+    model.save(tmp_path)
+    again = StaticClassifier.load(tmp_path).eval()
+    ids = torch.tensor([[1, 2, 3, 0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert torch.equal(
+        model(input_ids=ids, attention_mask=mask).logits, again(input_ids=ids, attention_mask=mask).logits
+    )
+    assert again.config == config
+    raw = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    raw["dim"] = 6
+    (tmp_path / "config.json").write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(ValueError, match="do not fit"):
+        StaticClassifier.load(tmp_path)
+
+
+def test_initial_table_falls_back_where_model2vec_cannot_read_the_teacher(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from transformers import AutoTokenizer, BertModel
+
+    from adaptext.distill.student import initial_table
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    settings = StudentSettings(dim=8)
+    table, init = initial_table(BertModel.from_pretrained(tiny_model_dir), tokenizer, settings)  # no head: no encoder
+    assert init == "embeddings" and table.shape == (len(tokenizer), 8)
+    table, init = initial_table(object(), tokenizer, settings)  # an ONNX session has no torch embeddings
+    assert init == "random" and table.shape == (len(tokenizer), 8)
+    assert "starts random" in caplog.text
