@@ -35,48 +35,11 @@ RESULTS = ROOT / "bench" / "results" / "distill.json"
 
 
 def prepare(dataset: str, data_root: Path, work: Path) -> tuple[Path, Path]:
-    """Train (once, cached in `work`) the dataset's teacher; return its run folder and the held-out file."""
-    import pandas as pd
+    """Train (once, cached in `work`) the dataset's teacher, as bench/explain.py trains the model it explains;
+    return its run folder and the held-out file. The student reads the run's training texts (work/DATASET/train.csv)."""
+    from explain import prepare as prepare_model  # bench/explain.py, beside this script
 
-    from adaptext.core.config import DataConfig, load_config
-    from adaptext.data.io import load_examples
-    from adaptext.data.splits import stratified_split
-    from adaptext.strategies import train
-
-    folder = work / dataset
-    folder.mkdir(parents=True, exist_ok=True)
-    if dataset == "sst2":
-        frame = pd.read_csv(data_root / "sst2" / "train.csv", keep_default_na=False).sample(n=8000, random_state=0)
-        heldout = data_root / "sst2" / "dev.csv"
-        overrides = ["train.epochs=1"]
-    else:
-        source = data_root / "banking77" / "train.csv"
-        kept, held = stratified_split(load_examples(source, DataConfig()), 0.2, seed=0)
-        full = pd.read_csv(source, keep_default_na=False)
-        frame = full.iloc[kept]
-        heldout = folder / "heldout.csv"
-        full.iloc[held].to_csv(heldout, index=False)
-        overrides = ["train.epochs=3"]
-    run = folder / "run"
-    if not (folder / "train.csv").is_file():
-        frame.to_csv(folder / "train.csv", index=False)  # the student reads the run's training texts too
-    if not (run / "model" / "config.json").is_file():
-        config = load_config(
-            None,
-            [
-                "model.name=minilm",
-                f"data.train={folder / 'train.csv'}",
-                f"data.validation={heldout}",
-                "data.max_length=64",
-                f"output_dir={run}",
-                "seed=0",
-                "train.report_errors=0",
-                *overrides,
-            ],
-        )
-        print(f"[{dataset}] training the teacher into {run}", file=sys.stderr)
-        train(config, overwrite=True)
-    return run, heldout
+    return prepare_model(dataset, data_root, work)
 
 
 def unlabelled_for(dataset: str, data_root: Path, work: Path, rows: int) -> Path | None:
