@@ -164,16 +164,15 @@ def use_direct_mean_pooling(model: nn.Module) -> bool:
 
 
 def use_direct_mean(layer: nn.Module) -> bool:
-    """Make the pooling `layer` compute its result directly: the masked mean of the token states and its two
-    LayerNorms, without the full layer's matrix products; return False (and leave it alone) when its weights are
+    """Make the pooling `layer` compute its result directly: the masked mean of the token states, scaled, and its
+    two LayerNorms, without the full layer's matrix products; return False (and leave it alone) when its weights are
     not the pooling layer's.
 
-    The saved weights do not change, so plain `transformers` still runs the layer as an ordinary encoder layer and
-    gets the same [CLS] state to ~1e-5 (the residual its output scale drowns). Here the layer costs O(tokens x
-    hidden) instead of a full layer's products (one layer in seven for MiniLM: docs/benchmarks.md), the mean is
-    exact, and an ONNX export carries a mean and two LayerNorms instead of the layer's products and its x1e6
-    output weights. The check runs again at each call, so a layer that an adapter wraps later (a
-    LoRA on its query) falls back to the layer's own forward.
+    The saved weights do not change, and the result is the layer's own (plain `transformers` runs the full layer and
+    gets the same logits to float rounding), but here the layer costs O(tokens x hidden) instead of a full layer's
+    products (one layer in seven for MiniLM: docs/benchmarks.md), and an ONNX export carries a mean, a scaling and
+    two LayerNorms instead of the layer's matrix products. The check runs again at each call, so a layer that an
+    adapter wraps later (a LoRA on its query) falls back to the layer's own forward.
     """
     if not _is_pooling_layer(layer):
         return False
@@ -185,15 +184,17 @@ def use_direct_mean(layer: nn.Module) -> bool:
 def _direct_mean_forward(
     self: nn.Module, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any
 ) -> Any:
-    """The pooling layer's output, (batch, tokens, hidden): LayerNorm(LayerNorm(mean of the attended tokens)) at
-    every position; the layer's own forward for a mask of another kind or wrapped weights."""
+    """The pooling layer's output, (batch, tokens, hidden), computed as the layer computes it with its constant
+    weights: uniform attention gives the mean of the attended tokens, the output weights multiply it by POOL_SCALE,
+    the residual and the first LayerNorm follow, and the zero feed-forward leaves the second LayerNorm. The layer's
+    own forward for a mask of another kind or wrapped weights."""
     weights = _query_row_weights(attention_mask, hidden_states)
     if weights is None or not _plain_linears(self):
         return type(self).forward(self, hidden_states, attention_mask, *args, **kwargs)
-    # (batch, tokens, hidden) -> (batch, hidden): the mean over the tokens the [CLS] query attends to
-    mean = (hidden_states * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True)
-    pooled = self.get_submodule("output.LayerNorm")(self.get_submodule("attention.output.LayerNorm")(mean))
-    return pooled.unsqueeze(1).expand_as(hidden_states)
+    # (batch, tokens, hidden) -> (batch, 1, hidden): the mean over the tokens the [CLS] query attends to
+    mean = (hidden_states * weights.unsqueeze(-1)).sum(dim=1, keepdim=True) / weights.sum(dim=1).view(-1, 1, 1)
+    attended = self.get_submodule("attention.output.LayerNorm")(mean * POOL_SCALE + hidden_states)
+    return self.get_submodule("output.LayerNorm")(attended)
 
 
 def _plain_linears(layer: nn.Module) -> bool:
