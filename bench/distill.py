@@ -156,6 +156,7 @@ def main() -> None:
     from adaptext.distill import StudentSettings, distill_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request of the serve load test
     settings = StudentSettings(
         dim=args.dim,
         hidden=args.hidden,
