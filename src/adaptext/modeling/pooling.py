@@ -106,17 +106,9 @@ def add_mean_pooling(
     size = int(model.config.hidden_size)
     eye = torch.eye(size)
     linears = cast(dict[str, nn.Linear], {path: layer.get_submodule(path) for path in _POOLING_LINEARS})
-    settings = {
-        "attention.self.query": torch.zeros(size, size),  # every score 0: uniform over unmasked tokens
-        "attention.self.key": torch.zeros(size, size),
-        "attention.self.value": eye,
-        "attention.output.dense": eye * POOL_SCALE,
-        "intermediate.dense": torch.zeros_like(linears["intermediate.dense"].weight),
-        "output.dense": torch.zeros_like(linears["output.dense"].weight),
-    }
     dense = cast(nn.Linear, pre_head_dense(model))
     with torch.no_grad():
-        for path, weight in settings.items():
+        for path, weight in _pooling_weights(linears).items():
             linears[path].weight.copy_(weight)
             linears[path].bias.zero_()
         for path in _NORMS:
@@ -210,20 +202,28 @@ def _is_pooling_layer(layer: nn.Module) -> bool:
         linears = {path: cast(nn.Linear, layer.get_submodule(path)) for path in _POOLING_LINEARS}
     except AttributeError:
         return False
-    size = linears["attention.self.value"].weight.shape[0]
-    eye = torch.eye(size, dtype=linears["attention.self.value"].weight.dtype)
-    expected = {
+    with torch.no_grad():
+        same = all(
+            torch.equal(linears[path].weight.cpu(), weight) for path, weight in _pooling_weights(linears).items()
+        )
+        no_bias = not any(bool(linear.bias.any()) for linear in linears.values() if linear.bias is not None)
+    return same and no_bias
+
+
+def _pooling_weights(linears: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
+    """The pooling layer's weight for each of its linears (shaped and typed as they are; every bias is zero): zero
+    queries and keys (every score 0, so attention is uniform over the unmasked tokens), identity values, a
+    POOL_SCALE identity output, and no feed-forward."""
+    value = linears["attention.self.value"].weight
+    eye = torch.eye(value.shape[0], dtype=value.dtype)
+    return {
         "attention.self.query": torch.zeros_like(eye),
         "attention.self.key": torch.zeros_like(eye),
         "attention.self.value": eye,
         "attention.output.dense": eye * POOL_SCALE,
+        "intermediate.dense": torch.zeros_like(linears["intermediate.dense"].weight, device="cpu"),
+        "output.dense": torch.zeros_like(linears["output.dense"].weight, device="cpu"),
     }
-    with torch.no_grad():
-        same = all(torch.equal(linears[path].weight.cpu(), weight) for path, weight in expected.items())
-        zeros = all(not linears[path].weight.any() for path in ("intermediate.dense", "output.dense")) and not any(
-            bool(linear.bias.any()) for linear in linears.values() if linear.bias is not None
-        )
-    return same and zeros
 
 
 def _query_row_weights(attention_mask: Any, hidden_states: torch.Tensor) -> torch.Tensor | None:
