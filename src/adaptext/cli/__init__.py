@@ -21,7 +21,21 @@ import sys
 from collections.abc import Sequence
 
 from adaptext import __version__
-from adaptext.cli import audit, distill, evaluate, explain, export, merge, predict, sample, serve, train, tune
+from adaptext.cli import (
+    audit,
+    continual,
+    distill,
+    evaluate,
+    explain,
+    export,
+    extend,
+    merge,
+    predict,
+    sample,
+    serve,
+    train,
+    tune,
+)
 from adaptext.cli.options import launched_as_main
 from adaptext.core.console import DEBUG_LOG, LOG_FORMAT, TIME_FORMAT, DebugLog, library_output_to_log, set_quiet
 from adaptext.core.errors import AdaptextError
@@ -32,7 +46,7 @@ __all__ = ["EXIT_USER_ERROR", "build_parser", "main"]
 EXIT_USER_ERROR = 2
 
 # in the order `--help` lists them
-COMMANDS = (train, tune, evaluate, explain, distill, predict, sample, audit, merge, export, serve)
+COMMANDS = (train, extend, continual, tune, evaluate, explain, distill, predict, sample, audit, merge, export, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `key=value` overrides may also follow flags (`train run.yaml --resume train.epochs=5`).
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command not in ("train", "tune") or any("=" not in item or item.startswith("-") for item in extra):
+        if args.command not in ("train", "tune", "extend", "continual") or any(
+            "=" not in item or item.startswith("-") for item in extra
+        ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     set_quiet(args.quiet)

@@ -286,6 +286,55 @@ class TuneSection(_Section):
     sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler: TPE (default) or random.")
 
 
+CONTINUAL_METHODS = ("naive", "joint", "replay", "ewc", "lwf")
+
+
+class ContinualSection(_Section):
+    method: str = Field(
+        "replay",
+        description="How `adaptext extend` and `adaptext continual` keep what the model knew: `naive` (train on the "
+        "new data alone, the lower bound), `joint` (retrain from `model.name`'s base on all data so far, the upper "
+        "bound), `replay` (a memory of `memory_per_class` examples per class trained on with the new data), `ewc` "
+        "(a Fisher-weighted penalty on moving the weights that mattered), `lwf` (distillation from the previous "
+        "model's scores on the new texts), or a combination joined by `+` (`replay+lwf`).",
+    )
+    memory_per_class: Int = Field(
+        2, ge=0, description="Examples of each class kept in the replay memory (and used for EWC's Fisher)."
+    )
+    memory_selection: Literal["herding", "random"] = Field(
+        "herding",
+        description="How the memory is chosen: `herding` (examples whose mean embedding best matches the class's, "
+        "iCaRL) or `random`.",
+    )
+    ewc_lambda: Float = Field(1000.0, gt=0, description="Strength of EWC's penalty.")
+    lwf_weight: Float = Field(1.0, gt=0, description="Weight of LwF's distillation term against cross-entropy.")
+    lwf_temperature: Float = Field(2.0, gt=0, description="Softmax temperature of LwF's distillation.")
+    rebalance: bool = Field(
+        True,
+        description="After a task that added labels, scale the new labels' head rows to the old ones' mean norm "
+        "(weight aligning), so few remembered examples do not leave the head biased towards the new labels.",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        parts = [part.strip().lower() for part in value.split("+")]
+        unknown = [part for part in parts if part not in CONTINUAL_METHODS]
+        if unknown or len(set(parts)) != len(parts):
+            raise ValueError(
+                f"unknown continual method {value!r}; use one of {', '.join(CONTINUAL_METHODS)}, or several of "
+                "replay, ewc and lwf joined by +"
+            )
+        if len(parts) > 1 and {"naive", "joint"} & set(parts):
+            raise ValueError(f"continual.method {value!r}: naive and joint cannot be combined with other methods")
+        return "+".join(parts)
+
+    @property
+    def parts(self) -> frozenset[str]:
+        """The methods combined in `method`."""
+        return frozenset(self.method.split("+"))
+
+
 class Config(_Section):
     format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
     output_dir: UserPath = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
@@ -307,6 +356,7 @@ class Config(_Section):
     prompt: PromptSection = Field(default_factory=PromptSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     tune: TuneSection = Field(default_factory=TuneSection)
+    continual: ContinualSection = Field(default_factory=ContinualSection)
 
     @field_validator("strategy")
     @classmethod

@@ -145,13 +145,13 @@ def warn_label_spellings(source: str, column: str, labels: list[str] | list[list
         )
 
 
-def label_names(data: TextData) -> list[str]:
-    """The sorted label names seen in `data`, requiring at least two."""
+def label_names(data: TextData, minimum: int = 2) -> list[str]:
+    """The sorted label names seen in `data`, requiring at least `minimum` (a classifier needs two)."""
     assert data.labels is not None
     counts: Counter[str] = Counter()
     for value in data.labels:
         counts.update(value if isinstance(value, list) else [value])
-    if len(counts) < 2:
+    if len(counts) < minimum:
         seen = ", ".join(repr(k) for k in counts) or "none"
         raise DataError(
             f"{data.source}: found {len(counts)} distinct label(s) ({seen}); a classifier needs at least two"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +76,20 @@ def stratified_split(data: TextData, fraction: float, seed: int) -> tuple[list[i
     return sorted(kept), sorted(held)
 
 
-def load_splits(config: Config) -> Splits:
-    """Read and check every file of a run, carving validation/test splits from train where asked."""
+def load_splits(config: Config, known: Sequence[str] = ()) -> Splits:
+    """Read and check every file of a run, carving validation/test splits from train where asked.
+
+    `known`: labels a model already has (a continued run): they keep their ids, and the training file's other labels
+    follow them in sorted order; the training file alone may then hold a single label.
+    """
     cfg = config.data
     if cfg.train is None:
         raise DataError("data.train is not set; give the training file in the config or as data.train=PATH")
     train = load_examples(cfg.train, cfg)
-    labels = label_names(train)
+    if known:
+        labels = [*known, *(name for name in label_names(train, minimum=1) if name not in set(known))]
+    else:
+        labels = label_names(train)
     test = load_examples(cfg.test, cfg) if cfg.test is not None else None
     validation = load_examples(cfg.validation, cfg) if cfg.validation is not None else None
     if test is None and cfg.test_fraction is not None:

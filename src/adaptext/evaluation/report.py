@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,11 +202,12 @@ def write_report(
     run_info: dict[str, Any] | None = None,
     errors: list[dict[str, Any]] | None = None,
     errors_source: str = "",
+    sections: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write metrics.json, per_class.csv, the plots and report.html into `out_dir`; return report.html's path.
 
     `errors` are misclassified examples with their word attributions (`explained_errors`), taken from
-    `errors_source`."""
+    `errors_source`; `sections` are (heading, HTML) parts a strategy adds after the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", report.metrics | {"n_examples": report.n_examples})
     with (out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -232,6 +234,7 @@ def write_report(
         f"{' (multi-label)' if report.multi_label else ''}. Data: {html.escape(report.data_source)}</p>",
         "<h2>Summary</h2>",
         _table(summary, ["metric", "value"]),
+        *(part for heading, body in sections for part in (f"<h2>{html.escape(heading)}</h2>", body)),
         *(
             ["<h2>Run</h2>", _table([{"item": k, "value": v} for k, v in run_info.items()], ["item", "value"])]
             if run_info

@@ -10,8 +10,11 @@ still a plain `transformers` model: `pipeline`, export and serving take it uncha
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -22,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from adaptext.core.errors import AdaptextError
 from adaptext.core.task import Task
+from adaptext.modeling.embedding import final_linear
 from adaptext.modeling.hub import _first_line, resolve_model_name
 from adaptext.modeling.pooling import _fix_pooling_layer, add_mean_pooling, has_mean_pooling, mean_pooling_supported
 
@@ -114,3 +118,47 @@ def label_config(base: PretrainedConfig, labels: list[str]) -> PretrainedConfig:
     config.num_labels = len(labels)
     config.problem_type = "single_label_classification"
     return config
+
+
+def grow_head(model: PreTrainedModel, labels: list[str]) -> int:
+    """Give `model`'s head a row for each label of `labels` it lacks; returns how many labels it had.
+
+    `labels` must start with the model's own labels in their order: those keep their rows (weights and bias) and
+    ids exactly, and each new label gets a fresh row initialised as transformers initialises a head.
+    """
+    id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+    old = [id2label[i] for i in range(len(id2label))]
+    if labels[: len(old)] != old:
+        raise AdaptextError(f"the new labels {labels[:5]}... must start with the model's labels {old[:5]}...")
+    if len(labels) == len(old):
+        return len(old)
+    layer = final_linear(model)
+    grown = nn.Linear(layer.in_features, len(labels), bias=layer.bias is not None)
+    grown.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    with torch.no_grad():
+        grown.weight.normal_(0.0, std)
+        grown.weight[: len(old)] = layer.weight
+        if layer.bias is not None:
+            grown.bias.zero_()
+            grown.bias[: len(old)] = layer.bias
+    parent_name, _, child = next(name for name, module in model.named_modules() if module is layer).rpartition(".")
+    setattr(model.get_submodule(parent_name), child, grown)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    model.config.num_labels = len(labels)
+    if isinstance(getattr(model, "num_labels", None), int):
+        model.num_labels = len(labels)  # type: ignore[assignment]
+    return len(old)
+
+
+def load_trained(folder: str | Path) -> PreTrainedModel:
+    """A fine-tuned classifier folder (full weights, head included) ready to train further: its mean-pooling layer,
+    if it has one, frozen as `build_model` leaves it."""
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise AdaptextError(f"cannot load the model in {folder}: {_first_line(error)}") from None
+    if has_mean_pooling(model):
+        _fix_pooling_layer(model)
+    return model

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from adaptext.core.config import Config
+from adaptext.core.config import Config, ContinualSection
+from adaptext.core.errors import ConfigError
 from adaptext.strategies import fewshot, finetune, prompt, zeroshot
 from adaptext.training.callbacks import Callback, OnStep
 from adaptext.training.lifecycle import run_strategy
@@ -37,6 +38,10 @@ def train(
     >>> result.metrics["accuracy"]  # doctest: +SKIP
     0.9
     """
+    if config.continual != ContinualSection():
+        raise ConfigError(
+            "continual.* is read by `adaptext extend` and `adaptext continual`; remove it from a config for train"
+        )
     hooks = [*callbacks, *([OnStep(on_step)] if on_step is not None else [])]
     strategy = STRATEGIES.get(config.strategy)()
     return run_strategy(strategy, config, resume=resume, overwrite=overwrite, callbacks=hooks)

@@ -227,7 +227,7 @@ class Loop:
         """Forward, backward and (when the accumulated batches are complete) clip and optimizer step."""
         accelerator, state = self.accelerator, self.state
         targets = batch.pop("labels")
-        batch.pop("index")
+        self.job.objective.next_batch(batch.pop("index"))
         with accelerator.accumulate(self.model):
             loss, examples = self.job.objective.loss(self.model, batch, targets)
             accelerator.backward(self.global_mean(loss, examples))

@@ -11,7 +11,7 @@ import gc
 import logging
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,16 @@ def run_strategy(
         started = time.perf_counter()
         # Every strategy builds its model from the same seeded state: a new head's initial weights depend on it.
         set_seed(config.seed)
-        state = strategy.fit(prepared, Run(config, paths, resume=resume, callbacks=hooks.callbacks))
+        run = Run(config, paths, resume=resume, callbacks=hooks.callbacks)
+        state = strategy.fit(prepared, run)
         state.train_seconds = time.perf_counter() - started
         # The training copies (model, gradients, optimizer state) are gone with fit's frame; collect them before
         # the final evaluation loads the saved model, so the run's peak memory is that of training alone.
         del prepared
         gc.collect()
-        result = finish(config, paths, splits, state)
+        result = finish(
+            config, paths, splits, state, sections=lambda predictor: strategy.report_sections(predictor, run)
+        )
     except BaseException as error:
         hooks.on_run_failed(error)
         raise
@@ -135,8 +138,15 @@ def save_model(
     replace_dir(target, write)
 
 
-def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState) -> TrainResult:
-    """Evaluate the best saved model on the test split (or validation) and write the run's report."""
+def finish(
+    config: Config,
+    paths: RunPaths,
+    splits: Splits,
+    state: TrainingState,
+    sections: Callable[[Predictor], list[tuple[str, str]]] | None = None,
+) -> TrainResult:
+    """Evaluate the best saved model on the test split (or validation) and write the run's report, with the
+    strategy's own `sections` in it."""
     from adaptext.evaluation.errors import explained_errors
     from adaptext.evaluation.report import write_report  # matplotlib is loaded only once training memory is freed
 
@@ -162,6 +172,7 @@ def finish(config: Config, paths: RunPaths, splits: Splits, state: TrainingState
             run_info=stats,
             errors=errors,
             errors_source=f"the validation split ({splits.validation.source})",
+            sections=sections(predictor) if sections is not None else (),
         )
     logger.info(
         "%s accuracy %.4f, macro_f1 %.4f",

@@ -48,6 +48,10 @@ class Objective:
         """Put the (unwrapped) model in the mode it trains in; the engine calls it after every evaluation too."""
         model.train()
 
+    def next_batch(self, index: torch.Tensor) -> None:
+        """The dataset positions of the examples in the batch that `loss` scores next (for per-example targets
+        computed before training, such as a previous model's scores)."""
+
     def loss(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], targets: torch.Tensor
     ) -> tuple[torch.Tensor, int]:

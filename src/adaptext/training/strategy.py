@@ -28,6 +28,7 @@ from adaptext.core.errors import ConfigError
 from adaptext.core.registry import Registry
 from adaptext.core.run import RunPaths
 from adaptext.data.examples import Splits
+from adaptext.inference.predictor import Predictor
 from adaptext.training.callbacks import Callback
 from adaptext.training.state import TrainingState
 
@@ -69,6 +70,11 @@ class Strategy(ABC):
     @abstractmethod
     def fit(self, prepared: Prepared, run: Run) -> TrainingState:
         """Train, save the model into `run.paths.model`, and return the final state."""
+
+    def report_sections(self, predictor: Predictor, run: Run) -> list[tuple[str, str]]:
+        """(heading, HTML) sections this strategy adds to the run's report, computed with the saved model (main
+        process, after the final evaluation); none by default."""
+        return []
 
 
 STRATEGIES = cast("Registry[type[Strategy]]", registry.STRATEGIES)

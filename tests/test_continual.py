@@ -1,0 +1,306 @@
+"""Continual learning on the tiny model: the head grows with its old rows unchanged, each method's term does what it
+says, forgetting is measured correctly, and `extend` / `continual` refuse bad input before training."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from tests.conftest import make_rows
+
+from adaptext.cli import main
+from adaptext.continual import extend, extend_config, load_plan, previous_run, run_plan
+from adaptext.continual.memory import concat, herding, read_memory, select_memory
+from adaptext.continual.methods import ContinualLoss, Distillation, EwcPenalty, align_new_rows, fisher_diagonal
+from adaptext.continual.metrics import summarise
+from adaptext.core.config import load_config
+from adaptext.core.errors import AdaptextError, ConfigError, DataError
+from adaptext.core.task import SINGLE_LABEL
+from adaptext.data.batching import Collator, encode
+from adaptext.data.examples import TextData
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.build import build_model, grow_head
+from adaptext.modeling.embedding import final_linear
+from adaptext.strategies import train
+
+OLD = ["billing", "shipping"]
+FAST = ("train.epochs=4", "train.batch_size=4", "train.learning_rate=2e-3", "train.report_errors=0")
+
+
+def rows_of(labels: list[str], n: int, seed: int) -> list[dict[str, str]]:
+    return [row for row in make_rows(n * 3, seed=seed) if row["label"] in labels][:n]
+
+
+@pytest.fixture
+def task_files(write_csv: Callable[..., Path]) -> dict[str, Path]:
+    """Task 1: billing and shipping; task 2: technical (a new label), each with validation and test files."""
+    return {
+        "t1_train": write_csv("t1_train.csv", rows_of(OLD, 60, 1)),
+        "t1_test": write_csv("t1_test.csv", rows_of(OLD, 20, 2)),
+        "t2_train": write_csv("t2_train.csv", rows_of(["technical"], 30, 3)),
+        "t2_test": write_csv("t2_test.csv", rows_of(["technical"], 10, 4)),
+    }
+
+
+@pytest.fixture
+def first_run(tiny_config: Callable[..., object], task_files: dict[str, Path], tmp_path: Path) -> Path:
+    config = tiny_config(
+        f"data.train={task_files['t1_train']}", "data.validation=null", f"data.test={task_files['t1_test']}", *FAST
+    )
+    return train(config).run_dir  # type: ignore[arg-type]
+
+
+def test_grow_head_keeps_old_rows_and_ids(tiny_model_dir: Path) -> None:
+    model = build_model(str(tiny_model_dir), OLD, SINGLE_LABEL)
+    before = final_linear(model).weight.detach().clone(), final_linear(model).bias.detach().clone()
+    assert grow_head(model, [*OLD, "technical"]) == 2
+    layer = final_linear(model)
+    assert layer.out_features == 3 and model.config.id2label == {0: "billing", 1: "shipping", 2: "technical"}
+    assert torch.equal(layer.weight[:2], before[0]) and torch.equal(layer.bias[:2], before[1])
+    assert model(input_ids=torch.tensor([[2, 5, 3]])).logits.shape == (1, 3)
+    with pytest.raises(AdaptextError, match="must start with"):
+        grow_head(model, ["technical", *OLD])
+
+
+def test_summaries_of_a_hand_built_matrix() -> None:
+    matrix = [[0.9, None, None], [0.7, 0.8, None], [0.6, 0.75, 1.0]]
+    summary = summarise(matrix)
+    assert summary["average_accuracy"] == pytest.approx((0.6 + 0.75 + 1.0) / 3)
+    assert summary["backward_transfer"] == pytest.approx(((0.6 - 0.9) + (0.75 - 0.8)) / 2)
+    assert summary["forgetting"] == pytest.approx(((0.9 - 0.6) + (0.8 - 0.75)) / 2)
+    assert summary["average_incremental_accuracy"] == pytest.approx((0.9 + 0.75 + (2.35 / 3)) / 3)
+    assert summarise([[0.5]])["backward_transfer"] is None
+    with pytest.raises(ValueError, match="lacks"):
+        summarise([[0.9, None], [None, 0.8]])
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_grows_with_distance(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from adaptext.modeling.hub import load_tokenizer
+
+    model = build_model(str(tiny_model_dir), OLD, SINGLE_LABEL)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = TextData(
+        texts=[r["text"] for r in rows_of(OLD, 16, 5)], source="x", labels=[r["label"] for r in rows_of(OLD, 16, 5)]
+    )
+    encoded = encode(tokenizer, data, OLD, 32, SINGLE_LABEL)
+    state = fisher_diagonal(model, encoded, Collator(0), SINGLE_LABEL, limit=16)
+    assert all((f >= 0).all() for f in state.fisher.values()) and any(f.sum() > 0 for f in state.fisher.values())
+    state.save(tmp_path / "ewc.safetensors")
+    grow_head(model, [*OLD, "technical"])  # the head's old rows are still penalised, the new row is free
+    penalty = EwcPenalty(type(state).load(tmp_path / "ewc.safetensors"), strength=10.0)
+    penalty.bind(model)
+    assert float(penalty().detach()) == 0.0
+    layer = final_linear(model)
+    with torch.no_grad():
+        layer.weight[2] += 1.0  # the new label's row: no penalty
+    assert float(penalty().detach()) == 0.0
+    with torch.no_grad():
+        layer.weight[0] += 0.1
+    first = float(penalty().detach())
+    with torch.no_grad():
+        layer.weight[0] += 0.1
+    assert first > 0 and float(penalty().detach()) == pytest.approx(4 * first, rel=1e-4)
+
+
+def test_lwf_term_is_zero_when_the_old_scores_match_and_ignores_new_labels() -> None:
+    teacher = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    term = Distillation(teacher, weight=1.0, temperature=2.0, task=SINGLE_LABEL)
+    index = torch.tensor([1, 0])
+    same = torch.cat([teacher[index], torch.tensor([[9.0], [-3.0]])], dim=1)  # any score for the new label
+    assert float(term(same, index)) == pytest.approx(0.0, abs=1e-6)
+    assert float(term(same[:, [1, 0, 2]], index)) > 0.01
+    loss = ContinualLoss(SINGLE_LABEL, lwf=term)
+    loss.next_batch(index)
+    assert loss.index is index
+
+
+def test_weight_aligning_scales_new_rows_to_the_old_norm(tiny_model_dir: Path) -> None:
+    model = build_model(str(tiny_model_dir), OLD, SINGLE_LABEL)
+    grow_head(model, [*OLD, "technical"])
+    layer = final_linear(model)
+    with torch.no_grad():
+        layer.weight[2] *= 5
+    old = layer.weight[:2].detach().clone()
+    factor = align_new_rows(model, 2)
+    assert factor is not None and factor < 1
+    assert torch.equal(layer.weight[:2], old)
+    norms = layer.weight.detach().norm(dim=1)
+    assert float(norms[2]) == pytest.approx(float(norms[:2].mean()), rel=1e-5)
+    assert align_new_rows(model, 3) is None
+
+
+def test_memory_selection_per_class_deterministic_and_herding_prefers_typical() -> None:
+    data = TextData(texts=[f"t{i}" for i in range(12)], source="x", labels=["a"] * 6 + ["b"] * 6)
+    chosen = select_memory(data, 2, how="random", seed=3)
+    assert chosen == select_memory(data, 2, how="random", seed=3)
+    assert len(chosen) == 4 and sorted({data.labels[i] for i in chosen}) == ["a", "b"]  # type: ignore[index]
+    points = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.9, 0.5], [-1.0, 0.2]])
+    normed = points / np.linalg.norm(points, axis=1, keepdims=True)
+    nearest = int(np.argmin(np.linalg.norm(normed - normed.mean(axis=0), axis=1)))
+    assert herding(points, 1) == [nearest]  # the one nearest the (normalised) mean
+    assert sorted(herding(points, 5)) == [0, 1, 2, 3, 4]
+    assert select_memory(data, 0, how="random", seed=0) == []
+
+
+def test_extend_grows_new_labels_keeps_old_and_writes_a_plain_run(
+    first_run: Path, task_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "extended"
+    code = main(
+        [
+            "extend",
+            str(first_run),
+            "--data",
+            str(task_files["t2_train"]),
+            "--test",
+            str(task_files["t2_test"]),
+            "--output",
+            str(out),
+            "continual.memory_per_class=4",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels == [*OLD, "technical"]
+    predictor = Predictor.from_dir(out)
+    assert predictor.labels == labels
+    groups = json.loads((out / "extend_metrics.json").read_text())["groups"]
+    by = {(g["data"].split(" (")[0], g["labels"]): g for g in groups}
+    assert by[("new data", "new labels")]["accuracy_before"] == 0.0
+    assert by[("previous run's data", "old labels")]["accuracy_before"] > 0.8
+    assert "Old and new labels, before and after" in (out / "report.html").read_text()
+    memory, _ = read_memory(out / "continual" / "memory.jsonl", load_config(out / "config.yaml").data)
+    assert sorted(set(memory.labels)) == labels and len(memory) == 12  # type: ignore[arg-type]
+    # plain transformers reads every label name
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(out / "model"), tokenizer=str(out / "model"))
+    assert classify("crash error bug")[0]["label"] in labels
+
+
+def test_extend_refuses_what_cannot_grow_before_training(
+    first_run: Path, task_files: dict[str, Path], tmp_path: Path, write_csv: Callable[..., Path]
+) -> None:
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    (onnx / "config.json").write_text("{}")
+    (onnx / "adaptext.json").write_text(json.dumps({"backend": "onnx", "labels": OLD, "exported_from": "x"}))
+    with pytest.raises(AdaptextError, match="ONNX export cannot be trained further"):
+        previous_run(onnx)
+    previous = previous_run(first_run)
+    misspelt = write_csv(
+        "misspelt.csv", [{"text": "refund invoice", "label": "Billing"}, *rows_of(["technical"], 8, 9)]
+    )
+    config = extend_config(previous, {"data": {"train": str(misspelt)}, "output_dir": str(tmp_path / "bad")})
+    with pytest.raises(DataError, match="'Billing' differs from the model's label 'billing' only in case"):
+        extend(first_run, config)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="continual"):
+        train(load_config(first_run / "config.yaml", ["continual.method=ewc", f"output_dir={tmp_path / 'x'}"]))
+
+
+def test_methods_run_and_naive_forgets_more_than_replay(
+    first_run: Path, task_files: dict[str, Path], tmp_path: Path
+) -> None:
+    previous = previous_run(first_run)
+    old_test = pd.read_csv(task_files["t1_test"])
+    accuracy = {}
+    for method in ("naive", "replay", "ewc", "lwf", "replay+lwf", "joint"):
+        config = extend_config(
+            previous,
+            {
+                "data": {"train": str(task_files["t2_train"]), "test": str(task_files["t2_test"])},
+                "output_dir": str(tmp_path / method),
+                "continual": {"method": method, "memory_per_class": 25},
+            },
+        )
+        result = extend(first_run, config)
+        predictions = Predictor.from_dir(result.run_dir).predict(old_test["text"].tolist())
+        accuracy[method] = float(np.mean([p.label == y for p, y in zip(predictions, old_test["label"], strict=True)]))
+        assert json.loads((result.run_dir / "labels.json").read_text()) == [*OLD, "technical"]
+    ewc_state = tmp_path / "ewc" / "continual" / "ewc.safetensors"
+    assert ewc_state.is_file()
+    # trained on the new label alone, the head forgets the old ones; a memory of the old examples keeps them
+    assert accuracy["naive"] < 0.6 <= accuracy["replay"], accuracy
+    assert accuracy["joint"] >= 0.7 and accuracy["replay+lwf"] >= 0.6, accuracy
+
+
+def test_continual_plan_matrix_report_and_resume(
+    tiny_model_dir: Path, task_files: dict[str, Path], tmp_path: Path, write_csv: Callable[..., Path]
+) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan = {
+        "output_dir": str(tmp_path / "cl"),
+        "seed": 3,
+        "base": {
+            "model": {"name": str(tiny_model_dir)},
+            "data": {"max_length": 32},
+            "train": {"epochs": 4, "batch_size": 4, "learning_rate": 2e-3, "precision": "fp32", "report_errors": 0},
+        },
+        "continual": {"method": "replay", "memory_per_class": 8},
+        "tasks": [
+            {"name": "t1", "train": str(task_files["t1_train"]), "test": str(task_files["t1_test"])},
+            {"name": "t2", "train": str(task_files["t2_train"]), "test": str(task_files["t2_test"])},
+        ],
+    }
+    plan_file.write_text(yaml.safe_dump(plan))
+    assert main(["continual", str(plan_file)]) == 0
+    out = tmp_path / "cl"
+    metrics = json.loads((out / "continual_metrics.json").read_text())
+    matrix = metrics["matrix"]
+    assert matrix[0][1] is None and all(v is not None for v in matrix[1])
+    assert metrics["backward_transfer"] == pytest.approx(matrix[1][0] - matrix[0][0])
+    assert len(metrics["seconds"]) == 2 and metrics["complete"]
+    assert (out / "continual_heatmap.png").stat().st_size > 1000
+    assert "Continual learning" in (out / "report.html").read_text()
+    assert Predictor.from_dir(out).labels == [*OLD, "technical"]
+    assert not (out / "tasks" / "01-t1" / "model").exists() and (out / "tasks" / "02-t2" / "model").is_dir()
+    assert main(["evaluate", str(out), "--data", str(task_files["t2_test"]), "--output", str(tmp_path / "ev")]) == 0
+    # a finished plan resumed trains nothing again and gives the same matrix
+    stamp = (out / "tasks" / "02-t2" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert main(["continual", str(plan_file), "--resume"]) == 0
+    assert json.loads((out / "continual_metrics.json").read_text())["matrix"] == matrix
+    assert (out / "tasks" / "02-t2" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_plan_errors_name_the_task_and_file(
+    tiny_model_dir: Path, task_files: dict[str, Path], tmp_path: Path, write_csv: Callable[..., Path]
+) -> None:
+    def plan_with(tasks: list[dict[str, object]], **extra: object) -> Path:
+        path = tmp_path / "plan.yaml"
+        tree = {"output_dir": str(tmp_path / "out"), "base": {"model": {"name": str(tiny_model_dir)}}, "tasks": tasks}
+        path.write_text(yaml.safe_dump(tree | extra))
+        return path
+
+    t1 = {"name": "t1", "train": str(task_files["t1_train"])}
+    no_column = write_csv("nocol.csv", [{"body": "x", "label": "technical"}])
+    with pytest.raises(DataError, match=r"task t2: .*nocol.csv.*text"):
+        run_plan(load_plan(plan_with([t1, {"name": "t2", "train": str(no_column)}])))
+    respelt = write_csv(
+        "respelt.csv", [{"text": "crash bug", "label": "Shipping"}, {"text": "bug", "label": "technical"}]
+    )
+    with pytest.raises(
+        DataError, match=r"task t2 \(.*respelt.csv\): label 'Shipping' differs from 'shipping' of task t1"
+    ):
+        run_plan(load_plan(plan_with([t1, {"name": "t2", "train": str(respelt)}])))
+    other_column = write_csv("other.csv", [{"body": "crash bug", "label": "technical"}])
+    with pytest.raises(DataError, match=r"task t2 .*reads text_column 'body'"):
+        run_plan(load_plan(plan_with([t1, {"name": "t2", "train": str(other_column), "text_column": "body"}])))
+    with pytest.raises(ConfigError, match=r"base sets data\.train"):
+        load_plan(plan_with([t1], base={"data": {"train": "x.csv"}}))
+    with pytest.raises(ConfigError, match="unknown continual method"):
+        run_plan(load_plan(plan_with([t1]), ["continual.method=magic"]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_concat_keeps_order_and_labels() -> None:
+    a = TextData(texts=["x", "y"], source="a", labels=["p", "q"], rows=[1, 2])
+    b = TextData(texts=["z"], source="b", labels=["r"], rows=[5])
+    both = concat([a, b], "ab")
+    assert both.texts == ["x", "y", "z"] and both.labels == ["p", "q", "r"] and both.rows == [1, 2, 5]
