@@ -109,6 +109,8 @@ def run_one(dataset: str, method: str, order: int, args: argparse.Namespace) -> 
         tasks = class_tasks(dataset, args.data_root, order, folder)
     base = json.loads(json.dumps(BASE))
     base["train"]["epochs"] = args.epochs
+    if args.learning_rate is not None:
+        base["train"]["learning_rate"] = args.learning_rate
     if dataset == "sentiment":
         base["data"]["max_length"] = 128
     plan = {
@@ -130,8 +132,15 @@ def run_one(dataset: str, method: str, order: int, args: argparse.Namespace) -> 
         "order": order,
         "memory_per_class": args.memory,
         "epochs": args.epochs,
+        "learning_rate": args.learning_rate or "auto",
         "wall_s": round(time.perf_counter() - started, 1),
     } | {k: metrics[k] for k in metrics if k not in ("tasks",)}
+
+
+def run_key(result: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a result: data set, method, order, memory, epochs and learning rate."""
+    names = ("dataset", "method", "order", "memory_per_class", "epochs")
+    return (*(result[name] for name in names), result.get("learning_rate", "auto"))
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -139,14 +148,16 @@ def table(results: list[dict[str, Any]]) -> str:
     frame = pd.DataFrame(results)
     frame["s_per_task"] = frame["mean_seconds_per_task"]
     frame["train_s_per_task"] = frame["seconds"].map(lambda s: sum(t["train_s"] for t in s) / len(s))
+    frame["learning_rate"] = frame["learning_rate"].fillna("auto").astype(str)
     rows = [
-        "| data set | method | orders | final accuracy | average accuracy | backward transfer | forgetting | "
-        "train s / task | s / task |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| data set | method | learning rate | memory / class | orders | final accuracy | average accuracy | "
+        "backward transfer | forgetting | train s / task | s / task |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (dataset, method), group in frame.groupby(["dataset", "method"], sort=False):
+    keys = ["dataset", "method", "learning_rate", "memory_per_class"]
+    for (dataset, method, rate, memory), group in frame.groupby(keys, sort=False):
 
-        def cell(key: str, scale: float = 100.0) -> str:
+        def cell(key: str, scale: float = 100.0, group: pd.DataFrame = group) -> str:
             values = group[key].dropna() * scale
             if values.empty:
                 return "n/a"
@@ -154,7 +165,8 @@ def table(results: list[dict[str, Any]]) -> str:
             return f"{values.mean():.1f}{spread}"
 
         rows.append(
-            f"| {dataset} | {method} | {len(group)} | {cell('final_accuracy')} | {cell('average_accuracy')} | "
+            f"| {dataset} | {method} | {rate} | {memory} | {len(group)} | {cell('final_accuracy')} | "
+            f"{cell('average_accuracy')} | "
             f"{cell('backward_transfer')} | {cell('forgetting')} | {cell('train_s_per_task', 1)} | "
             f"{cell('s_per_task', 1)} |"
         )
@@ -168,6 +180,7 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=3, help="task orders 0..N-1")
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--memory", type=int, default=2, help="continual.memory_per_class")
+    parser.add_argument("--learning-rate", type=float, default=None, help="train.learning_rate (default: auto)")
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/adaptext-continual"))
     parser.add_argument("--results", type=Path, default=RESULTS)
