@@ -304,3 +304,71 @@ def test_concat_keeps_order_and_labels() -> None:
     b = TextData(texts=["z"], source="b", labels=["r"], rows=[5])
     both = concat([a, b], "ab")
     assert both.texts == ["x", "y", "z"] and both.labels == ["p", "q", "r"] and both.rows == [1, 2, 5]
+
+
+def test_streaming_class_statistics_equal_one_fit_and_give_the_lda_head() -> None:
+    from adaptext.continual.lda import ClassStatistics
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(3, 5))
+    targets = rng.integers(0, 3, size=300)
+    x = centres[targets] + rng.normal(size=(300, 5))
+    first = ClassStatistics.empty(0, 5).update(x[:100][targets[:100] < 2], targets[:100][targets[:100] < 2], 2)
+    streamed = first.update(x[100:], targets[100:], 3).update(
+        x[:100][targets[:100] == 2], targets[:100][targets[:100] == 2], 3
+    )
+    once = ClassStatistics.empty(0, 5).update(x, targets, 3)
+    for a, b in ((streamed.counts, once.counts), (streamed.sums, once.sums), (streamed.gram, once.gram)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)
+    weights, bias = once.head(shrinkage=0.0)
+    means = np.stack([x[targets == c].mean(axis=0) for c in range(3)])
+    pooled = sum((x[targets == c] - means[c]).T @ (x[targets == c] - means[c]) for c in range(3)) / (300 - 3)
+    expected = np.linalg.solve(pooled, means.T).T
+    np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    np.testing.assert_allclose(bias, -0.5 * np.einsum("cd,cd->c", expected, means), rtol=1e-6)
+    assert ((x @ weights.T + bias).argmax(axis=1) == targets).mean() > 0.95
+    with pytest.raises(ValueError, match="no examples"):
+        ClassStatistics.empty(0, 5).update(x[:5], np.zeros(5, dtype=int), 2).head(0.1)
+
+
+def test_slda_plan_in_increments_gives_the_head_of_one_fit_on_all_data(
+    tiny_model_dir: Path, task_files: dict[str, Path], tmp_path: Path, write_csv: Callable[..., Path]
+) -> None:
+    from safetensors.torch import load_file
+
+    both = write_csv(
+        "both.csv",
+        [
+            *pd.read_csv(task_files["t1_train"]).to_dict("records"),
+            *pd.read_csv(task_files["t2_train"]).to_dict("records"),
+        ],
+    )
+    base = {
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"max_length": 32, "validation_fraction": 0.1},
+        "train": {"precision": "fp32", "report_errors": 0},
+    }
+    v1, v2 = rows_of(OLD, 8, 8), rows_of(["technical"], 4, 9)
+    val1, val2, val_all = write_csv("v1.csv", v1), write_csv("v2.csv", v2), write_csv("vall.csv", [*v1, *v2])
+    heads = []
+    for name, tasks in (
+        (
+            "steps",
+            [
+                {"name": "t1", "train": str(task_files["t1_train"]), "validation": str(val1)},
+                {"name": "t2", "train": str(task_files["t2_train"]), "validation": str(val2)},
+            ],
+        ),
+        ("once", [{"name": "all", "train": str(both), "validation": str(val_all)}]),
+    ):
+        plan = {"output_dir": str(tmp_path / name), "base": base, "continual": {"method": "slda"}, "tasks": tasks}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(plan))
+        assert main(["continual", str(tmp_path / f"{name}.yaml")]) == 0
+        weights = load_file(str(tmp_path / name / "model" / "model.safetensors"))
+        heads.append({k: v for k, v in weights.items() if k.startswith("classifier")})
+        assert (tmp_path / name / "continual" / "slda.safetensors").is_file()
+    # labels are in the same order (billing, shipping, technical) in both
+    for key in heads[0]:
+        torch.testing.assert_close(heads[0][key], heads[1][key], rtol=1e-4, atol=1e-4)
+    metrics = json.loads((tmp_path / "steps" / "continual_metrics.json").read_text())
+    assert metrics["matrix"][1][0] is not None

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adaptext.continual.lda import LDA_FILE, ClassStatistics, set_head
 from adaptext.continual.memory import STATE_DIR, concat, memory_path, read_memory, select_memory, write_memory
 from adaptext.continual.methods import (
     EWC_FILE,
@@ -43,7 +44,7 @@ from adaptext.core.run import RunPaths, write_json
 from adaptext.core.task import task_of
 from adaptext.data.batching import Collator, LengthGroupedBatches, encode
 from adaptext.data.examples import Splits, TextData
-from adaptext.data.labels import label_spellings
+from adaptext.data.labels import label_spellings, label_targets
 from adaptext.data.splits import load_splits
 from adaptext.evaluation.metrics import evaluate_data
 from adaptext.inference.predictor import Predictor
@@ -125,6 +126,8 @@ class ContinuePrepared(FinetunePrepared):
     select_from_old: bool = False  # `memory` is the previous run's whole training data, to select from at fit
     old_eval: TextData | None = None  # the previous run's evaluation data, for the before/after report
     ewc_state: EwcState | None = None
+    slda_stats: ClassStatistics | None = None  # the previous runs' class statistics (slda)
+    slda_old: TextData | None = None  # the previous run's training data, when it saved no statistics (slda)
 
 
 class Continue(Finetune):
@@ -160,6 +163,8 @@ class Continue(Finetune):
         super().check(config)
         if config.peft.method != "none":
             raise ConfigError("continual methods train the full model; set peft.method=none")
+        if "slda" in config.continual.parts and task_of(config).multi_label:
+            raise ConfigError("continual.method=slda fits one class per text; use replay, ewc or lwf for multi-label")
         parts = config.continual.parts
         if "joint" in parts and not self.joint and self.previous is not None:
             raise ConfigError("continual.method=joint retrains on all data: the caller must give the earlier data")
@@ -179,6 +184,12 @@ class Continue(Finetune):
             prepared.memory, prepared.memory_tasks = self.earlier, self.earlier_tasks
         elif self.previous is not None and parts & {"replay", "ewc"}:
             self.find_memory(config, prepared)
+        if self.previous is not None and "slda" in parts:
+            saved = self.previous.run_dir / STATE_DIR / LDA_FILE if self.previous.run_dir is not None else None
+            if saved is not None and saved.is_file():
+                prepared.slda_stats = ClassStatistics.load(saved)
+            else:
+                prepared.slda_old = self.old_training_data(config)
         if self.previous is not None and "ewc" in parts and self.previous.run_dir is not None:
             saved = self.previous.run_dir / STATE_DIR / EWC_FILE
             prepared.ewc_state = EwcState.load(saved) if saved.is_file() else None
@@ -199,17 +210,22 @@ class Continue(Finetune):
         if run_dir is not None and memory_path(run_dir).is_file():
             prepared.memory, prepared.memory_tasks = read_memory(memory_path(run_dir), config.data)
             return
+        prepared.memory, prepared.select_from_old = self.old_training_data(config), True
+        prepared.memory_tasks = [str(self.previous.run_dir or self.previous.model_dir)] * len(prepared.memory)
+
+    def old_training_data(self, config: Config) -> TextData:
+        """The previous run's training data (from the file its config.yaml names), for a run that saved no memory
+        or statistics; a `DataError` when it is not readable any more."""
+        assert self.previous is not None
         old = self.previous.config
         if old is None or old.data.train is None or not Path(old.data.train).is_file():
             where = f"{old.data.train} (its data.train) is not readable" if old and old.data.train else "no data.train"
             raise DataError(
                 f"{self.previous.model_dir}: continual.method={config.continual.method} needs examples of the old "
-                f"labels, and the run has no {STATE_DIR}/memory.jsonl and {where}; use continual.method=lwf or "
+                f"labels, and the run saved none in {STATE_DIR}/ and has {where}; use continual.method=lwf or "
                 "naive, or give the old training file back"
             )
-        old_splits = load_splits(old)
-        prepared.memory, prepared.select_from_old = old_splits.train, True
-        prepared.memory_tasks = [str(self.previous.run_dir or self.previous.model_dir)] * len(old_splits.train)
+        return load_splits(old).train
 
     def old_evaluation(self) -> TextData | None:
         """The previous run's test (or validation) data, when its files are still readable."""
@@ -233,6 +249,8 @@ class Continue(Finetune):
         config, cfg, tokenizer = run.config, run.config.train, prepared.tokenizer
         task, splits, settings = task_of(config), prepared.splits, config.continual
         parts = settings.parts
+        if "slda" in parts:
+            return self.fit_slda(prepared, run)
         started = time.perf_counter()
         previous_model = None
         if self.previous is not None and not self.joint:
@@ -310,6 +328,41 @@ class Continue(Finetune):
             self.remember(model, tokenizer, config, run.paths, prepared, ewc.state if ewc is not None else None)
             self.seconds["remember_s"] = time.perf_counter() - remembered
         return state
+
+    def fit_slda(self, prepared: ContinuePrepared, run: Run) -> TrainingState:
+        """No training: the encoder stays, and the head is LDA on the class statistics of every example so far."""
+        assert prepared.tokenizer is not None
+        config, tokenizer, splits, task = run.config, prepared.tokenizer, prepared.splits, task_of(run.config)
+        started = time.perf_counter()
+        if self.previous is not None:
+            model = load_trained(self.previous.model_dir)
+            grow_head(model, splits.labels)
+        else:
+            model = classifier(config, splits.labels, steps=1)
+        stats = prepared.slda_stats
+        for data in (prepared.slda_old, splits.train):
+            if data is None:
+                continue
+            encoded = encode(tokenizer, data, splits.labels, config.data.max_length, task)
+            embeddings = embed(model, encoded, pad_token_id=tokenizer.pad_token_id or 0)
+            stats = stats or ClassStatistics.empty(0, embeddings.shape[1])
+            stats = stats.update(embeddings, label_targets(data, splits.labels, task), len(splits.labels))
+        assert stats is not None
+        weights, bias = stats.head(config.continual.slda_shrinkage)
+        set_head(model, weights, bias)
+        self.seconds["train_s"] = time.perf_counter() - started
+        process = process_state()
+        if process.is_main_process:
+            save_model(model, tokenizer, config, run.paths.model)
+            stats.save(run.paths.root / STATE_DIR / LDA_FILE)
+            remembered = time.perf_counter()
+            self.remember(model, tokenizer, config, run.paths, prepared, None)
+            self.seconds["remember_s"] = time.perf_counter() - remembered
+        process.wait_for_everyone()
+        for callback in run.callbacks:
+            callback.on_save(model, run.paths.model)
+        total = sum(p.numel() for p in model.parameters())
+        return TrainingState(done=True, total_parameters=total)
 
     def choose(self, model: nn.Module, tokenizer: Any, config: Config, data: TextData, labels: list[str]) -> list[int]:
         """`memory_per_class` examples of each label of `data`, chosen with `model`'s embeddings when herding."""

@@ -286,7 +286,7 @@ class TuneSection(_Section):
     sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler: TPE (default) or random.")
 
 
-CONTINUAL_METHODS = ("naive", "joint", "replay", "ewc", "lwf")
+CONTINUAL_METHODS = ("naive", "joint", "replay", "ewc", "lwf", "slda")
 
 
 class ContinualSection(_Section):
@@ -296,7 +296,9 @@ class ContinualSection(_Section):
         "new data alone, the lower bound), `joint` (retrain from `model.name`'s base on all data so far, the upper "
         "bound), `replay` (a memory of `memory_per_class` examples per class trained on with the new data), `ewc` "
         "(a Fisher-weighted penalty on moving the weights that mattered), `lwf` (distillation from the previous "
-        "model's scores on the new texts), or a combination joined by `+` (`replay+lwf`).",
+        "model's scores on the new texts), `slda` (no training: the encoder stays as it is and the head is linear "
+        "discriminant analysis on running class statistics, exact over all data seen), or a combination of replay, "
+        "ewc and lwf joined by `+` (`replay+lwf`).",
     )
     memory_per_class: Int = Field(
         2, ge=0, description="Examples of each class kept in the replay memory (and used for EWC's Fisher)."
@@ -309,6 +311,9 @@ class ContinualSection(_Section):
     ewc_lambda: Float = Field(1000.0, gt=0, description="Strength of EWC's penalty.")
     lwf_weight: Float = Field(1.0, gt=0, description="Weight of LwF's distillation term against cross-entropy.")
     lwf_temperature: Float = Field(2.0, gt=0, description="Softmax temperature of LwF's distillation.")
+    slda_shrinkage: Float = Field(
+        0.1, ge=0, le=1, description="slda: share of the covariance replaced by a scaled identity (shrinkage)."
+    )
     rebalance: bool = Field(
         True,
         description="After a task that added labels, scale the new labels' head rows to the old ones' mean norm "
@@ -325,8 +330,8 @@ class ContinualSection(_Section):
                 f"unknown continual method {value!r}; use one of {', '.join(CONTINUAL_METHODS)}, or several of "
                 "replay, ewc and lwf joined by +"
             )
-        if len(parts) > 1 and {"naive", "joint"} & set(parts):
-            raise ValueError(f"continual.method {value!r}: naive and joint cannot be combined with other methods")
+        if len(parts) > 1 and {"naive", "joint", "slda"} & set(parts):
+            raise ValueError(f"continual.method {value!r}: naive, joint and slda cannot be combined with other methods")
         return "+".join(parts)
 
     @property
