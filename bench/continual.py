@@ -185,6 +185,83 @@ def joint_final(
     }
 
 
+def extend_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`adaptext extend` with BANKING77's last 11 intents (order 0) on a model fine-tuned on the other 66, per method,
+    against the joint model (`joint-final`, order 0) on the same test rows."""
+    from adaptext.inference.predictor import Predictor
+
+    folder = args.workdir / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    tasks = class_tasks("banking77", args.data_root, 0, folder)
+    old, new = tasks[:-1], tasks[-1]
+    base_dir = args.workdir / "extend-base"
+    config = json.loads(json.dumps(BASE))
+    config["train"]["epochs"] = args.epochs
+    config |= {"output_dir": str(base_dir), "seed": 0}
+    config["data"] |= {
+        "train": str(concat_files(old, "train", args.workdir / "extend-old-train.csv")),
+        "test": str(concat_files(old, "test", args.workdir / "extend-old-test.csv")),
+    }
+    config_path = args.workdir / "extend-base.yaml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    if not (base_dir / "model").is_dir():
+        subprocess.run([sys.executable, "-m", "adaptext", "-q", "train", str(config_path)], check=True, env=env)
+    joint = args.workdir / "banking77-joint-final-o0" / "model"
+    if not joint.is_dir():
+        sys.exit("run --datasets banking77 --methods joint-final first: the extend benchmark compares with it")
+    joint_model = Predictor.from_dir(joint)
+    test = read_table(Path(new["test"]))
+    joint_new = float(
+        (pd.Series([p.label for p in joint_model.predict(test["text"].tolist())]) == test["label"]).mean()
+    )
+    old_test = read_table(Path(config["data"]["test"]))
+    predicted = [p.label for p in joint_model.predict(old_test["text"].tolist())]
+    joint_old = float((pd.Series(predicted) == old_test["label"]).mean())
+    rows = []
+    for method in args.methods:
+        out = args.workdir / f"extend-{method}"
+        started = time.perf_counter()
+        command = [
+            sys.executable,
+            "-m",
+            "adaptext",
+            "-q",
+            "extend",
+            str(base_dir),
+            "--data",
+            new["train"],
+            "--test",
+            new["test"],
+            "--output",
+            str(out),
+            "--overwrite",
+            f"continual.method={method}",
+            f"continual.memory_per_class={args.memory}",
+        ]
+        subprocess.run(command, check=True, env=env)
+        groups = json.loads((out / "extend_metrics.json").read_text(encoding="utf-8"))["groups"]
+        by = {(g["data"].split(" (")[0], g["labels"]): g for g in groups}
+        before_old = by[("previous run's data", "old labels")]["accuracy_before"]
+        after_old = by[("previous run's data", "old labels")]["accuracy_after"]
+        after_new = by[("new data", "new labels")]["accuracy_after"]
+        rows.append(
+            {
+                "method": method,
+                "old_before": before_old,
+                "old_after": after_old,
+                "old_lost_points": round(100 * (before_old - after_old), 2),
+                "new_after": after_new,
+                "joint_new": joint_new,
+                "joint_old": joint_old,
+                "new_vs_joint": round(after_new / joint_new, 4),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def run_key(result: dict[str, Any]) -> tuple[Any, ...]:
     """What makes a result: data set, method, order, memory, epochs and learning rate."""
     names = ("dataset", "method", "order", "memory_per_class", "epochs")
@@ -234,7 +311,16 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep results already in --results, run the rest")
     parser.add_argument("--table-only", action="store_true", help="print the table of --results and stop")
+    parser.add_argument(
+        "--extend", action="store_true", help="the extend benchmark (66 + 11 BANKING77 intents) for --methods"
+    )
     args = parser.parse_args()
+    if args.extend:
+        rows = extend_benchmark(args)
+        path = args.results.with_name("continual_extend.json")
+        path.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+        print(pd.DataFrame(rows).to_markdown(index=False))
+        return
     results: list[dict[str, Any]] = []
     if (args.resume or args.table_only) and args.results.is_file():
         results = json.loads(args.results.read_text(encoding="utf-8"))

@@ -211,7 +211,7 @@ def test_methods_run_and_naive_forgets_more_than_replay(
     previous = previous_run(first_run)
     old_test = pd.read_csv(task_files["t1_test"])
     accuracy = {}
-    for method in ("naive", "replay", "ewc", "lwf", "replay+lwf", "joint"):
+    for method in ("naive", "replay", "ewc", "lwf", "replay+lwf", "joint", "slda"):
         config = extend_config(
             previous,
             {
@@ -229,6 +229,8 @@ def test_methods_run_and_naive_forgets_more_than_replay(
     # trained on the new label alone, the head forgets the old ones; a memory of the old examples keeps them
     assert accuracy["naive"] < 0.6 <= accuracy["replay"], accuracy
     assert accuracy["joint"] >= 0.7 and accuracy["replay+lwf"] >= 0.6, accuracy
+    # slda (a run made by `train` saved no statistics: they come from its training file) trains nothing
+    assert (tmp_path / "slda" / "continual" / "slda.safetensors").is_file() and accuracy["slda"] >= 0.6, accuracy
 
 
 def test_continual_plan_matrix_report_and_resume(
@@ -372,3 +374,20 @@ def test_slda_plan_in_increments_gives_the_head_of_one_fit_on_all_data(
         torch.testing.assert_close(heads[0][key], heads[1][key], rtol=1e-4, atol=1e-4)
     metrics = json.loads((tmp_path / "steps" / "continual_metrics.json").read_text())
     assert metrics["matrix"][1][0] is not None
+
+
+def test_method_names_and_combinations_are_checked() -> None:
+    assert load_config(None, ["continual.method=LwF + replay"]).continual.parts(False) == {"lwf", "replay"}
+    auto = load_config(None, []).continual
+    assert auto.resolved(multi_label=False) == "slda" and auto.resolved(multi_label=True) == "replay"
+    for bad, message in (("slda+replay", "only replay"), ("replay+replay", "unknown"), ("icarl", "unknown")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"continual.method={bad}"])
+
+
+def test_slda_refuses_multi_label(first_run: Path, tmp_path: Path, write_csv: Callable[..., Path]) -> None:
+    from adaptext.continual import Continue
+
+    config = load_config(first_run / "config.yaml", ["continual.method=slda", "data.multi_label=true"])
+    with pytest.raises(ConfigError, match="slda fits one class per text"):
+        Continue(None).check(config)

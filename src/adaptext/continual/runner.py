@@ -99,7 +99,7 @@ def run_plan(plan: ContinualPlan, *, resume: bool = False, overwrite: bool = Fal
     configs = [plan.task_config(i, folder) for i, folder in enumerate(task_dirs)]
     labels_per_task = check_plan(plan, configs)  # every file read and checked before anything is trained
     all_labels = list(dict.fromkeys(name for names in labels_per_task for name in names))
-    method = configs[0].continual.method
+    method = configs[0].continual.resolved(configs[0].data.multi_label)
     saved = _read_metrics(root) if resume else None
     if not resume:
         if root.exists():

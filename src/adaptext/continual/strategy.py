@@ -163,9 +163,10 @@ class Continue(Finetune):
         super().check(config)
         if config.peft.method != "none":
             raise ConfigError("continual methods train the full model; set peft.method=none")
-        if "slda" in config.continual.parts and task_of(config).multi_label:
+        multi_label = task_of(config).multi_label
+        parts = config.continual.parts(multi_label)
+        if "slda" in parts and multi_label:
             raise ConfigError("continual.method=slda fits one class per text; use replay, ewc or lwf for multi-label")
-        parts = config.continual.parts
         if "joint" in parts and not self.joint and self.previous is not None:
             raise ConfigError("continual.method=joint retrains on all data: the caller must give the earlier data")
         if self.previous is not None and self.previous.info.task.multi_label != task_of(config).multi_label:
@@ -175,7 +176,7 @@ class Continue(Finetune):
             )
 
     def prepare(self, config: Config) -> ContinuePrepared:
-        cfg, parts = config.train, config.continual.parts
+        cfg, parts = config.train, config.continual.parts(task_of(config).multi_label)
         precision = resolve_precision(cfg.precision)
         splits = load_splits(config, known=self.known_labels)
         check_spellings(self.known_labels, splits)
@@ -220,8 +221,9 @@ class Continue(Finetune):
         old = self.previous.config
         if old is None or old.data.train is None or not Path(old.data.train).is_file():
             where = f"{old.data.train} (its data.train) is not readable" if old and old.data.train else "no data.train"
+            method = config.continual.resolved(task_of(config).multi_label)
             raise DataError(
-                f"{self.previous.model_dir}: continual.method={config.continual.method} needs examples of the old "
+                f"{self.previous.model_dir}: continual.method={method} needs examples of the old "
                 f"labels, and the run saved none in {STATE_DIR}/ and has {where}; use continual.method=lwf or "
                 "naive, or give the old training file back"
             )
@@ -248,7 +250,7 @@ class Continue(Finetune):
         assert isinstance(prepared, ContinuePrepared) and prepared.tokenizer is not None
         config, cfg, tokenizer = run.config, run.config.train, prepared.tokenizer
         task, splits, settings = task_of(config), prepared.splits, config.continual
-        parts = settings.parts
+        parts = settings.parts(task.multi_label)
         if "slda" in parts:
             return self.fit_slda(prepared, run)
         started = time.perf_counter()
@@ -287,7 +289,7 @@ class Continue(Finetune):
         learning_rate = resolve_learning_rate(cfg, model, "none")
         logger.info(
             "continual %s: %d new examples%s, %d labels (%d new), %d optimizer steps at learning rate %g",
-            settings.method,
+            settings.resolved(task.multi_label),
             len(splits.train),
             f" + {len(memory)} {'earlier' if self.joint else 'remembered'}" if memory is not None else "",
             len(splits.labels),
@@ -348,6 +350,10 @@ class Continue(Finetune):
             stats = stats or ClassStatistics.empty(0, embeddings.shape[1])
             stats = stats.update(embeddings, label_targets(data, splits.labels, task), len(splits.labels))
         assert stats is not None
+        if prepared.memory is None and prepared.slda_old is not None:  # the memory a later replay would need
+            chosen = self.choose(model, tokenizer, config, prepared.slda_old, splits.labels)
+            prepared.memory = prepared.slda_old.subset(chosen)
+            prepared.memory_tasks = [str(self.previous.model_dir if self.previous else "")] * len(chosen)
         weights, bias = stats.head(config.continual.slda_shrinkage)
         set_head(model, weights, bias)
         self.seconds["train_s"] = time.perf_counter() - started
@@ -415,7 +421,7 @@ class Continue(Finetune):
         parts.append(new_data.subset(chosen))
         tasks += [new_tasks[i] for i in chosen]
         write_memory(folder / "memory.jsonl", concat(parts, "memory"), tasks, config.data)
-        if "ewc" in settings.parts:
+        if "ewc" in settings.parts(task.multi_label):
             encoded = encode(tokenizer, new_data, splits.labels, config.data.max_length, task)
             later = fisher_diagonal(model, encoded, Collator(tokenizer.pad_token_id or 0, task), task, seed=config.seed)
             (ewc_before.then(later) if ewc_before is not None else later).save(folder / EWC_FILE)
@@ -428,7 +434,7 @@ class Continue(Finetune):
                 "train": str(config.data.train),
                 "examples": len(splits.train),
                 "labels_added": [label for label in splits.labels if label not in set(prepared.old_labels)],
-                "method": settings.method,
+                "method": settings.resolved(task.multi_label),
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             }
         )

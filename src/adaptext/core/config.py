@@ -286,13 +286,14 @@ class TuneSection(_Section):
     sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler: TPE (default) or random.")
 
 
-CONTINUAL_METHODS = ("naive", "joint", "replay", "ewc", "lwf", "slda")
+CONTINUAL_METHODS = ("auto", "naive", "joint", "replay", "ewc", "lwf", "slda")
 
 
 class ContinualSection(_Section):
     method: str = Field(
-        "replay",
-        description="How `adaptext extend` and `adaptext continual` keep what the model knew: `naive` (train on the "
+        "auto",
+        description="How `adaptext extend` and `adaptext continual` keep what the model knew: `auto` (`slda` for "
+        "single-label data, `replay` for multi-label: the best measured, docs/benchmarks.md), `naive` (train on the "
         "new data alone, the lower bound), `joint` (retrain from `model.name`'s base on all data so far, the upper "
         "bound), `replay` (a memory of `memory_per_class` examples per class trained on with the new data), `ewc` "
         "(a Fisher-weighted penalty on moving the weights that mattered), `lwf` (distillation from the previous "
@@ -330,14 +331,19 @@ class ContinualSection(_Section):
                 f"unknown continual method {value!r}; use one of {', '.join(CONTINUAL_METHODS)}, or several of "
                 "replay, ewc and lwf joined by +"
             )
-        if len(parts) > 1 and {"naive", "joint", "slda"} & set(parts):
-            raise ValueError(f"continual.method {value!r}: naive, joint and slda cannot be combined with other methods")
+        if len(parts) > 1 and {"auto", "naive", "joint", "slda"} & set(parts):
+            raise ValueError(f"continual.method {value!r}: only replay, ewc and lwf combine with each other")
         return "+".join(parts)
 
-    @property
-    def parts(self) -> frozenset[str]:
-        """The methods combined in `method`."""
-        return frozenset(self.method.split("+"))
+    def resolved(self, multi_label: bool) -> str:
+        """The method a run uses: `auto` resolved for single- or multi-label data, any other as given."""
+        if self.method != "auto":
+            return self.method
+        return "replay" if multi_label else "slda"
+
+    def parts(self, multi_label: bool) -> frozenset[str]:
+        """The methods combined in the resolved method."""
+        return frozenset(self.resolved(multi_label).split("+"))
 
 
 class Config(_Section):
