@@ -264,6 +264,12 @@ def test_continual_plan_matrix_report_and_resume(
     assert Predictor.from_dir(out).labels == [*OLD, "technical"]
     assert not (out / "tasks" / "01-t1" / "model").exists() and (out / "tasks" / "02-t2" / "model").is_dir()
     assert main(["evaluate", str(out), "--data", str(task_files["t2_test"]), "--output", str(tmp_path / "ev")]) == 0
+    # the plan's folder continues like any run: extend it with more data of its labels (domain-incremental)
+    more = tmp_path / "more"
+    assert main(["extend", str(out), "--data", str(task_files["t1_train"]), "--output", str(more)]) == 0
+    assert Predictor.from_dir(more).labels == [*OLD, "technical"]
+    state = json.loads((more / "continual" / "state.json").read_text())
+    assert [step["name"] for step in state["increments"]][:2] == ["t1", "t2"] and len(state["increments"]) == 3
     # a finished plan resumed trains nothing again and gives the same matrix
     stamp = (out / "tasks" / "02-t2" / "model" / "model.safetensors").stat().st_mtime_ns
     assert main(["continual", str(plan_file), "--resume"]) == 0
