@@ -203,6 +203,29 @@ def test_extend_refuses_what_cannot_grow_before_training(
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match="continual"):
         train(load_config(first_run / "config.yaml", ["continual.method=ewc", f"output_dir={tmp_path / 'x'}"]))
+    # a run whose training file lacks a label it has (trained by replay on later data) cannot give slda its statistics
+    replayed = extend(
+        first_run,
+        extend_config(
+            previous,
+            {
+                "data": {"train": str(task_files["t2_train"])},
+                "output_dir": str(tmp_path / "r"),
+                "continual": {"method": "replay", "memory_per_class": 2},
+            },
+        ),
+    )
+    (replayed.run_dir / "continual" / "memory.jsonl").unlink()
+    config = extend_config(
+        previous_run(replayed.run_dir),
+        {
+            "data": {"train": str(task_files["t2_train"])},
+            "output_dir": str(tmp_path / "s"),
+            "continual": {"method": "slda"},
+        },
+    )
+    with pytest.raises(DataError, match=r"slda needs examples of every label.*'billing', 'shipping'"):
+        extend(replayed.run_dir, config)
 
 
 def test_methods_run_and_naive_forgets_more_than_replay(

@@ -191,6 +191,7 @@ class Continue(Finetune):
                 prepared.slda_stats = ClassStatistics.load(saved)
             else:
                 prepared.slda_old = self.old_training_data(config)
+                check_every_label(prepared.slda_old, splits, self.previous)
         if self.previous is not None and "ewc" in parts and self.previous.run_dir is not None:
             saved = self.previous.run_dir / STATE_DIR / EWC_FILE
             prepared.ewc_state = EwcState.load(saved) if saved.is_file() else None
@@ -212,6 +213,15 @@ class Continue(Finetune):
             prepared.memory, prepared.memory_tasks = read_memory(memory_path(run_dir), config.data)
             return
         prepared.memory, prepared.select_from_old = self.old_training_data(config), True
+        remembered = {str(value) for value in prepared.memory.labels or []}
+        missing = [label for label in self.known_labels if label not in remembered]
+        if missing:
+            logger.warning(
+                "%s: its training file has no examples of %d of its labels (%s): the memory cannot keep them",
+                self.previous.model_dir,
+                len(missing),
+                ", ".join(missing[:5]),
+            )
         prepared.memory_tasks = [str(self.previous.run_dir or self.previous.model_dir)] * len(prepared.memory)
 
     def old_training_data(self, config: Config) -> TextData:
@@ -227,7 +237,7 @@ class Continue(Finetune):
                 f"labels, and the run saved none in {STATE_DIR}/ and has {where}; use continual.method=lwf or "
                 "naive, or give the old training file back"
             )
-        return load_splits(old).train
+        return load_splits(old, known=self.previous.labels).train
 
     def old_evaluation(self) -> TextData | None:
         """The previous run's test (or validation) data, when its files are still readable."""
@@ -505,6 +515,19 @@ def correct(predictor: Predictor, data: TextData) -> np.ndarray:
             for p, value in zip(predictions, data.labels, strict=True)
         ]
     )
+
+
+def check_every_label(old: TextData, splits: Splits, previous: Previous) -> None:
+    """slda computes the statistics of a run that saved none from its training file: every label needs examples."""
+    seen = {str(value) for value in old.labels or []} | {str(value) for value in splits.train.labels or []}
+    missing = [label for label in splits.labels if label not in seen]
+    if missing:
+        shown = ", ".join(repr(label) for label in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"{previous.model_dir}: continual.method=slda needs examples of every label, and neither the run's "
+            f"training file ({old.source}) nor the new data has any of {shown} (the run saved no slda statistics: "
+            "it was not trained by slda); use continual.method=replay or lwf"
+        )
 
 
 def check_spellings(known: list[str], splits: Splits, memory: TextData | None = None) -> None:
