@@ -328,11 +328,8 @@ def main() -> None:
         for dataset in args.datasets:
             for order in range(args.orders):
                 for method in args.methods:
-                    key = (dataset, method, order, args.memory, args.epochs)
-                    if any(
-                        (r["dataset"], r["method"], r["order"], r["memory_per_class"], r["epochs"]) == key
-                        for r in results
-                    ):
+                    key = (dataset, method, order, args.memory, args.epochs, args.learning_rate or "auto")
+                    if any(run_key(r) == key for r in results):
                         continue
                     print(f"== {dataset} {method} order {order}", flush=True)
                     results.append(run_one(dataset, method, order, args))
