@@ -23,8 +23,8 @@ import numpy as np
 from adaptext.continual.memory import STATE_DIR, concat
 from adaptext.continual.metrics import summarise
 from adaptext.continual.plan import ContinualPlan, check_plan
-from adaptext.continual.strategy import Continue, Previous, evaluation_data, previous_run
-from adaptext.core.config import Config, build_config, config_to_yaml
+from adaptext.continual.strategy import Continue, Previous, previous_run
+from adaptext.core.config import Config, _merge, build_config, config_to_yaml
 from adaptext.core.errors import AdaptextError
 from adaptext.core.outputs import check_output_dir, expand, write_marker
 from adaptext.core.run import RunPaths, remove_run, replace_dir, write_json
@@ -73,12 +73,7 @@ def extend_config(previous: Previous, overrides: dict[str, Any]) -> Config:
     base = previous.config.model_dump(mode="json") if previous.config is not None else {}
     base.setdefault("data", {}).update(validation=None, test=None, test_fraction=None)
     base.setdefault("model", {})["name"] = str(previous.model_dir)
-    for section, values in overrides.items():
-        if isinstance(values, dict) and isinstance(base.get(section), dict):
-            base[section] = base[section] | values
-        else:
-            base[section] = values
-    return build_config(base, source="extend")
+    return build_config(_merge(base, overrides), source="extend")
 
 
 @dataclass
@@ -110,7 +105,7 @@ def run_plan(plan: ContinualPlan, *, resume: bool = False, overwrite: bool = Fal
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
         root.mkdir(parents=True, exist_ok=True)
         write_marker(root, "run")
-    evaluations = [evaluation_data(load_splits(config, known=all_labels)) for config in configs]
+    evaluations = [load_splits(config, known=all_labels).evaluation for config in configs]
     tasks = len(plan.tasks)
     matrix: list[list[float | None]] = [[None] * tasks for _ in range(tasks)]
     seconds: list[dict[str, Any]] = []

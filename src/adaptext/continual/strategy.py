@@ -44,7 +44,7 @@ from adaptext.core.run import RunPaths, write_json
 from adaptext.core.task import task_of
 from adaptext.data.batching import Collator, LengthGroupedBatches, encode
 from adaptext.data.examples import Splits, TextData
-from adaptext.data.labels import label_spellings, label_targets
+from adaptext.data.labels import label_names, label_spellings, label_targets
 from adaptext.data.splits import load_splits
 from adaptext.evaluation.metrics import evaluate_data
 from adaptext.inference.predictor import Predictor
@@ -213,8 +213,7 @@ class Continue(Finetune):
             prepared.memory, prepared.memory_tasks = read_memory(memory_path(run_dir), config.data)
             return
         prepared.memory, prepared.select_from_old = self.old_training_data(config), True
-        remembered = {str(value) for value in prepared.memory.labels or []}
-        missing = [label for label in self.known_labels if label not in remembered]
+        missing = labels_without_examples(self.known_labels, prepared.memory)
         if missing:
             logger.warning(
                 "%s: its training file has no examples of %d of its labels (%s): the memory cannot keep them",
@@ -352,16 +351,17 @@ class Continue(Finetune):
         else:
             model = classifier(config, splits.labels, steps=1)
         stats = prepared.slda_stats
-        for data in (prepared.slda_old, splits.train):
+        embedded: dict[str, np.ndarray] = {}  # the encoder never changes here: herding reuses these
+        for name, data in (("old", prepared.slda_old), ("new", splits.train)):
             if data is None:
                 continue
             encoded = encode(tokenizer, data, splits.labels, config.data.max_length, task)
-            embeddings = embed(model, encoded, pad_token_id=tokenizer.pad_token_id or 0)
-            stats = stats or ClassStatistics.empty(0, embeddings.shape[1])
-            stats = stats.update(embeddings, label_targets(data, splits.labels, task), len(splits.labels))
+            embedded[name] = embed(model, encoded, pad_token_id=tokenizer.pad_token_id or 0)
+            stats = stats or ClassStatistics.empty(0, embedded[name].shape[1])
+            stats = stats.update(embedded[name], label_targets(data, splits.labels, task), len(splits.labels))
         assert stats is not None
         if prepared.memory is None and prepared.slda_old is not None:  # the memory a later replay would need
-            chosen = self.choose(model, tokenizer, config, prepared.slda_old, splits.labels)
+            chosen = self.choose(model, tokenizer, config, prepared.slda_old, splits.labels, embedded["old"])
             prepared.memory = prepared.slda_old.subset(chosen)
             prepared.memory_tasks = [str(self.previous.model_dir if self.previous else "")] * len(chosen)
         weights, bias = stats.head(config.continual.slda_shrinkage)
@@ -372,7 +372,7 @@ class Continue(Finetune):
             save_model(model, tokenizer, config, run.paths.model)
             stats.save(run.paths.root / STATE_DIR / LDA_FILE)
             remembered = time.perf_counter()
-            self.remember(model, tokenizer, config, run.paths, prepared, None)
+            self.remember(model, tokenizer, config, run.paths, prepared, None, embedded["new"])
             self.seconds["remember_s"] = time.perf_counter() - remembered
         process.wait_for_everyone()
         for callback in run.callbacks:
@@ -380,11 +380,19 @@ class Continue(Finetune):
         total = sum(p.numel() for p in model.parameters())
         return TrainingState(done=True, total_parameters=total)
 
-    def choose(self, model: nn.Module, tokenizer: Any, config: Config, data: TextData, labels: list[str]) -> list[int]:
-        """`memory_per_class` examples of each label of `data`, chosen with `model`'s embeddings when herding."""
+    def choose(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        config: Config,
+        data: TextData,
+        labels: list[str],
+        embeddings: np.ndarray | None = None,
+    ) -> list[int]:
+        """`memory_per_class` examples of each label of `data`, chosen with `model`'s embeddings of them when herding
+        (`embeddings`, when already computed with `model`)."""
         settings = config.continual
-        embeddings = None
-        if settings.memory_selection == "herding" and len(data):
+        if settings.memory_selection == "herding" and len(data) and embeddings is None:
             encoded = encode(tokenizer, data, labels, config.data.max_length, task_of(config))
             embeddings = embed(model, encoded, pad_token_id=tokenizer.pad_token_id or 0)  # type: ignore[arg-type]
         return select_memory(
@@ -410,6 +418,7 @@ class Continue(Finetune):
         paths: RunPaths,
         prepared: ContinuePrepared,
         ewc_before: EwcState | None,
+        new_embeddings: np.ndarray | None = None,
     ) -> None:
         """Write `continual/` into the run folder: the memory (earlier memory plus this run's choice), EWC's state
         and the chain's record, for the next increment."""
@@ -427,7 +436,8 @@ class Continue(Finetune):
             new_tasks = [name] * len(splits.train)
             if prepared.memory is not None:
                 parts, tasks = [prepared.memory], list(prepared.memory_tasks)
-        chosen = self.choose(model, tokenizer, config, new_data, splits.labels)
+        reuse = new_embeddings if new_data is splits.train else None  # `model`'s embeddings of the new data
+        chosen = self.choose(model, tokenizer, config, new_data, splits.labels, reuse)
         parts.append(new_data.subset(chosen))
         tasks += [new_tasks[i] for i in chosen]
         write_memory(folder / "memory.jsonl", concat(parts, "memory"), tasks, config.data)
@@ -455,7 +465,7 @@ class Continue(Finetune):
         if not self.compare or prepared is None or self.previous is None:
             return []
         before = Predictor.from_dir(self.previous.model_dir, batch_size=predictor.batch_size)
-        evaluated = [("previous run's data", prepared.old_eval), ("new data", evaluation_data(prepared.splits))]
+        evaluated = [("previous run's data", prepared.old_eval), ("new data", prepared.splits.evaluation)]
         rows = []
         old = set(prepared.old_labels)
         for source, data in evaluated:
@@ -491,11 +501,6 @@ class Continue(Finetune):
         ]
 
 
-def evaluation_data(splits: Splits) -> TextData:
-    """What a run is scored on: its test split, else its validation split."""
-    return splits.test if splits.test is not None else splits.validation
-
-
 def label_groups(data: TextData, old: set[str]) -> dict[str, np.ndarray]:
     """Masks of `data`'s rows whose labels are all old labels, and of the others."""
     assert data.labels is not None
@@ -517,10 +522,15 @@ def correct(predictor: Predictor, data: TextData) -> np.ndarray:
     )
 
 
+def labels_without_examples(labels: list[str], *parts: TextData) -> list[str]:
+    """The labels of `labels` that no example of `parts` has."""
+    seen = {name for part in parts for name in label_names(part, minimum=0)}
+    return [label for label in labels if label not in seen]
+
+
 def check_every_label(old: TextData, splits: Splits, previous: Previous) -> None:
     """slda computes the statistics of a run that saved none from its training file: every label needs examples."""
-    seen = {str(value) for value in old.labels or []} | {str(value) for value in splits.train.labels or []}
-    missing = [label for label in splits.labels if label not in seen]
+    missing = labels_without_examples(splits.labels, old, splits.train)
     if missing:
         shown = ", ".join(repr(label) for label in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(

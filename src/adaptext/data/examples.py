@@ -50,3 +50,8 @@ class Splits:
     test: TextData | None
     labels: list[str]
     in_train: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def evaluation(self) -> TextData:
+        """What a run is scored on after training: the test split, else the validation split."""
+        return self.test if self.test is not None else self.validation

@@ -151,7 +151,7 @@ def finish(
     from adaptext.evaluation.report import write_report  # matplotlib is loaded only once training memory is freed
 
     predictor = Predictor.from_dir(paths.model, batch_size=eval_batch_size(config.train))
-    data = splits.test if splits.test is not None else splits.validation
+    data = splits.evaluation
     split = "test" if splits.test is not None else "validation"
     probs = predictor.predict_proba(data.texts, data.pairs)
     report = evaluate_data(predictor, data, probs)
