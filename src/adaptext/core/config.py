@@ -346,6 +346,28 @@ class ContinualSection(_Section):
         return frozenset(self.resolved(multi_label).split("+"))
 
 
+OOD_METHODS = ("none", "msp", "energy", "mahalanobis", "knn", "auto")
+
+
+class OodSection(_Section):
+    method: Literal["none", "msp", "energy", "mahalanobis", "knn", "auto"] = Field(
+        "none",
+        description="Out-of-scope detector saved with the model. `msp`: low top probability; `energy`: low "
+        "log-sum-exp of the logits; `mahalanobis`: far from every class mean of the training features (shared "
+        "covariance); `knn`: far from the k-th nearest training feature (cosine); `auto`: the method measured best "
+        "in bench/robustness.py (knn where the model's features can be read, else energy); `none`: no detector.",
+    )
+    in_scope_recall: Float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="The threshold is set on in-scope validation texts so that this share of them stays in scope "
+        "(no out-of-scope examples are needed).",
+    )
+    label: str = Field("unknown", min_length=1, description="What prediction returns for an out-of-scope text.")
+    knn_k: Int = Field(10, ge=1, description="`knn`: the neighbour whose distance is the score.")
+
+
 class Config(_Section):
     format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
     output_dir: UserPath = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
@@ -368,6 +390,12 @@ class Config(_Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     tune: TuneSection = Field(default_factory=TuneSection)
     continual: ContinualSection = Field(default_factory=ContinualSection)
+    ood: OodSection = Field(default_factory=OodSection)
+    calibrate: bool = Field(
+        True,
+        description="Fit a softmax temperature on the validation split after training (single-label, every "
+        "strategy): it changes confidence, never the label; ECE before and after is in the report.",
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -392,6 +420,11 @@ class Config(_Section):
                 raise ValueError(f"prompt.template must contain {key} once, got {self.prompt.template!r}")
         if self.strategy != "finetune" and self.peft.method != "none":
             raise ValueError(f"strategy {self.strategy} trains without peft; set peft.method=none")
+        if self.ood.method != "none" and self.data.multi_label:
+            raise ValueError(
+                "ood.method is for single-label models; a multi-label model already answers no label when none "
+                "reaches train.threshold"
+            )
         if self.model.pooling == "mean" and (self.peft.method != "none" or self.strategy != "finetune"):
             raise ValueError(
                 "model.pooling=mean is for full fine-tuning (strategy finetune, peft.method none); "
