@@ -19,6 +19,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=20,
         help="misclassified examples shown in the report with the words that made the model decide (0: none)",
     )
+    p.add_argument(
+        "--ood-label",
+        help="rows with this label are out of scope: scores the model's out-of-scope detector on them "
+        "(in_scope_accuracy, oos_recall, oos_precision, ood_auroc, ood_fpr95 in metrics.json)",
+    )
     add_overwrite_option(p, "an earlier evaluation report in --output")
     add_column_options(p, with_label=True)
     p.set_defaults(func=run)
@@ -28,10 +33,25 @@ def run(args: argparse.Namespace) -> int:
     from adaptext.evaluation.evaluate import evaluate_file
 
     columns = column_overrides(args)
-    report = evaluate_file(args.model, args.data, args.output, columns, overwrite=args.overwrite, errors=args.errors)
+    report = evaluate_file(
+        args.model,
+        args.data,
+        args.output,
+        columns,
+        overwrite=args.overwrite,
+        errors=args.errors,
+        ood_label=args.ood_label,
+    )
     print(
         f"{report.n_examples} examples: accuracy {report.metrics['accuracy']:.4f}, "
         f"macro_f1 {report.metrics['macro_f1']:.4f}"
     )
+    if "oos_recall" in report.metrics:
+        m = report.metrics
+        print(
+            f"in-scope accuracy {m['in_scope_accuracy']:.4f}, out-of-scope recall {m['oos_recall']:.4f}, "
+            f"precision {m['oos_precision']:.4f}, AUROC {m.get('ood_auroc', float('nan')):.4f}, "
+            f"FPR95 {m.get('ood_fpr95', float('nan')):.4f}"
+        )
     print(f"report: {Path(args.output) / 'report.html'}")
     return 0

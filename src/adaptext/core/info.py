@@ -34,6 +34,7 @@ from adaptext.core.task import Task, task_of_problem_type
 MODEL_SUBDIR = "model"
 METADATA_FILE = "adaptext.json"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's
+ENSEMBLE_SUBDIR = "members"  # an ensemble folder's copies of its members' model folders
 
 
 INFO_FORMAT_VERSION = 1
@@ -44,13 +45,18 @@ def is_adapter_folder(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
 
 
+def is_ensemble_folder(path: Path) -> bool:
+    """True for an ensemble folder (`adaptext ensemble`): its record beside a `members/` folder, no weights of its own."""
+    return (path / METADATA_FILE).is_file() and (path / ENSEMBLE_SUBDIR).is_dir()
+
+
 def find_model_dir(path: str | Path) -> Path:
-    """The model folder for `path`: a run folder (its `model/` inside), a model folder or an adapter folder."""
+    """The model folder for `path`: a run folder (its `model/` inside), a model, adapter or ensemble folder."""
     path = Path(path)
     if not path.exists():
         raise AdaptextError(f"{path}: no such model or run folder")
     for folder in (path / MODEL_SUBDIR, path):
-        if (folder / "config.json").is_file() or is_adapter_folder(folder):
+        if (folder / "config.json").is_file() or is_adapter_folder(folder) or is_ensemble_folder(folder):
             return folder
     raise AdaptextError(
         f"{path}: not a run folder (no {MODEL_SUBDIR}/ inside) nor a model folder (no config.json or {ADAPTER_CONFIG})"
@@ -63,6 +69,17 @@ def _names(value: Any) -> Any:
 
 
 Names = Annotated[list[str], BeforeValidator(_names)]
+
+
+class EnsembleMember(BaseModel):
+    """One member of an ensemble folder, as its `adaptext.json` lists it under `ensemble`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    path: str = Field(description="The member's model folder, relative to the ensemble folder (`members/0`).")
+    weight: float = Field(gt=0, description="The member's share of the mean probability (the weights sum to 1).")
+    source: str | None = Field(None, description="The run or model folder the member was copied from.")
+    kind: str | None = Field(None, description="The kind of model folder (`transformers`, `adapter`, ...).")
 
 
 class ModelInfo(BaseModel):
@@ -106,6 +123,18 @@ class ModelInfo(BaseModel):
     verbalizer: dict[str, str] | None = Field(None, description="Prompt: label -> the token read at the mask.")
     verbalizer_ids: list[int] | None = Field(None, description="Prompt: the vocabulary id of each label's token.")
 
+    # Post-hoc steps after training: calibration and out-of-scope detection.
+    calibration: dict[str, Any] | None = Field(
+        None,
+        description="Temperature scaling fitted on validation: `temperature` (probabilities are softmax(logits / T)),"
+        " the validation texts it was fitted on (`n`), and ECE / NLL before and after.",
+    )
+    ood: dict[str, Any] | None = Field(
+        None,
+        description="The out-of-scope detector (`method`, raw-score `threshold`, `label`, `k`, `in_scope_recall`); "
+        "its arrays are in `ood.safetensors`.",
+    )
+
     # Deploy extras: ONNX export and merged adapters.
     backend: str | None = Field(None, description="`onnx` for an ONNX export; unset for a PyTorch folder.")
     quantize: str | None = Field(None, description="An export's quantization (`int8`), or none.")
@@ -114,6 +143,15 @@ class ModelInfo(BaseModel):
     merged_from: str | None = Field(None, description="The adapter folder a merged model was made from.")
     merged_method: str | None = Field(None, description="The peft method that was merged.")
     merge_check: dict[str, Any] | None = Field(None, description="The merge's parity check (`MergeCheck`).")
+
+    # Ensembles and weight averages (`adaptext ensemble`).
+    ensemble: list[EnsembleMember] | None = Field(
+        None,
+        description="An ensemble folder's members: its probabilities are their weighted mean (see docs/ensemble.md).",
+    )
+    averaged_from: list[str] | None = Field(
+        None, description="The model folders whose weights were averaged into this one (`--average-weights`)."
+    )
 
     _source: Path | None = PrivateAttr(None)
 

@@ -6,6 +6,9 @@ by score, as Hugging Face inference does, so `huggingface_hub.InferenceClient(mo
 works unchanged. Concurrent requests for one model are grouped into batches (up to `max_batch_size` texts, waiting
 at most `max_wait_ms` for more); the model runs in a worker thread, off the event loop. A caller that disconnects
 before its batch runs is dropped from it. `POST /explain` gives word attributions (see `explain_api`).
+Scores use the model's calibration temperature; a model with an out-of-scope detector answers a text beyond its
+threshold with the detector's label first (`{"label": "unknown", "score": s}`, s the share of in-scope validation
+texts that looked more in scope), then the labels.
 
 Hardening: the API key is checked before any body is read (401 whatever the body); a request's head and body must
 arrive within `request_timeout` seconds (408 for a slow body; a connection that sends no request head in that time is
@@ -129,6 +132,15 @@ class LabelScore(BaseModel):
     score: float
 
 
+def scored_logits(predictor: Predictor, texts: list[str]) -> np.ndarray:
+    """The logits divided by the model's calibration temperature (n, num_labels), and with an out-of-scope detector
+    one more column: its raw score."""
+    if predictor.detector is None:
+        return predictor.predict_logits(texts) / predictor.temperature
+    logits, probs, hidden = predictor.predict_with_features(texts, features=predictor.detector.needs_features)
+    return np.column_stack([logits / predictor.temperature, predictor.detector.scores(logits, probs, hidden)])
+
+
 class Batcher:
     """Groups concurrent requests for one model into batches and runs them in one worker thread."""
 
@@ -202,7 +214,7 @@ class Batcher:
         texts = [text for request_texts, _ in batch for text in request_texts]
         self.batch_sizes.observe(len(texts))
         try:
-            logits = await loop.run_in_executor(self.executor, self.predictor.predict_logits, texts)
+            logits = await loop.run_in_executor(self.executor, scored_logits, self.predictor, texts)
         except Exception as error:
             if len(batch) > 1:  # find the request that fails; the others still get their answers
                 for request in batch:
@@ -324,12 +336,19 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
         logits = await _unless_disconnected(batchers[name].logits(texts), request.receive)
         if logits is None:  # nobody is listening; the batcher has dropped the texts if they had not run yet
             return Response(status_code=499)
-        values = scores(logits, function)
-        top_k = min(parameters.top_k or len(predictor.labels), len(predictor.labels))
+        k = len(predictor.labels)
+        values = scores(logits[:, :k], function)
+        top_k = min(parameters.top_k or k, k)
         answer = []
-        for row in values:
+        detector = predictor.detector
+        outside = detector.out_of_scope(logits[:, k]) if detector is not None else np.zeros(len(values), dtype=bool)
+        shares = detector.share_below(logits[:, k]) if detector is not None else outside
+        for row, out, share in zip(values, outside, shares, strict=True):
             order = np.argsort(-row, kind="stable")[:top_k]
-            answer.append([{"label": predictor.labels[i], "score": float(row[i])} for i in order])
+            labels = [{"label": predictor.labels[i], "score": float(row[i])} for i in order]
+            if out and detector is not None:  # out of scope: the detector's label comes first, with its score
+                labels = [{"label": detector.label, "score": float(share)}, *labels][:top_k]
+            answer.append(labels)
         # Plain JSON: building and validating a model object per label and text cost more than the forward pass.
         return Response(json.dumps(answer), media_type="application/json")
 

@@ -74,6 +74,16 @@ def is_improvement(name: str, value: float, best: float | None) -> bool:
     return value < best if name in LOWER_IS_BETTER else value > best
 
 
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray) -> float:
+    """ECE of single-label probabilities (n, k) against class ids (n,), over 10 equal-width confidence bins."""
+    return _reliability(probs.max(axis=1), (probs.argmax(axis=1) == targets).astype(float))[0]
+
+
+def log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean negative log-likelihood of class ids `targets` (n,) under single-label `probs` (n, k)."""
+    return float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1.0)).mean())
+
+
 def _reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[float, list[dict[str, float]]]:
     # Expected calibration error over equal-width confidence bins, and the bins themselves for the plot.
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -164,6 +174,61 @@ def compute_metrics(
         confusion=confusion,
         reliability=bins,
         n_examples=len(targets),
+    )
+
+
+OOD_METRICS = ["in_scope_accuracy", "oos_recall", "oos_precision", "ood_auroc", "ood_fpr95"]
+
+
+def compute_ood_metrics(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    outside: np.ndarray,
+    scores: np.ndarray,
+    labels: list[str],
+    ood_label: str,
+) -> EvalReport:
+    """Metrics of a single-label model with an out-of-scope detector, out-of-scope as one more class.
+
+    `targets` are class ids (n,), with `len(labels)` for an out-of-scope text; `outside` (n,) says which texts the
+    detector put out of scope, `scores` (n,) are its raw scores (higher: further out). `accuracy` and the averages
+    count out-of-scope as a class (predicting it on an out-of-scope text is correct); `in_scope_accuracy` is the
+    share of in-scope texts given their label (put out of scope is wrong); `oos_recall` / `oos_precision` are of the
+    out-of-scope class; `ood_auroc` is the scores' AUROC for out-of-scope against in-scope texts, and `ood_fpr95`
+    the share of out-of-scope texts kept in scope at the score that keeps 95% of in-scope texts in scope. `loss`
+    and `ece` are over the in-scope texts.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    k = len(labels)
+    y_true = targets.astype(int)
+    y_pred = np.where(outside, k, probs.argmax(axis=1))
+    inside = y_true < k
+    is_oos = ~inside
+    metrics: dict[str, float] = {"accuracy": float(accuracy_score(y_true, y_pred))}
+    if inside.any():
+        metrics["in_scope_accuracy"] = float((y_pred[inside] == y_true[inside]).mean())
+        metrics["loss"] = log_loss(probs[inside], y_true[inside])
+        metrics["ece"] = expected_calibration_error(probs[inside], y_true[inside])
+    predicted_oos = y_pred == k
+    metrics["oos_recall"] = float(predicted_oos[is_oos].mean()) if is_oos.any() else float("nan")
+    metrics["oos_precision"] = float(is_oos[predicted_oos].mean()) if predicted_oos.any() else float("nan")
+    if inside.any() and is_oos.any():
+        metrics["ood_auroc"] = float(roc_auc_score(is_oos, scores))
+        cut = np.quantile(scores[inside], 0.95, method="higher")
+        metrics["ood_fpr95"] = float((scores[is_oos] <= cut).mean())
+    metrics.update(_averages(y_true, y_pred, ("macro", "micro", "weighted"), k + 1))
+    names = [*labels, ood_label]
+    confidence = np.where(outside, 0.0, probs.max(axis=1))
+    _, bins = _reliability(confidence[inside], (y_pred[inside] == y_true[inside]).astype(float))
+    return EvalReport(
+        metrics=metrics,
+        per_class=_per_class(names, y_true, y_pred),
+        labels=names,
+        task=SINGLE_LABEL,
+        confusion=confusion_matrix(y_true, y_pred, labels=list(range(k + 1))).tolist(),
+        reliability=bins,
+        n_examples=len(y_true),
     )
 
 

@@ -24,6 +24,7 @@ from adaptext.explain.page import held_fixed, highlight, legend
 
 if TYPE_CHECKING:
     from adaptext.evaluation.metrics import EvalReport
+    from adaptext.inference.ood import OodDetector
 
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,37 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+OOD_PLOT = "ood_scores.png"
+
+
+def plot_ood_scores(inside: np.ndarray, outside: np.ndarray, detector: OodDetector, path: Path) -> None:
+    """Histograms of the detector's raw scores on in-scope and out-of-scope texts, with its threshold."""
+    both = np.concatenate([inside, outside])
+    low, high = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
+    edges = [low + (high - low) * i / 50 for i in range(51)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(inside, bins=edges, alpha=0.6, density=True, label=f"in scope ({len(inside)})", color="#1f77b4")
+    ax.hist(outside, bins=edges, alpha=0.6, density=True, label=f"out of scope ({len(outside)})", color="#d62728")
+    ax.axvline(detector.threshold, color="black", linestyle="--", label="threshold")
+    ax.set_xlabel(f"{detector.method} score (higher: further out of scope)")
+    ax.set_ylabel("density")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def ood_section(method: str, report: EvalReport) -> str:
+    """The report's out-of-scope part: the detector's metrics and the score histograms."""
+    names = ["in_scope_accuracy", "oos_recall", "oos_precision", "ood_auroc", "ood_fpr95"]
+    rows = [{"metric": name, "value": report.metrics[name]} for name in names if name in report.metrics]
+    return (
+        f"<p>Detector: {html.escape(method)}. Out-of-scope texts count as one more class in the summary.</p>"
+        + _table(rows, ["metric", "value"])
+        + f"<img src='{OOD_PLOT}' alt='out-of-scope score histograms'>"
+    )
 
 
 def plot_reliability(report: EvalReport, path: Path) -> None:

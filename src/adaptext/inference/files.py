@@ -208,7 +208,8 @@ def add_predictions(
     """`frame` with `label` and `score` columns set from `predictions` (one per row, in order).
 
     Multi-label: the predicted labels and their scores, best first, as lists (`as_lists`), else joined with
-    `delimiter`."""
+    `delimiter`. A model with an out-of-scope detector adds `ood_score` (its label is then `ood.label` for a text
+    out of scope)."""
     frame = frame.copy()
     if multi_label:
         frame["label"] = [p.labels if as_lists else delimiter.join(p.labels) for p in predictions]
@@ -217,6 +218,8 @@ def add_predictions(
     else:
         frame["label"] = [p.label for p in predictions]
         frame["score"] = [p.score for p in predictions]
+        if predictions and predictions[0].ood_score is not None:  # the model has an out-of-scope detector
+            frame["ood_score"] = [p.ood_score for p in predictions]
     return frame
 
 
@@ -232,6 +235,9 @@ def prediction_settings(predictor: Predictor, text_columns: list[str], delimiter
         "label_delimiter": delimiter,
         **PREDICT_DEFAULTS,
         **{key: value for key, value in sorted(options.items()) if key != "progress"},
+        # Scores change with a calibration or detector fitted anew: only set when the model has them.
+        **({"temperature": predictor.temperature} if predictor.temperature != 1.0 else {}),
+        **({"ood": predictor.info.ood} if predictor.info.ood else {}),
     }
 
 

@@ -19,6 +19,7 @@ from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
 from adaptext.core.task import task_of_problem_type
 from adaptext.data.batching import Collator, tokenize
 from adaptext.inference.loaders import loader_for
+from adaptext.inference.ood import FeatureTap, OodDetector, load_detector, output_layer
 from adaptext.modeling.adapters import (
     build_base,
     load_adapter_model,
@@ -35,12 +36,17 @@ class Prediction:
     `label` / `score`: the most probable label and its probability. `labels`: the predicted label set
     (single-label: `[label]`; multi-label: every label whose probability reaches the threshold, best first,
     possibly empty). `scores`: every label's probability.
+
+    With an out-of-scope detector saved beside the model, `ood_score` is the share of in-scope validation texts
+    that looked more in scope than this one (0 to 1); a text beyond the detector's threshold gets the detector's
+    label (`ood.label`, e.g. `unknown`) as `label` and `labels`, with `ood_score` as its `score`.
     """
 
     label: str
     score: float
     labels: list[str]
     scores: dict[str, float]
+    ood_score: float | None = None
 
 
 class Predictor:
@@ -67,6 +73,9 @@ class Predictor:
         self.threshold = threshold
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
+        # Probabilities are softmax(logits / temperature): the calibration fitted after training (1: none).
+        self.temperature = 1.0
+        self.detector: OodDetector | None = None  # the out-of-scope detector saved beside the model, if any
         # What adaptext saved beside the model (`adaptext.json`): column names, threshold, max_length.
         self.info = ModelInfo()
         id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
@@ -100,7 +109,9 @@ class Predictor:
             model = loader.load(model_dir, info)
         except (OSError, ValueError) as error:
             raise AdaptextError(f"{model_dir}: cannot load the model: {error}") from None
-        return cls._ready(model, tokenizer, info, device=device or loader.device, batch_size=batch_size)
+        return cls._ready(
+            model, tokenizer, info, device=device or loader.device, batch_size=batch_size, folder=model_dir
+        )
 
     @classmethod
     def _ready(
@@ -111,6 +122,7 @@ class Predictor:
         *,
         device: str | None,
         batch_size: int,
+        folder: Path,
     ) -> Predictor:
         model.to(default_device(device))  # type: ignore[arg-type]  # transformers types `to` for dtype-or-device
         model.eval()
@@ -122,14 +134,36 @@ class Predictor:
             batch_size=batch_size,
         )
         predictor.info = info
+        if info.calibration:
+            predictor.temperature = float(info.calibration["temperature"])
+        predictor.detector = load_detector(folder, info)
+        if predictor.detector is not None and predictor.detector.needs_features and predictor.feature_layer() is None:
+            raise AdaptextError(
+                f"{folder}: the {predictor.detector.method} out-of-scope detector reads the model's features, "
+                "which this kind of model does not give"
+            )
         return predictor
 
-    @torch.inference_mode()
+    def feature_layer(self) -> torch.nn.Linear | None:
+        """The model's output layer, whose input are the features out-of-scope detectors read (None if it has none)."""
+        if not isinstance(self.model, torch.nn.Module):
+            return None
+        return output_layer(self.model, len(self.labels))
+
     def _logits(self, features: dict[str, list[list[int]]], progress: bool) -> np.ndarray:
+        return self._forward(features, progress, None)[0]
+
+    @torch.inference_mode()
+    def _forward(
+        self, features: dict[str, list[list[int]]], progress: bool, layer: torch.nn.Linear | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (n, num_labels) in input order, and with `layer` the inputs it took (n, hidden)."""
         # Longest first, so each batch pads little and a memory problem shows up at once.
         n = len(features["input_ids"])
         order = sorted(range(n), key=lambda i: len(features["input_ids"][i]), reverse=True)
         out = np.zeros((n, len(self.labels)), dtype=np.float32)
+        tap = FeatureTap(layer) if layer is not None else None
+        hidden: np.ndarray | None = None
         device = torch.device(self.model.device)
         autocast = (
             torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
@@ -138,18 +172,58 @@ class Predictor:
         )
         self.model.eval()
         batches = range(0, n, self.batch_size)
-        for start in progress_bar(batches, show=progress, desc="predict", unit="batch"):
-            idx = order[start : start + self.batch_size]
-            items = [{name: values[i] for name, values in features.items()} | {"index": i} for i in idx]
-            batch = self._collate(items)
-            inputs = {k: v.to(device) for k, v in batch.items() if k not in ("index", "labels")}
-            with autocast:
-                logits = self.model(**inputs).logits
-            out[idx] = logits.float().cpu().numpy()
-        return out
+        try:
+            for start in progress_bar(batches, show=progress, desc="predict", unit="batch"):
+                idx = order[start : start + self.batch_size]
+                items = [{name: values[i] for name, values in features.items()} | {"index": i} for i in idx]
+                batch = self._collate(items)
+                inputs = {k: v.to(device) for k, v in batch.items() if k not in ("index", "labels")}
+                with autocast:
+                    logits = self.model(**inputs).logits
+                out[idx] = logits.float().cpu().numpy()
+                if tap is not None:
+                    taken = tap.pop()
+                    if hidden is None:
+                        hidden = np.zeros((n, taken.shape[-1]), dtype=np.float32)
+                    hidden[idx] = taken
+        finally:
+            if tap is not None:
+                tap.close()
+        return out, hidden
 
     def _to_probs(self, logits: np.ndarray) -> np.ndarray:
-        return self.task.scores(logits)
+        return self.task.scores(logits / self.temperature)
+
+    def predict_with_features(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        *,
+        features: bool = True,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Raw logits and probabilities (n, num_labels), and with `features` the inputs of the model's output layer
+        (n, hidden), all in input order."""
+        _check_texts(texts, pairs)
+        layer = self.feature_layer() if features else None
+        if features and layer is None:
+            raise AdaptextError("this model has no output layer whose features could be read")
+        if not texts:
+            empty = np.zeros((0, len(self.labels)), dtype=np.float32)
+            return empty, empty, np.zeros((0, layer.in_features), dtype=np.float32) if layer is not None else None
+        logits, hidden = self._forward(self._features(texts, pairs), progress, layer)
+        return logits, self._to_probs(logits), hidden
+
+    def ood_scores(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (n, num_labels) and the detector's raw out-of-scope scores (n,), in input order."""
+        if self.detector is None:
+            raise AdaptextError("this model has no out-of-scope detector (train it with ood.method set)")
+        logits, probs, hidden = self.predict_with_features(
+            texts, pairs, features=self.detector.needs_features, progress=progress
+        )
+        return probs, self.detector.scores(logits, probs, hidden)
 
     def predict_logits(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, *, progress: bool = False
@@ -211,26 +285,43 @@ class Predictor:
             probs[i] = mine.mean(axis=0) if aggregate == "mean" else mine.max(axis=0)
         return probs
 
-    def decide(self, probs: np.ndarray) -> list[Prediction]:
-        """Turn probabilities (n, num_labels) into `Prediction`s."""
+    def decide(self, probs: np.ndarray, ood_scores: np.ndarray | None = None) -> list[Prediction]:
+        """Turn probabilities (n, num_labels), and the detector's raw `ood_scores` (n,) if any, into `Prediction`s."""
+        outside: np.ndarray | None = None
+        shares: np.ndarray | None = None
+        if ood_scores is not None:
+            if self.detector is None:
+                raise AdaptextError("out-of-scope scores given, but this model has no detector")
+            outside, shares = self.detector.out_of_scope(ood_scores), self.detector.share_below(ood_scores)
         results = []
-        for row, decided in zip(probs, self.task.decide(probs, self.threshold), strict=True):
+        for i, (row, decided) in enumerate(zip(probs, self.task.decide(probs, self.threshold), strict=True)):
             ranked = np.argsort(-row, kind="stable")
             top = int(ranked[0])
-            chosen = [self.labels[i] for i in ranked if decided[i]]  # best first
-            results.append(
-                Prediction(
-                    label=self.labels[top],
-                    score=float(row[top]),
-                    labels=chosen,
-                    scores={name: float(p) for name, p in zip(self.labels, row, strict=True)},
-                )
+            prediction = Prediction(
+                label=self.labels[top],
+                score=float(row[top]),
+                labels=[self.labels[j] for j in ranked if decided[j]],  # best first
+                scores={name: float(p) for name, p in zip(self.labels, row, strict=True)},
             )
+            if shares is not None and outside is not None and self.detector is not None:
+                prediction.ood_score = float(shares[i])
+                if outside[i]:
+                    prediction.label, prediction.score = self.detector.label, float(shares[i])
+                    prediction.labels = [self.detector.label]
+            results.append(prediction)
         return results
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kwargs: Any) -> list[Prediction]:
-        """Predict one `Prediction` per text (keyword options as in `predict_proba`)."""
-        return self.decide(self.predict_proba(texts, pairs, **kwargs))
+        """Predict one `Prediction` per text (keyword options as in `predict_proba`). With an out-of-scope
+        detector, a text beyond its threshold is answered with the detector's label."""
+        if self.detector is None:
+            return self.decide(self.predict_proba(texts, pairs, **kwargs))
+        if kwargs.get("sliding_window"):
+            raise AdaptextError(
+                "sliding_window is not available with an out-of-scope detector; raise data.max_length instead"
+            )
+        probs, ood = self.ood_scores(texts, pairs, progress=bool(kwargs.get("progress")))
+        return self.decide(probs, ood)
 
 
 class MultiPredictor:
@@ -289,7 +380,9 @@ class MultiPredictor:
         for task, base in zip(tasks, bases, strict=True):
             model = load_adapter_model(folders[task], infos[task], base_model=base)
             tokenizer = AutoTokenizer.from_pretrained(folders[task])
-            predictors[task] = Predictor._ready(model, tokenizer, infos[task], device=device, batch_size=batch_size)
+            predictors[task] = Predictor._ready(
+                model, tokenizer, infos[task], device=device, batch_size=batch_size, folder=folders[task]
+            )
         return cls(predictors)
 
 

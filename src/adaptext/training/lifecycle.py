@@ -150,13 +150,17 @@ def finish(
     from adaptext.evaluation.errors import explained_errors
     from adaptext.evaluation.report import write_report  # matplotlib is loaded only once training memory is freed
 
+    process = process_state()
+    if process.is_main_process:
+        after_training(config, paths.model, splits)
+    process.wait_for_everyone()
     predictor = Predictor.from_dir(paths.model, batch_size=eval_batch_size(config.train))
     data = splits.evaluation
     split = "test" if splits.test is not None else "validation"
     probs = predictor.predict_proba(data.texts, data.pairs)
     report = evaluate_data(predictor, data, probs)
     stats = run_stats(config, paths, state, splits)
-    if process_state().is_main_process:  # every process evaluates; one writes
+    if process.is_main_process:  # every process evaluates; one writes
         write_json(paths.root / STATS_FILE, stats)
         errors = []
         if config.train.report_errors:
@@ -172,7 +176,7 @@ def finish(
             run_info=stats,
             errors=errors,
             errors_source=f"the validation split ({splits.validation.source})",
-            sections=sections(predictor) if sections is not None else (),
+            sections=[*calibration_section(predictor, split), *(sections(predictor) if sections is not None else ())],
         )
     logger.info(
         "%s accuracy %.4f, macro_f1 %.4f",
@@ -192,6 +196,35 @@ def finish(
         history=state.history,
         stats=stats,
     )
+
+
+def after_training(config: Config, model_dir: Path, splits: Splits) -> None:
+    """The post-hoc steps on the saved model, each recorded in its folder: the softmax temperature fitted on
+    validation (`calibrate`), then the out-of-scope detector (`ood`), which reads the calibrated probabilities."""
+    from adaptext.evaluation.calibration import calibrate_saved
+    from adaptext.inference.ood import fit_saved
+
+    batch_size = eval_batch_size(config.train)
+    if config.calibrate and not config.data.multi_label:
+        calibrate_saved(model_dir, splits.validation, batch_size)
+    if config.ood.method != "none":
+        fit_saved(model_dir, splits.train, splits.validation, config.ood, batch_size)
+
+
+def calibration_section(predictor: Predictor, split: str) -> list[tuple[str, str]]:
+    """The report's calibration summary: the temperature and the validation ECE before and after it."""
+    record = predictor.info.calibration
+    if not record:
+        return []
+    body = (
+        f"<p>Temperature scaling: the probabilities are softmax(logits / {record['temperature']:.3g}), fitted on "
+        f"{record['n']} validation texts. Validation ECE {100 * record['ece_before']:.2f}% before, "
+        f"{100 * record['ece_after']:.2f}% after; negative log-likelihood {record['nll_before']:.4f} before, "
+        f"{record['nll_after']:.4f} after. The summary above and the reliability diagram below are on the {split} "
+        "split, with the temperature applied"
+        f"{' (the same texts it was fitted on)' if split == 'validation' else ''}.</p>"
+    )
+    return [("Calibration", body)]
 
 
 def run_stats(config: Config, paths: RunPaths, state: TrainingState, splits: Splits | None = None) -> dict[str, Any]:
