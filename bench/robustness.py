@@ -96,7 +96,9 @@ def load_examples_frame(frame: Any, path: Path) -> Any:
 def train(files: dict[str, Path], run_dir: Path) -> float:
     """Train with the defaults (and a knn detector) by `adaptext train`; returns the wall time."""
     command = [
-        str(ROOT / ".venv" / "bin" / "adaptext"),
+        sys.executable,
+        "-m",
+        "adaptext",
         "train",
         "--overwrite",
         f"data.train={files['train']}",
