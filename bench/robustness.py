@@ -95,18 +95,12 @@ def load_examples_frame(frame: Any, path: Path) -> Any:
 
 def train(files: dict[str, Path], run_dir: Path) -> float:
     """Train with the defaults (and a knn detector) by `adaptext train`; returns the wall time."""
-    command = [
-        sys.executable,
-        "-m",
-        "adaptext",
-        "train",
-        "--overwrite",
-        f"data.train={files['train']}",
-        f"data.validation={files['validation']}",
-        f"output_dir={run_dir}",
-        "ood.method=knn",
-        "train.report_errors=0",
-    ]
+    config = run_dir.parent / "config.yaml"
+    config.write_text(
+        f"output_dir: {run_dir}\ndata:\n  train: {files['train']}\n  validation: {files['validation']}\n"
+        "ood:\n  method: knn\ntrain:\n  report_errors: 0\n"
+    )
+    command = [sys.executable, "-m", "adaptext", "train", str(config), "--overwrite"]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - start
