@@ -368,6 +368,90 @@ class OodSection(_Section):
     knn_k: Int = Field(10, ge=1, description="`knn`: the neighbour whose distance is the score.")
 
 
+# The switches of `robust`: a strategy that cannot honour robust training lists these in its `ignores`.
+ROBUST_KEYS = ("robust.adversarial", "robust.rdrop", "robust.label_smoothing", "robust.augment.method")
+
+
+class AugmentSection(_Section):
+    method: str = Field(
+        "none",
+        description="Training-text augmentation, applied on the fly to the training split only: `char_noise`, "
+        "`word_swap`, `word_delete` or any other text perturbation of `adaptext.data.perturb` (`typos`, ...), "
+        "`neighbours` (word tokens replaced by one of their nearest neighbours in the model's own input-embedding "
+        "matrix), or `none`.",
+    )
+    probability: Float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of training examples replaced by an augmented version each time they are drawn "
+        "(seeded by `seed`, the epoch and the example: a resumed run draws the same ones).",
+    )
+    strength: Float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="The share of an example changed: of its letters and digits (`char_noise`, `typos`), its words "
+        "(`word_swap`, `word_delete`) or its word tokens (`neighbours`, each replaced by one of its 8 nearest "
+        "neighbours). Perturbations without a rate (`case`, `punctuation`, ...) refuse another value.",
+    )
+
+    @model_validator(mode="after")
+    def _only_when_on(self) -> AugmentSection:
+        if self.method == "none":
+            changed = [k for k in ("probability", "strength") if getattr(self, k) != type(self).model_fields[k].default]
+            if changed:
+                raise ValueError(f"robust.augment.{changed[0]} applies only with a robust.augment.method")
+        return self
+
+
+class RobustSection(_Section):
+    adversarial: Literal["none", "fgm", "pgd"] = Field(
+        "none",
+        description="Adversarial training on the input embeddings: `fgm` (one step of norm `epsilon` along the "
+        "loss gradient, Miyato et al.), `pgd` (`pgd_steps` projected steps inside the `epsilon` ball, Madry et "
+        "al.); the loss is the clean loss plus `adversarial_weight` times the loss at the perturbed embeddings.",
+    )
+    epsilon: Float = Field(
+        1.0,
+        gt=0,
+        description="L2 norm of each example's perturbation over all its (non-padding) token embeddings "
+        "(`fgm`: exactly this norm; `pgd`: at most).",
+    )
+    pgd_steps: Int = Field(3, ge=1, description="`pgd`: gradient steps that find the perturbation.")
+    pgd_alpha: Float | None = Field(
+        None,
+        gt=0,
+        description="`pgd`: L2 norm of each step (each example's gradient normalised); null: "
+        "2.5 * epsilon / pgd_steps (Madry et al.).",
+    )
+    adversarial_weight: Float = Field(1.0, gt=0, description="Weight of the adversarial loss added to the clean loss.")
+    rdrop: Float = Field(
+        0.0,
+        ge=0,
+        description="R-Drop's alpha (0: off): each batch runs twice with different dropout, the loss is the mean "
+        "cross-entropy of both plus alpha times the mean of KL(P1||P2) and KL(P2||P1) (per label, Bernoulli, for "
+        "multi-label data).",
+    )
+    label_smoothing: Float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing of the cross-entropy (0: off): the target puts 1 - s on the label and spreads "
+        "s over all classes; for multi-label data each label's 0/1 target becomes s/2 / 1 - s/2.",
+    )
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+
+    @model_validator(mode="after")
+    def _only_when_on(self) -> RobustSection:
+        defaults = type(self).model_fields
+        needs = {"epsilon": "fgm or pgd", "adversarial_weight": "fgm or pgd", "pgd_steps": "pgd", "pgd_alpha": "pgd"}
+        for key, methods in needs.items():
+            if getattr(self, key) != defaults[key].default and self.adversarial not in methods.split(" or "):
+                raise ValueError(f"robust.{key} applies only with robust.adversarial={methods.replace(' or ', '|')}")
+        return self
+
+
 class Config(_Section):
     format_version: Int = Field(CONFIG_FORMAT_VERSION, description="Config format version.")
     output_dir: UserPath = Field(Path("runs/latest"), description="Run folder for checkpoints, model and report.")
@@ -391,6 +475,7 @@ class Config(_Section):
     tune: TuneSection = Field(default_factory=TuneSection)
     continual: ContinualSection = Field(default_factory=ContinualSection)
     ood: OodSection = Field(default_factory=OodSection)
+    robust: RobustSection = Field(default_factory=RobustSection)
     calibrate: bool = Field(
         True,
         description="Fit a softmax temperature on the validation split after training (single-label, every "

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaptext.core.config import Config
+from adaptext.core.config import ROBUST_KEYS, Config
 from adaptext.core.device import autocast_dtype, resolve_precision
 from adaptext.core.task import SINGLE_LABEL, task_of
 from adaptext.data.batching import Collator, Encoded, tokenize
@@ -198,7 +198,7 @@ class Fewshot(Strategy):
 
     name = "fewshot"
     resumable = True
-    ignores = IGNORED_TRAIN_KEYS
+    ignores = (*IGNORED_TRAIN_KEYS, *ROBUST_KEYS)  # its contrastive loss has no cross-entropy to make robust
 
     def check(self, config: Config) -> None:
         super().check(config)

@@ -6,10 +6,11 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import Config
@@ -22,10 +23,12 @@ from adaptext.modeling.adapters import check_method, validate, wrap_model
 from adaptext.modeling.build import build_model, count_parameters
 from adaptext.modeling.hub import load_tokenizer
 from adaptext.modeling.pooling import has_mean_pooling, resolve_pooling
-from adaptext.training.engine import TrainingJob, run_training, validation
+from adaptext.training.augment import augmented, build_augmenter, check_augment
+from adaptext.training.engine import BatchSampler, TrainingJob, run_training, validation
 from adaptext.training.lifecycle import save_model
 from adaptext.training.objectives import OBJECTIVES, class_weights
 from adaptext.training.optim import planned_steps, resolve_learning_rate
+from adaptext.training.robust import robust_objective
 from adaptext.training.state import TrainingState
 from adaptext.training.strategy import STRATEGIES, Prepared, Run, Strategy
 
@@ -50,6 +53,7 @@ class Finetune(Strategy):
         super().check(config)
         check_metric_name(config.train.metric_for_best, task_of(config))
         check_method(config.peft)
+        check_augment(config.robust.augment)
 
     def prepare(self, config: Config) -> FinetunePrepared:
         cfg = config.train
@@ -78,9 +82,14 @@ class Finetune(Strategy):
         config, cfg, tokenizer = run.config, run.config.train, prepared.tokenizer
         task, splits = task_of(config), prepared.splits
         train_set = encode(tokenizer, splits.train, splits.labels, config.data.max_length, task)
-        batches = LengthGroupedBatches(train_set.lengths, cfg.batch_size, seed=config.seed)
+        batches: BatchSampler = LengthGroupedBatches(train_set.lengths, cfg.batch_size, seed=config.seed)
         steps = planned_steps(cfg, len(batches))
         model = classifier(config, splits.labels, steps)
+        dataset: Dataset[Any] = train_set
+        augment = config.robust.augment
+        if augment.method != "none":  # on the fly, training data only; the batches and run length stay the same
+            augmenter = build_augmenter(augment, model, tokenizer, splits.train, train_set, config.data.max_length)
+            dataset, batches = augmented(train_set, batches, augmenter, augment.probability, config.seed)
         learning_rate = resolve_learning_rate(cfg, model, config.peft.method)
         logger.info(
             "training: %d optimizer steps (%.1f epochs of %d batches), learning rate %g, precision %s",
@@ -96,10 +105,12 @@ class Finetune(Strategy):
 
         job = TrainingJob(
             model=model,
-            dataset=train_set,
+            dataset=dataset,
             batches=batches,
             collate=Collator(tokenizer.pad_token_id or 0, task),
-            objective=OBJECTIVES.get(self.objective_name(config))(task, prepared.weights),
+            objective=robust_objective(
+                OBJECTIVES.get(self.objective_name(config))(task, prepared.weights), config.robust
+            ),
             steps=steps,
             learning_rate=learning_rate,
             warmup_ratio=cfg.warmup_ratio,

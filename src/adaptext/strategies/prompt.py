@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from adaptext.core.config import Config
+from adaptext.core.config import ROBUST_KEYS, Config
 from adaptext.core.device import resolve_precision
 from adaptext.core.errors import AdaptextError
 from adaptext.core.task import task_of
@@ -23,7 +23,7 @@ from adaptext.training.engine import TrainingJob, run_training, validation
 from adaptext.training.objectives import OBJECTIVES, class_weights
 from adaptext.training.optim import planned_steps, resolve_learning_rate
 from adaptext.training.state import TrainingState
-from adaptext.training.strategy import STRATEGIES, Prepared, Run, Strategy
+from adaptext.training.strategy import STRATEGIES, Prepared, Run, Strategy, refuse_ignored
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class Prompt(Strategy):
 
     def check(self, config: Config) -> None:
         super().check(config)
+        refuse_ignored(config, ROBUST_KEYS, self.name)  # robust training is fine-tuning's (its cross-entropy)
         if task_of(config).multi_label:
             raise AdaptextError("strategy prompt scores single-label tasks; set data.multi_label=false")
 

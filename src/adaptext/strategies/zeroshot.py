@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from adaptext.core.config import Config
+from adaptext.core.config import ROBUST_KEYS, Config
 from adaptext.core.device import default_device
 from adaptext.core.errors import AdaptextError, DataError
 from adaptext.data.examples import Splits, TextData
@@ -76,6 +76,7 @@ class Zeroshot(Strategy):
         "train.checkpoint_steps",
         "train.early_stopping_patience",
         "train.num_workers",
+        *ROBUST_KEYS,
     )
 
     def prepare(self, config: Config) -> ZeroshotPrepared:

@@ -90,12 +90,24 @@ def class_weights(cfg: TrainConfig, splits: Splits, task: Task) -> torch.Tensor 
 
 
 def cross_entropy_loss(
-    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None, task: Task
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None,
+    task: Task,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """(batch, num_labels) logits against class ids (batch,), or multi-hot rows (batch, num_labels) with BCE."""
+    """(batch, num_labels) logits against class ids (batch,), or multi-hot rows (batch, num_labels) with BCE.
+
+    `smoothing` (label smoothing, `robust.label_smoothing`): a class id's target puts 1 - s on it and spreads s
+    over all classes (torch's `label_smoothing`); a multi-hot row's 0/1 targets become s/2 and 1 - s/2.
+    """
     logits = logits.float()
     if task.multi_label:
+        if smoothing:
+            targets = targets * (1 - smoothing) + smoothing / 2
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
+    if smoothing:
+        return F.cross_entropy(logits, targets, weight=weights, label_smoothing=smoothing)
     return F.cross_entropy(logits, targets, weight=weights)
 
 
@@ -103,11 +115,13 @@ def cross_entropy_loss(
 class CrossEntropy(Objective):
     """Cross-entropy of the model's logits (BCE per label for a multi-label task), class-weighted if asked."""
 
+    label_smoothing: float = 0.0  # `robust.label_smoothing`, set on the instance by the strategy
+
     def loss(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], targets: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
         logits = model(**inputs).logits
-        return cross_entropy_loss(logits, targets, self.weights, self.task), len(targets)
+        return cross_entropy_loss(logits, targets, self.weights, self.task, self.label_smoothing), len(targets)
 
 
 @OBJECTIVES.register("adalora")
@@ -125,7 +139,8 @@ class AdaLoraCrossEntropy(CrossEntropy):
         # its plain cross-entropy) on top of our (weighted) loss.
         outputs = model(**inputs, labels=targets)
         penalty = outputs.loss - cross_entropy_loss(outputs.logits, targets, None, self.task)
-        return cross_entropy_loss(outputs.logits, targets, self.weights, self.task) + penalty, len(targets)
+        loss = cross_entropy_loss(outputs.logits, targets, self.weights, self.task, self.label_smoothing)
+        return loss + penalty, len(targets)
 
     def after_step(self, step: int) -> None:
         # Rank budgeting reads the gradients of this step, so it runs before they are cleared.
