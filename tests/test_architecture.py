@@ -26,7 +26,7 @@ BUILTINS: dict[str, set[str]] = {
     "task": {"single_label", "multi_label"},
     "callback": {"progress", "tensorboard"},
     "objective": {"cross_entropy", "adalora", "pet", "contrastive"},
-    "model-folder loader": {"prompt", "nli", "adapter", "onnx", "static", "transformers"},
+    "model-folder loader": {"ensemble", "prompt", "nli", "adapter", "onnx", "static", "transformers"},
     "attribution method": {"ig", "occlusion", "shap"},
 }
 
@@ -156,6 +156,7 @@ def test_help_of_every_command_does_not_import_torch() -> None:
         "sample",
         "audit",
         "merge",
+        "ensemble",
         "export",
         "serve",
     ]

@@ -25,6 +25,7 @@ from adaptext.cli import (
     audit,
     continual,
     distill,
+    ensemble,
     evaluate,
     explain,
     export,
@@ -46,7 +47,22 @@ __all__ = ["EXIT_USER_ERROR", "build_parser", "main"]
 EXIT_USER_ERROR = 2
 
 # in the order `--help` lists them
-COMMANDS = (train, extend, continual, tune, evaluate, explain, distill, predict, sample, audit, merge, export, serve)
+COMMANDS = (
+    train,
+    extend,
+    continual,
+    tune,
+    evaluate,
+    explain,
+    distill,
+    predict,
+    sample,
+    audit,
+    merge,
+    ensemble,
+    export,
+    serve,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

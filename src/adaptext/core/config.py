@@ -185,6 +185,15 @@ class TrainConfig(_Section):
         description="Misclassified validation examples the run's report shows, most confident first, with the "
         "words that made the model decide (0: none).",
     )
+    swa_start: Float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Stochastic weight averaging: from this share of the optimizer steps on, the trainable weights "
+        "are averaged every `swa_every` steps, and the average is the model evaluated and saved (not the best "
+        "checkpoint). null: off. See docs/ensemble.md.",
+    )
+    swa_every: Int = Field(1, ge=1, description="Optimizer steps between two weight snapshots averaged by SWA.")
 
 
 class PeftSection(_Section):

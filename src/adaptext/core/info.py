@@ -46,7 +46,7 @@ def is_adapter_folder(path: Path) -> bool:
 
 
 def is_ensemble_folder(path: Path) -> bool:
-    """True for an ensemble folder (`adaptext ensemble`): its record beside a `members/` folder, no weights of its own."""
+    """True for an ensemble folder (`adaptext ensemble`): its record beside `members/`, no weights of its own."""
     return (path / METADATA_FILE).is_file() and (path / ENSEMBLE_SUBDIR).is_dir()
 
 

@@ -20,7 +20,7 @@ from adaptext.core.errors import AdaptextError
 MARKER = ".adaptext"
 
 
-FolderKind = Literal["run", "evaluation", "export", "merge", "tune", "explanation", "audit", "student"]
+FolderKind = Literal["run", "evaluation", "export", "merge", "tune", "explanation", "audit", "student", "ensemble"]
 
 
 _WHAT = {
@@ -32,6 +32,7 @@ _WHAT = {
     "explanation": "explanation",
     "audit": "data audit",
     "student": "distilled student",
+    "ensemble": "ensemble",
 }
 
 

@@ -6,6 +6,7 @@ registered here or anywhere else; nothing that predicts needs to change.
 
 The built-in kinds, in the order they are asked:
 
+- `ensemble`: an ensemble of saved classifiers (`adaptext ensemble`), `ensemble` in `adaptext.json`;
 - `prompt`: a prompt (PET) classifier, `strategy: prompt` in `adaptext.json` (a masked-LM folder);
 - `nli`: an NLI zero-shot scorer, `scorer: nli` (an entailment-model folder);
 - `adapter`: a peft adapter, recognised by peft's `adapter_config.json`;
@@ -33,8 +34,15 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, is_adapter_folder
 from adaptext.core.registry import Registry
+from adaptext.inference.ensemble import EnsembleClassifier, member_temperature
 from adaptext.inference.onnx import ONNX_FILE, OnnxClassifier
-from adaptext.modeling.adapters import load_adapter_model
+from adaptext.modeling.adapters import (
+    base_model_name,
+    build_base,
+    load_adapter_model,
+    new_classifier,
+    share_base,
+)
 from adaptext.modeling.cloze import load_prompt_model
 from adaptext.modeling.nli import load_nli_model
 from adaptext.modeling.pooling import use_direct_mean_pooling
@@ -80,6 +88,72 @@ def loader_for(folder: Path, info: ModelInfo) -> FolderLoader:
         if loader.handles(folder, info):
             return loader
     raise AdaptextError(f"{folder}: no loader handles this folder; the kinds known are {', '.join(ranked)}")
+
+
+def is_member_kind(loader: FolderLoader) -> bool:
+    """True when folders of `loader`'s kind may be ensemble members: PyTorch classifiers that read the tokenized text
+    as it is (not prompt or NLI models, which build their own input; not ONNX exports; not ensembles)."""
+    return loader.plain_classifier and loader.device is None
+
+
+class EnsembleLoader(FolderLoader):
+    """An ensemble (`adaptext ensemble`): its members' model folders under `members/`, loaded each by its own kind.
+
+    Members are adapters or full models of one label set that share one tokenizer; adapters on one base model
+    share that base in memory.
+    """
+
+    description = "ensemble"
+    priority = 50
+    plain_classifier = False  # several models in one: ONNX export and the audit's encoder do not apply
+
+    def handles(self, folder: Path, info: ModelInfo) -> bool:
+        return info.ensemble is not None
+
+    def load(self, folder: Path, info: ModelInfo) -> Any:
+        members = info.ensemble or []
+        if not members or not info.labels:
+            raise ValueError(f"{info.source}: an ensemble record needs its members and label names")
+        folders = [folder / member.path for member in members]
+        infos = [ModelInfo.read(path) for path in folders]
+        for path, member_info in zip(folders, infos, strict=True):
+            if not is_member_kind(loader_for(path, member_info)):
+                raise ValueError(f"{path}: not a kind of model an ensemble can hold")
+        models = _load_members(folders, infos)
+        return EnsembleClassifier(
+            models,
+            [member.weight for member in members],
+            info.labels,
+            info.task,
+            [member_temperature(member_info) for member_info in infos],
+        )
+
+    def load_tokenizer(self, folder: Path) -> PreTrainedTokenizerBase:
+        # Every member reads the same tokens (`adaptext ensemble` checks it): the first member's tokenizer.
+        members = ModelInfo.read(folder).ensemble or []
+        if not members:
+            raise ValueError(f"{folder}: the ensemble record lists no members")
+        first = folder / members[0].path
+        return loader_for(first, ModelInfo.read(first)).load_tokenizer(first)
+
+
+def _load_members(folders: list[Path], infos: list[ModelInfo]) -> list[Any]:
+    """Each member by its own loader; adapters on one base model get that base loaded once and shared."""
+    adapters: dict[str, list[int]] = {}
+    for i, (path, info) in enumerate(zip(folders, infos, strict=True)):
+        if is_adapter_folder(path):
+            adapters.setdefault(base_model_name(path, info), []).append(i)
+    bases: dict[int, Any] = {}
+    for group in adapters.values():
+        if len(group) > 1:
+            models = [build_base(folders[group[0]], infos[group[0]])]
+            models += [new_classifier(folders[i], infos[i]) for i in group[1:]]
+            share_base(models)
+            bases |= dict(zip(group, models, strict=True))
+    return [
+        load_adapter_model(path, info, base_model=bases[i]) if i in bases else loader_for(path, info).load(path, info)
+        for i, (path, info) in enumerate(zip(folders, infos, strict=True))
+    ]
 
 
 class PromptLoader(FolderLoader):
@@ -168,6 +242,7 @@ class TransformersLoader(FolderLoader):
         return model
 
 
+LOADERS.add("ensemble", EnsembleLoader())
 LOADERS.add("prompt", PromptLoader())
 LOADERS.add("nli", NliLoader())
 LOADERS.add("adapter", AdapterLoader())

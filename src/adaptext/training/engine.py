@@ -7,10 +7,14 @@ and how to evaluate the model) and `run_training` does the rest the same way for
         forward and loss (the objective), backward, clip, step (every `train.grad_accum_steps` batches)
         -> log every LOG_EVERY steps -> evaluate every `train.eval_steps` steps and at epoch ends
         -> best model saved, early stopping -> checkpoint
-    -> final checkpoint -> the final `TrainingState`
+    -> final checkpoint -> (SWA: the averaged weights evaluated and saved) -> the final `TrainingState`
 
 Checkpoints hold the model, optimizer, schedule, random states and the loop's counters, and the batch order is a
 pure function of (seed, epoch), so a resumed run continues exactly where the interrupted one was.
+
+With `train.swa_start`, the trainable weights are also averaged over the last part of the run (`training/swa.py`);
+the average is saved with each checkpoint, and at the end it replaces the model: it is evaluated and saved as the
+run's model in place of the best checkpoint.
 
 Several processes (`accelerate launch`, `torchrun`) train data-parallel: each takes its slice of every batch
 (`ShardedBatches`: `train.batch_size` stays the global batch), gradients are averaged as if the whole batch were in
@@ -51,6 +55,7 @@ from adaptext.training.objectives import Objective
 from adaptext.training.optim import build_optimizer, eval_batch_size
 from adaptext.training.state import LOG_EVERY, STATE_FILE, TrainingState
 from adaptext.training.strategy import Run
+from adaptext.training.swa import WeightAverage
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +191,7 @@ class Loop:
         self.processes = accelerator.num_processes
         trainable, total = count_parameters(self.unwrapped)
         self.state = TrainingState(total_steps=job.steps, trainable_parameters=trainable, total_parameters=total)
+        self.swa = WeightAverage.for_run(self.unwrapped, run.config.train, job.steps)
         self.saved_at = -1  # the step of the last checkpoint written
         self.window_start = time.perf_counter()
 
@@ -203,6 +209,8 @@ class Loop:
         if self.saved_at != state.global_step or not state.done:
             state.done = True
             self.save_checkpoint()
+        if self.swa is not None:
+            self.use_average()
         if self.job.finish is not None:
             self.finish()
         self.callbacks.on_train_end(state)
@@ -257,6 +265,8 @@ class Loop:
         """After an optimizer step: count it, log, evaluate and checkpoint when due."""
         state, cfg = self.state, self.cfg
         state.global_step += 1
+        if self.swa is not None and self.swa.due(state.global_step):
+            self.swa.update()  # before this step's checkpoint, which saves the average
         last = state.global_step >= state.total_steps
         if state.global_step % LOG_EVERY == 0 or last:
             self.log_training()
@@ -327,6 +337,35 @@ class Loop:
             state.stopped_early = state.done = True
             logger.info("early stopping: no improvement in %d evaluations", state.bad_evals)
 
+    def use_average(self) -> None:
+        """Put SWA's averaged weights into the model, then evaluate and save it as the run's model (a job's `finish`
+        stage, when it has one, does both). Runs after the final checkpoint, which keeps the last trained weights and
+        the average, so a resumed run repeats this and arrives at the same model."""
+        assert self.swa is not None
+        swa, state = self.swa, self.state
+        if swa.count == 0:
+            logger.warning(
+                "SWA: training ended at step %d, before the first averaged step %d; the model is kept as without SWA",
+                state.global_step,
+                swa.first_step,
+            )
+            return
+        swa.apply()
+        logger.info(
+            "SWA: the model is the mean of the weights of %d steps (from step %d, every %d)",
+            swa.count,
+            swa.first_step,
+            swa.every,
+        )
+        if self.job.finish is not None:
+            return
+        if self.job.evaluate is not None:
+            with full_precision(self.unwrapped):
+                report = self.job.evaluate(self.unwrapped)
+            state.best_metric = self.record_evaluation(report, swa=True)
+        state.best_step = state.global_step
+        self.save_model()
+
     def finish(self) -> None:
         """The job's last stage after the final checkpoint (few-shot fits its head): its model is the one kept."""
         assert self.job.finish is not None
@@ -336,9 +375,10 @@ class Loop:
         self.state.best_step = self.state.global_step
         self.save_model()
 
-    def record_evaluation(self, report: EvalReport) -> float:
-        """Log a validation report of this step; returns its value of `train.metric_for_best`."""
-        record = eval_record(report, self.state.global_step, self.progress())
+    def record_evaluation(self, report: EvalReport, *, swa: bool = False) -> float:
+        """Log a validation report of this step (`swa`: of the averaged weights, marked so in the record); returns
+        its value of `train.metric_for_best`."""
+        record = eval_record(report, self.state.global_step, self.progress()) | ({"swa": True} if swa else {})
         if self.accelerator.is_main_process:
             append_log(self.paths, record)
         self.callbacks.on_evaluate(record)
@@ -368,6 +408,8 @@ class Loop:
             accelerator.wait_for_everyone()  # the folder exists: the other processes may add their random states
             accelerator.save_state(str(folder))
             write_json(folder / STATE_FILE, asdict(state))
+            if self.swa is not None:
+                self.swa.save(folder)
             self.save_window(folder)
             accelerator.wait_for_everyone()  # every process's files are in before the folder is swapped in
 
@@ -392,6 +434,8 @@ class Loop:
         """Load the last checkpoint: weights, optimizer, schedule, random states and the loop's counters."""
         checkpoint = self.paths.checkpoint
         self.accelerator.load_state(str(checkpoint))
+        if self.swa is not None:
+            self.swa.load(checkpoint)
         saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
         if self.processes > 1:  # the main process's state, with this process's own share of the log window
             window = checkpoint / WINDOW_FILE.format(rank=self.accelerator.process_index)
@@ -431,13 +475,16 @@ def truncate_log(paths: RunPaths, step: int, *, evaluated: bool = True) -> None:
     """Drop log records written after the checkpoint a run resumes from; the resumed run writes them again.
 
     `evaluated`: whether the checkpoint of `step` comes after that step's evaluation (a job's `finish` stage
-    evaluates after the final checkpoint, so a resumed run writes that record again).
+    evaluates after the final checkpoint, so a resumed run writes that record again). The evaluation of SWA's
+    averaged weights also follows the final checkpoint: its record (`swa: true`) is always written again.
     """
     if not paths.log.is_file():
         return
 
     def kept(record: dict[str, Any]) -> bool:
         is_eval = any(key.startswith("eval_") for key in record)
+        if record.get("swa"):
+            return record["step"] < step
         return record["step"] < step or (record["step"] == step and (evaluated or not is_eval))
 
     lines = paths.log.read_text(encoding="utf-8").splitlines()
