@@ -28,6 +28,18 @@ BUILTINS: dict[str, set[str]] = {
     "objective": {"cross_entropy", "adalora", "pet", "contrastive"},
     "model-folder loader": {"ensemble", "prompt", "nli", "adapter", "onnx", "static", "transformers"},
     "attribution method": {"ig", "occlusion", "shap"},
+    "perturbation": {
+        "typos",
+        "case",
+        "punctuation",
+        "whitespace",
+        "contractions",
+        "names",
+        "numbers",
+        "char_noise",
+        "word_swap",
+        "word_delete",
+    },
 }
 
 
@@ -150,6 +162,7 @@ def test_help_of_every_command_does_not_import_torch() -> None:
         "continual",
         "tune",
         "evaluate",
+        "robustness",
         "explain",
         "distill",
         "predict",
