@@ -4,6 +4,7 @@ the saved folder, prediction, `evaluate --ood-label` and `serve`."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -227,3 +228,25 @@ def test_config_refuses_a_detector_for_multi_label_and_a_label_name_taken(
     data = load_examples(trained / "validation.csv", load_config(None, []).data)
     with pytest.raises(ConfigError, match="one of the model's labels"):
         fit_detector(predictor, data, data, OodSection(method="msp", label="billing"))
+
+
+def test_an_export_keeps_an_energy_detector_and_drops_a_feature_detector(trained: Path, tmp_path: Path) -> None:
+    from adaptext.deploy.export import export_onnx
+
+    source = tmp_path / "energy"
+    shutil.copytree(trained / "run" / "model", source)
+    train = load_examples(trained / "train.csv", load_config(None, []).data)
+    validation = load_examples(trained / "validation.csv", load_config(None, []).data)
+    predictor = Predictor.from_dir(source)
+    detector = fit_detector(predictor, train, validation, OodSection(method="energy"))
+    detector.save(source)
+    predictor.info.updated(ood=detector.record()).write(source)
+    export_onnx(source, tmp_path / "onnx", data=trained / "validation.csv", sample=16)
+    exported = Predictor.from_dir(tmp_path / "onnx")
+    assert exported.detector is not None and exported.detector.method == "energy"
+    assert exported.temperature == predictor.temperature
+    texts = [row["text"] for row in make_rows(6, seed=11)] + [" ".join(FILLER[:6]), "tok tok tok", "a"]
+    reference = Predictor.from_dir(source).predict(texts)
+    assert [p.label for p in exported.predict(texts)] == [p.label for p in reference]
+    export_onnx(trained / "run", tmp_path / "onnx-knn", sample=16)  # knn reads features the graph does not give
+    assert Predictor.from_dir(tmp_path / "onnx-knn").detector is None

@@ -23,6 +23,7 @@ from adaptext.core.outputs import check_output_dir, expand, replace_folder
 from adaptext.deploy.parity import compare_logits, decisions, match_rate, parity_examples
 from adaptext.inference.loaders import loader_for
 from adaptext.inference.onnx import ONNX_FILE, OnnxClassifier
+from adaptext.inference.ood import FEATURE_SCORES, OOD_FILE
 from adaptext.modeling.adapters import (
     adapter_method,
     adapter_size_bytes,
@@ -178,20 +179,42 @@ def export_onnx(
         if not check.passed:
             raise AdaptextError(f"export check failed, nothing written: {check.describe()}")
 
+        detector = exported_detector(model_dir, info)
+
         def write(folder: Path) -> None:
             for item in staging.iterdir():
                 (folder / item.name).write_bytes(item.read_bytes())
+            if detector is not None:
+                (folder / OOD_FILE).write_bytes((model_dir / OOD_FILE).read_bytes())
             info.updated(
                 peft_method="none",
                 backend="onnx",
                 quantize=quantize,
                 exported_from=str(model_dir),
                 export_check=asdict(check),
+                ood=detector,
             ).write(folder)
 
         replace_folder(output, write, "export")
     logger.info("exported %s to %s: %s", model_dir, output, check.describe())
     return check
+
+
+def exported_detector(model_dir: Path, info: ModelInfo) -> dict[str, Any] | None:
+    """The out-of-scope detector record an export keeps: msp and energy read the logits the ONNX graph gives; the
+    feature scores (mahalanobis, knn) read the output layer's input, which it does not, so the export goes
+    without them (logged)."""
+    if not info.ood:
+        return None
+    if info.ood["method"] in FEATURE_SCORES:
+        logger.warning(
+            "%s: the %s out-of-scope detector reads the model's features, which the ONNX graph does not output; "
+            "the export has no detector (train with ood.method=energy or msp to keep one)",
+            model_dir,
+            info.ood["method"],
+        )
+        return None
+    return info.ood
 
 
 def _to_onnx(model: Any, tokenizer: Any, target: Path) -> None:
