@@ -24,8 +24,9 @@ from adaptext.modeling.adapters import wrap_model
 from adaptext.modeling.build import build_model
 from adaptext.modeling.hub import load_tokenizer
 from adaptext.strategies import train
+from adaptext.strategies.finetune import Finetune
 from adaptext.training.augment import augmented, build_augmenter, embedding_neighbours
-from adaptext.training.objectives import CrossEntropy, cross_entropy_loss
+from adaptext.training.objectives import OBJECTIVES, CrossEntropy, cross_entropy_loss
 from adaptext.training.robust import RobustObjective, robust_objective, symmetric_kl
 from conftest import LABELS, SimulatedCrashError, make_rows, read_log, stop_at
 
@@ -227,17 +228,19 @@ def test_pgd_stays_in_the_ball_and_one_full_step_is_fgm(tiny_model_dir: Path, ba
     assert pgd > fgm  # more steps find a worse point (on this batch)
 
 
-def test_adversarial_gradients_reach_every_lora_parameter_and_no_frozen_one(
-    tiny_model_dir: Path, batch: dict[str, Any]
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_adversarial_gradients_reach_every_adapter_parameter_and_no_frozen_one(
+    method: str, tiny_model_dir: Path, batch: dict[str, Any]
 ) -> None:
-    config = load_config(None, [f"model.name={tiny_model_dir}", "peft.method=lora"])
+    config = load_config(None, [f"model.name={tiny_model_dir}", f"peft.method={method}"])
     model = wrap_model(config.peft, tiny(tiny_model_dir), total_steps=10, max_length=32)
     with torch.no_grad():  # LoRA starts with B = 0, where A gets no gradient from any loss
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.1)
     model.train()
-    objective = robust_objective(CrossEntropy(SINGLE_LABEL), robust(adversarial="pgd", rdrop=1.0, label_smoothing=0.1))
+    base = OBJECTIVES.get(Finetune().objective_name(config))(SINGLE_LABEL)  # AdaLoRA's own, with its penalty
+    objective = robust_objective(base, robust(adversarial="pgd", rdrop=1.0, label_smoothing=0.1))
     call(objective, model, batch).backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
