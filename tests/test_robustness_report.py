@@ -193,6 +193,7 @@ def test_the_attack_keeps_its_budget_and_its_flips_are_real(predictor: Predictor
     data = validation(predictor, run["validation"])
     neighbours = WordNeighbours.of_predictor(predictor)
     assert "invoice" in neighbours.words and "##s" not in neighbours.words and "the" not in neighbours.words
+    assert WordNeighbours.of_model(str(run["run"])).words == neighbours.words  # --attack-embeddings RUN
     settings = AttackSettings(max_words=2, max_queries=12, candidates=20, min_similarity=-1.0)
     index = {name: i for i, name in enumerate(predictor.labels)}
     outcomes = []
