@@ -117,6 +117,7 @@ def measure(task: str, files: dict[str, Path], run_dir: Path) -> dict[str, Any]:
     from adaptext.inference.ood import fit_detector
     from adaptext.inference.predictor import Predictor
 
+    fold_recorded_temperature(run_dir / "model")
     predictor = Predictor.from_dir(run_dir, batch_size=128)
     cfg = DataConfig()
     train_data, validation = load_examples(files["train"], cfg), load_examples(files["validation"], cfg)
@@ -126,14 +127,15 @@ def measure(task: str, files: dict[str, Path], run_dir: Path) -> dict[str, Any]:
     index = {name: i for i, name in enumerate(predictor.labels)}
     targets = np.array([index.get(label, k) for label in labels])
     inside = targets < k
-    logits, probs, features = predictor.predict_with_features(test.texts)
-    temperature = predictor.temperature
+    logits, probs, features = predictor.predict_with_features(test.texts)  # logits: calibrated (folded)
+    temperature = float((predictor.info.calibration or {}).get("temperature", 1.0))
+    raw = logits * temperature
     result: dict[str, Any] = {
         "temperature": temperature,
         "n_test": len(labels),
         "n_test_oos": int((~inside).sum()),
-        "ece_before": expected_calibration_error(softmax(logits[inside]), targets[inside]),
-        "ece_after": expected_calibration_error(softmax(logits[inside] / temperature), targets[inside]),
+        "ece_before": expected_calibration_error(softmax(raw[inside]), targets[inside]),
+        "ece_after": expected_calibration_error(softmax(raw[inside] / temperature), targets[inside]),
         "accuracy_in_scope_no_detector": float((probs[inside].argmax(axis=1) == targets[inside]).mean()),
     }
     if (~inside).any():
@@ -147,6 +149,21 @@ def measure(task: str, files: dict[str, Path], run_dir: Path) -> dict[str, Any]:
             )
             result["ood"][method] = report.metrics | {"fit_seconds": time.perf_counter() - start}
     return result
+
+
+def fold_recorded_temperature(model_dir: Path) -> None:
+    """Fold a temperature that a run of an earlier commit recorded without folding (the product folds it since)."""
+    from adaptext.core.info import ModelInfo
+    from adaptext.evaluation.calibration import fold_temperature
+    from adaptext.inference.predictor import Predictor
+
+    info = ModelInfo.read(model_dir)
+    record = info.calibration
+    if not record or record.get("folded"):
+        return
+    layer = Predictor.from_dir(model_dir).feature_layer()
+    if layer is not None and fold_temperature(model_dir, layer, float(record["temperature"])):
+        info.updated(calibration=record | {"folded": True}).write(model_dir)
 
 
 def table(results: dict[str, Any]) -> str:

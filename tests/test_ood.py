@@ -19,7 +19,7 @@ from adaptext.core.config import Config, OodSection, load_config
 from adaptext.core.errors import AdaptextError, ConfigError
 from adaptext.data.io import load_examples
 from adaptext.deploy.serve import ServeOptions, create_app
-from adaptext.evaluation.calibration import softmax
+from adaptext.evaluation.calibration import fold_temperature, softmax
 from adaptext.evaluation.evaluate import evaluate_file
 from adaptext.inference.ood import OOD_FILE, class_statistics, fit_detector, mahalanobis_distance
 from adaptext.inference.predictor import Predictor
@@ -74,13 +74,33 @@ def test_the_run_saves_a_detector_and_a_temperature_that_plain_transformers_igno
     assert "Calibration" in report and "Temperature scaling" in report
 
 
-def test_probabilities_are_the_softmax_of_the_logits_over_the_temperature(trained: Path) -> None:
+def test_the_temperature_is_folded_into_the_output_layer_so_plain_transformers_agrees(trained: Path) -> None:
     predictor = Predictor.from_dir(trained / "run")
     record = predictor.info.calibration
-    assert record is not None and predictor.temperature == record["temperature"]
+    assert record is not None and record["folded"] is True and predictor.temperature == 1.0
     texts = [row["text"] for row in make_rows(6, seed=9)]
-    logits = predictor.predict_logits(texts)
-    np.testing.assert_allclose(predictor.predict_proba(texts), softmax(logits / record["temperature"]), rtol=1e-5)
+    classify = pipeline("text-classification", model=str(trained / "run" / "model"), top_k=None)
+    for answer, probs in zip(classify(texts), predictor.predict_proba(texts), strict=True):
+        plain = {item["label"]: item["score"] for item in answer}
+        assert [plain[label] for label in predictor.labels] == pytest.approx(probs.tolist(), abs=1e-5)
+
+
+def test_folding_divides_the_logits_and_an_unfolded_temperature_is_applied_by_the_predictor(
+    trained: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(trained / "run" / "model", copy)
+    predictor = Predictor.from_dir(copy)
+    texts = [row["text"] for row in make_rows(6, seed=9)]
+    before = predictor.predict_logits(texts)
+    layer = predictor.feature_layer()
+    assert layer is not None and fold_temperature(copy, layer, 2.5)
+    np.testing.assert_allclose(Predictor.from_dir(copy).predict_logits(texts), before / 2.5, rtol=1e-4, atol=1e-6)
+    # a temperature recorded but not folded (a model without an output layer) is applied by the predictor
+    predictor.info.updated(calibration={"temperature": 2.0, "folded": False}).write(copy)
+    unfolded = Predictor.from_dir(copy)
+    assert unfolded.temperature == 2.0
+    np.testing.assert_allclose(unfolded.predict_proba(texts), softmax(before / 2.5 / 2.0), rtol=1e-4)
 
 
 def test_features_are_what_the_output_layer_reads(trained: Path) -> None:

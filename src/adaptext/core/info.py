@@ -126,8 +126,9 @@ class ModelInfo(BaseModel):
     # Post-hoc steps after training: calibration and out-of-scope detection.
     calibration: dict[str, Any] | None = Field(
         None,
-        description="Temperature scaling fitted on validation: `temperature` (probabilities are softmax(logits / T)),"
-        " the validation texts it was fitted on (`n`), and ECE / NLL before and after.",
+        description="Temperature scaling fitted on validation: `temperature` T, `folded` (True: the output layer's "
+        "saved weights were divided by T, so the folder's logits are calibrated; False: adaptext divides the logits "
+        "by T), the validation texts it was fitted on (`n`), and ECE / NLL before and after.",
     )
     ood: dict[str, Any] | None = Field(
         None,

@@ -134,7 +134,7 @@ class Predictor:
             batch_size=batch_size,
         )
         predictor.info = info
-        if info.calibration:
+        if info.calibration and not info.calibration.get("folded"):  # folded: the logits are already divided
             predictor.temperature = float(info.calibration["temperature"])
         predictor.detector = load_detector(folder, info)
         if predictor.detector is not None and predictor.detector.needs_features and predictor.feature_layer() is None:
