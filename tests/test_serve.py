@@ -921,6 +921,9 @@ def test_idle_and_slow_connections_are_closed(models: dict[str, Predictor]) -> N
 class Recorder:
     """A predictor stand-in that records the texts of each forward pass."""
 
+    detector = None  # no out-of-scope detector
+    temperature = 1.0
+
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
