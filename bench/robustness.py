@@ -113,8 +113,8 @@ def measure(task: str, files: dict[str, Path], run_dir: Path) -> dict[str, Any]:
     from adaptext.core.config import DataConfig, OodSection
     from adaptext.data.io import load_examples
     from adaptext.evaluation.calibration import softmax
+    from adaptext.evaluation.detectors import fit_detector
     from adaptext.evaluation.metrics import compute_ood_metrics, expected_calibration_error
-    from adaptext.inference.ood import fit_detector
     from adaptext.inference.predictor import Predictor
 
     fold_recorded_temperature(run_dir / "model")

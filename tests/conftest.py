@@ -239,3 +239,10 @@ def served_in_thread(app: Any, options: Any) -> Iterator[tuple[str, int]]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def folded_temperature(predictor: Any) -> float:
+    """The temperature calibration divided the saved output layer by (1 when it did not): an in-memory model's
+    logits divided by it are the saved model's."""
+    record = predictor.info.calibration or {}
+    return float(record["temperature"]) if record.get("folded") else 1.0

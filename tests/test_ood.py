@@ -20,8 +20,9 @@ from adaptext.core.errors import AdaptextError, ConfigError
 from adaptext.data.io import load_examples
 from adaptext.deploy.serve import ServeOptions, create_app
 from adaptext.evaluation.calibration import fold_temperature, softmax
+from adaptext.evaluation.detectors import fit_detector
 from adaptext.evaluation.evaluate import evaluate_file
-from adaptext.inference.ood import OOD_FILE, class_statistics, fit_detector, mahalanobis_distance
+from adaptext.inference.ood import OOD_FILE, class_statistics, mahalanobis_distance
 from adaptext.inference.predictor import Predictor
 from adaptext.strategies.finetune import Finetune
 from adaptext.training.lifecycle import run_strategy

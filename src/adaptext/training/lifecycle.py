@@ -202,7 +202,7 @@ def after_training(config: Config, model_dir: Path, splits: Splits) -> None:
     """The post-hoc steps on the saved model, each recorded in its folder: the softmax temperature fitted on
     validation (`calibrate`), then the out-of-scope detector (`ood`), which reads the calibrated probabilities."""
     from adaptext.evaluation.calibration import calibrate_saved
-    from adaptext.inference.ood import fit_saved
+    from adaptext.evaluation.detectors import fit_saved
 
     batch_size = eval_batch_size(config.train)
     if config.calibrate and not config.data.multi_label:
