@@ -487,8 +487,9 @@ class Config(_Section):
     robust: RobustSection = Field(default_factory=RobustSection)
     calibrate: bool = Field(
         True,
-        description="Fit a softmax temperature on the validation split after training (single-label, every "
-        "strategy): it changes confidence, never the label; ECE before and after is in the report.",
+        description="Fit a softmax temperature on the validation split after training (single-label) and fold it "
+        "into the output layer: it changes confidence, never the label; ECE before and after is in the report. "
+        "Few-shot and zero-shot runs keep the temperature they fit themselves.",
     )
 
     @field_validator("strategy")
