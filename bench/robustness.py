@@ -201,6 +201,9 @@ def main() -> None:
     parser.add_argument("--sst2-train", type=int, default=20000, help="SST-2 training texts (seed 0)")
     parser.add_argument("--resume", action="store_true", help="keep the tasks already in the results file")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--reuse-runs", action="store_true", help="measure a task's finished run in --work again instead of retraining"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     out = Path(args.out)
@@ -214,7 +217,12 @@ def main() -> None:
             continue
         folder = Path(args.work) / task
         files = prepare(task, Path(args.data_root), folder / "data", args.sst2_train)
-        seconds = train(files, folder / "run")
+        stats = folder / "run" / "run_stats.json"
+        if args.reuse_runs and stats.is_file():
+            seconds = float(json.loads(stats.read_text())["train_seconds"])
+            print(f"{task}: measuring the finished run in {folder / 'run'}", file=sys.stderr)
+        else:
+            seconds = train(files, folder / "run")
         results[task] = measure(task, files, folder / "run") | {"train_seconds": seconds}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
