@@ -159,10 +159,13 @@ from pathlib import Path
 from adaptext.inference.files import predict_file
 
 class Prediction:
-    label, score, labels, scores = "a", 0.9, ["a"], {"a": 0.9, "b": 0.1}
+    label, score, labels, scores, ood_score = "a", 0.9, ["a"], {"a": 0.9, "b": 0.1}, None
+
+class Info:
+    ood = None
 
 class Constant:  # the file machinery without a model (and without importing torch)
-    labels, multi_label, threshold, max_length = ["a", "b"], False, 0.5, 32
+    labels, multi_label, threshold, max_length, temperature, info = ["a", "b"], False, 0.5, 32, 1.0, Info()
     def predict(self, texts, pairs=None, **options):
         return [Prediction()] * len(texts)
 
