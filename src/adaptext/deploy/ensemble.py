@@ -88,8 +88,8 @@ def build_ensemble(
     >>> Predictor.from_dir("models/ensemble").predict(["I lost my card"])[0].label  # doctest: +SKIP
     'lost_or_stolen_card'
     """
+    weights = _check_weights(weights, len(paths))
     members, output = _read_members(paths, output, overwrite)
-    weights = _check_weights(weights, len(members))
     first = members[0]
     for member in members[1:]:
         _check_compatible(first, member)
@@ -236,8 +236,8 @@ def average_weights(
     import torch
     from safetensors.torch import load_file, save_file
 
+    weights = _check_weights(weights, len(paths))
     members, output = _read_members(paths, output, overwrite)
-    weights = _check_weights(weights, len(members))
     first = members[0]
     for member in members[1:]:
         _check_compatible(first, member)
