@@ -19,7 +19,7 @@ from adaptext.continual import extend, extend_config, load_plan, previous_run, r
 from adaptext.continual.memory import concat, herding, read_memory, select_memory
 from adaptext.continual.methods import ContinualLoss, Distillation, EwcPenalty, align_new_rows, fisher_diagonal
 from adaptext.continual.metrics import summarise
-from adaptext.core.config import load_config
+from adaptext.core.config import Config, load_config
 from adaptext.core.errors import AdaptextError, ConfigError, DataError
 from adaptext.core.task import SINGLE_LABEL
 from adaptext.data.batching import Collator, encode
@@ -420,3 +420,10 @@ def test_slda_refuses_multi_label(first_run: Path, tmp_path: Path, write_csv: Ca
     config = load_config(first_run / "config.yaml", ["continual.method=slda", "data.multi_label=true"])
     with pytest.raises(ConfigError, match="slda fits one class per text"):
         Continue(None).check(config)
+
+
+def test_continual_runs_refuse_the_robust_training_options(tiny_config: Callable[..., Config]) -> None:
+    from adaptext.continual.strategy import Continue
+
+    with pytest.raises(ConfigError, match=r"robust\.label_smoothing"):
+        Continue(None).check(tiny_config("robust.label_smoothing=0.1"))

@@ -36,7 +36,7 @@ from adaptext.continual.methods import (
     align_new_rows,
     fisher_diagonal,
 )
-from adaptext.core.config import Config, load_config
+from adaptext.core.config import ROBUST_KEYS, Config, load_config
 from adaptext.core.device import process_state, resolve_precision
 from adaptext.core.errors import AdaptextError, ConfigError, DataError
 from adaptext.core.info import METADATA_FILE, ModelInfo, find_model_dir, is_adapter_folder
@@ -134,6 +134,8 @@ class Continue(Finetune):
     """Fine-tuning that continues `previous` (or, for the first task or `joint`, starts from `config.model.name`)."""
 
     name = "finetune"  # the folder it writes is an ordinary fine-tuned model
+    # Its job is built by its own `fit` with the continual methods' loss, which the robust options do not wrap.
+    ignores = ROBUST_KEYS
 
     def __init__(
         self,
