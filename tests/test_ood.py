@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -26,29 +25,22 @@ from adaptext.inference.ood import OOD_FILE, class_statistics, mahalanobis_dista
 from adaptext.inference.predictor import Predictor
 from adaptext.strategies.finetune import Finetune
 from adaptext.training.lifecycle import run_strategy
-from conftest import FILLER, make_rows
+from conftest import FILLER, LEARNABLE, make_rows, write_splits
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A tiny keyword-task run with a knn detector and calibration (the defaults of both where they have any)."""
     folder = tmp_path_factory.mktemp("ood")
-    files = {}
-    for split, n, seed in (("train", 120, 1), ("validation", 60, 2), ("test", 30, 3)):
-        files[split] = folder / f"{split}.csv"
-        pd.DataFrame(make_rows(n, seed=seed)).to_csv(files[split], index=False)
+    files = write_splits(folder, validation=60)
     config = load_config(
         None,
         [
             f"model.name={tiny_model_dir}",
-            f"data.train={files['train']}",
-            f"data.validation={files['validation']}",
-            f"data.test={files['test']}",
+            *(f"data.{split}={path}" for split, path in files.items()),
             f"output_dir={folder / 'run'}",
             "data.max_length=32",
-            "train.epochs=3",
-            "train.batch_size=8",
-            "train.learning_rate=1e-3",
+            *LEARNABLE,
             "train.precision=fp32",
             "train.report_errors=0",
             "seed=7",
