@@ -21,7 +21,7 @@ from adaptext.deploy.serve import ServeOptions, create_app
 from adaptext.evaluation.calibration import fold_temperature, softmax
 from adaptext.evaluation.detectors import fit_detector
 from adaptext.evaluation.evaluate import evaluate_file
-from adaptext.inference.ood import OOD_FILE, class_statistics, mahalanobis_distance
+from adaptext.inference.ood import OOD_FILE, class_statistics, mahalanobis_distance, resolve_method
 from adaptext.inference.predictor import Predictor
 from adaptext.strategies.finetune import Finetune
 from adaptext.training.lifecycle import run_strategy
@@ -263,3 +263,9 @@ def test_an_export_keeps_an_energy_detector_and_drops_a_feature_detector(trained
     assert [p.label for p in exported.predict(texts)] == [p.label for p in reference]
     export_onnx(trained / "run", tmp_path / "onnx-knn", sample=16)  # knn reads features the graph does not give
     assert Predictor.from_dir(tmp_path / "onnx-knn").detector is None
+
+
+def test_auto_is_the_score_the_benchmark_found_best_where_the_model_allows() -> None:
+    assert resolve_method("auto", has_features=True) == "mahalanobis"
+    assert resolve_method("auto", has_features=False) == "energy"  # ONNX, prompt and NLI models give logits only
+    assert resolve_method("knn", has_features=True) == "knn"

@@ -364,7 +364,7 @@ class OodSection(_Section):
         description="Out-of-scope detector saved with the model. `msp`: low top probability; `energy`: low "
         "log-sum-exp of the logits; `mahalanobis`: far from every class mean of the training features (shared "
         "covariance); `knn`: far from the k-th nearest training feature (cosine); `auto`: the method measured best "
-        "in bench/robustness.py (knn where the model's features can be read, else energy); `none`: no detector.",
+        "in bench/robustness.py (mahalanobis where the model's features can be read, else energy); `none`: none.",
     )
     in_scope_recall: Float = Field(
         0.95,

@@ -198,7 +198,8 @@ def load_detector(folder: Path, info: ModelInfo) -> OodDetector | None:
 
 
 def resolve_method(method: str, has_features: bool) -> str:
-    """The score `ood.method` names; `auto` is knn where the model's features can be read, else energy."""
+    """The score `ood.method` names. `auto`: mahalanobis where the model's features can be read, else energy — the
+    best and second best of the four on CLINC150 and BANKING77 (75% known) in `bench/robustness.py`."""
     if method == "auto":
-        return "knn" if has_features else "energy"
+        return "mahalanobis" if has_features else "energy"
     return method
