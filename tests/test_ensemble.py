@@ -241,7 +241,8 @@ class Snapshots(Callback):
         }
 
 
-SWA = ("train.epochs=1", "train.swa_start=0.5", "train.swa_every=2", "train.checkpoint_steps=3")
+# Without calibration, which would divide the saved head by its temperature after the average.
+SWA = ("train.epochs=1", "train.swa_start=0.5", "train.swa_every=2", "train.checkpoint_steps=3", "calibrate=false")
 
 
 def saved_weights(run_dir: Path) -> dict[str, torch.Tensor]:

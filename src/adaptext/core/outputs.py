@@ -20,7 +20,9 @@ from adaptext.core.errors import AdaptextError
 MARKER = ".adaptext"
 
 
-FolderKind = Literal["run", "evaluation", "export", "merge", "tune", "explanation", "audit", "student", "ensemble"]
+FolderKind = Literal[
+    "run", "evaluation", "export", "merge", "tune", "explanation", "audit", "student", "ensemble", "robustness"
+]
 
 
 _WHAT = {
@@ -33,6 +35,7 @@ _WHAT = {
     "audit": "data audit",
     "student": "distilled student",
     "ensemble": "ensemble",
+    "robustness": "robustness report",
 }
 
 

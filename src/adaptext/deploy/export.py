@@ -109,8 +109,9 @@ def export_onnx(
     loader = loader_for(model_dir, info)
     if not loader.plain_classifier:
         raise AdaptextError(
-            f"{model_dir}: a {loader.description} model reads its text through a template, not as a plain "
-            "classifier, so it cannot be exported to ONNX; serve the folder with adaptext serve"
+            f"{model_dir}: {'an' if loader.description[0] in 'aeiou' else 'a'} {loader.description} model "
+            f"{loader.not_plain}, not a plain classifier, so it cannot be exported to ONNX; serve the folder with "
+            "adaptext serve"
         )
     is_adapter = is_adapter_folder(model_dir)
     method = adapter_method(model_dir, info) if is_adapter else "none"

@@ -62,6 +62,7 @@ class FolderLoader(ABC):
     priority = 0  # asked before loaders of lower priority; equal priorities in registration order
     device: str | None = None  # where the model runs when the caller names no device (None: the default device)
     plain_classifier = True  # reads the tokenized text as it is, so an ONNX export of it is the same classifier
+    not_plain = "reads its text through a template"  # why it is not a plain classifier, for messages
 
     @abstractmethod
     def handles(self, folder: Path, info: ModelInfo) -> bool:
@@ -105,6 +106,7 @@ class EnsembleLoader(FolderLoader):
 
     description = "ensemble"
     priority = 50
+    not_plain = "averages the probabilities of several models"
     plain_classifier = False  # several models in one: ONNX export and the audit's encoder do not apply
 
     def handles(self, folder: Path, info: ModelInfo) -> bool:

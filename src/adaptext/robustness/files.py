@@ -42,7 +42,7 @@ def robustness_file(
 
     model_path, data_path = expand(model_path), expand(data_path)
     # A robustness report is a kind of evaluation report: the same folder rules, one may replace the other.
-    output = check_output_dir(output_dir, "evaluation", overwrite=overwrite, inputs=[model_path, data_path])
+    output = check_output_dir(output_dir, "robustness", overwrite=overwrite, inputs=[model_path, data_path])
     for name in (settings or RobustnessSettings()).perturbations:
         PERTURBATIONS.get(name)  # an unknown name fails before the model is loaded
     predictor = Predictor.from_dir(model_path)
@@ -56,5 +56,5 @@ def robustness_file(
         (folder / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         write_page(report, folder / REPORT_PAGE)
 
-    replace_folder(output, write, "evaluation")
+    replace_folder(output, write, "robustness")
     return report

@@ -76,6 +76,8 @@ class Zeroshot(Strategy):
         "train.checkpoint_steps",
         "train.early_stopping_patience",
         "train.num_workers",
+        "train.swa_start",
+        "train.swa_every",
         *ROBUST_KEYS,
     )
 
