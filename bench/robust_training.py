@@ -36,6 +36,11 @@ METHODS: dict[str, list[str]] = {
     "plain": [],
     "fgm": ["robust.adversarial=fgm"],
     "pgd": ["robust.adversarial=pgd"],
+    # The default epsilon (1.0) and two smaller ones: the adversarial methods' one strength setting.
+    "fgm_eps0.1": ["robust.adversarial=fgm", "robust.epsilon=0.1"],
+    "fgm_eps0.3": ["robust.adversarial=fgm", "robust.epsilon=0.3"],
+    "pgd_eps0.1": ["robust.adversarial=pgd", "robust.epsilon=0.1"],
+    "pgd_eps0.3": ["robust.adversarial=pgd", "robust.epsilon=0.3"],
     "rdrop": ["robust.rdrop=1.0"],
     "label_smoothing": ["robust.label_smoothing=0.1"],
     "augment_char_noise": ["robust.augment.method=char_noise"],
@@ -80,9 +85,11 @@ def train(files: dict[str, Path], run_dir: Path, args: argparse.Namespace, seed:
 
 
 def robustness(model: Path, files: dict[str, Path], output: Path, limit: int) -> dict[str, Any]:
-    """`adaptext robustness` on the first `limit` dev texts: its robustness.json and wall time."""
+    """`adaptext robustness` on the first `limit` dev texts: its robustness.json and wall time. Every model is
+    attacked with the same substitutes, the bundled MiniLM's embedding neighbours (an ensemble has no embeddings of
+    its own, and each fine-tuned model's would differ)."""
     seconds = adaptext("robustness", str(model), "--data", str(files["test"]), "--output", str(output),
-                       "--limit", str(limit), "--overwrite")  # fmt: skip
+                       "--limit", str(limit), "--attack-embeddings", "minilm", "--overwrite")  # fmt: skip
     report = json.loads((output / "robustness.json").read_text(encoding="utf-8"))
     attack = report.get("attack") or {}
     return {
