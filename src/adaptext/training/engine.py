@@ -143,7 +143,8 @@ def run_training(job: TrainingJob, run: Run) -> TrainingState:
     if run.resume:
         loop.restore()
     loop.train()
-    accelerator.end_training()
+    # The process group outlives training: the run's post-hoc steps and evaluation still synchronise the processes
+    # (`run_strategy` ends it). adaptext starts no accelerate trackers, the rest of what `end_training` does.
     accelerator.free_memory()
     return loop.state
 

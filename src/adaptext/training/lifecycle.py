@@ -86,6 +86,8 @@ def run_strategy(
     except BaseException as error:
         hooks.on_run_failed(error)
         raise
+    finally:
+        process.destroy_process_group()  # a no-op for one process
     hooks.on_run_end(result)
     return result
 
