@@ -21,52 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The SST-2 files and the `adaptext train` call are robust_training.py's: the same runs, the same settings.
+from robust_training import adaptext, prepare, train
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "sst2"
 RESULTS = ROOT / "bench" / "results" / "ensemble.json"
-
-
-def prepare(folder: Path, train_size: int) -> dict[str, Path]:
-    """train / validation CSVs from `train_size` SST-2 training texts (seed 0), and dev as the test file."""
-    import pandas as pd
-
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {name: folder / f"{name}.csv" for name in ("train", "validation", "test")}
-    train = pd.read_csv(DATA / "train.csv", keep_default_na=False)
-    train = train.sample(n=min(train_size, len(train)), random_state=0)
-    split = int(0.9 * len(train))
-    train.iloc[:split].to_csv(files["train"], index=False)
-    train.iloc[split:].to_csv(files["validation"], index=False)
-    pd.read_csv(DATA / "dev.csv", keep_default_na=False).to_csv(files["test"], index=False)
-    return files
-
-
-def adaptext(*args: str) -> float:
-    """Run one `adaptext` command with this interpreter; returns its wall time in seconds."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "adaptext", "-q", *args], check=True)
-    return time.perf_counter() - start
-
-
-def train(files: dict[str, Path], run_dir: Path, args: argparse.Namespace, seed: int, extra: list[str]) -> float:
-    """`adaptext train` with the benchmark's settings and `extra` overrides; returns the wall time."""
-    config = run_dir.parent / f"{run_dir.name}.yaml"
-    config.write_text(
-        f"output_dir: {run_dir}\nseed: {seed}\ndata:\n  train: {files['train']}\n  validation: {files['validation']}\n"
-        f"  test: {files['test']}\ntrain:\n  epochs: {args.epochs}\n  learning_rate: {args.learning_rate}\n"
-        "  report_errors: 0\n",
-        encoding="utf-8",
-    )
-    return adaptext("train", str(config), *extra, "--overwrite")
 
 
 def scores(metrics_file: Path) -> dict[str, Any]:
