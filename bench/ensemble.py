@@ -31,7 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from robust_training import adaptext, prepare, train
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "datasets" / "sst2"
 RESULTS = ROOT / "bench" / "results" / "ensemble.json"
 
 
