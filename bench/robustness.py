@@ -111,8 +111,8 @@ def measure(task: str, files: dict[str, Path], run_dir: Path) -> dict[str, Any]:
     import numpy as np
 
     from adaptext.core.config import DataConfig, OodSection
+    from adaptext.core.task import SINGLE_LABEL
     from adaptext.data.io import load_examples
-    from adaptext.evaluation.calibration import softmax
     from adaptext.evaluation.detectors import fit_detector
     from adaptext.evaluation.metrics import compute_ood_metrics, expected_calibration_error
     from adaptext.inference.predictor import Predictor
@@ -134,13 +134,13 @@ def measure(task: str, files: dict[str, Path], run_dir: Path) -> dict[str, Any]:
         "temperature": temperature,
         "n_test": len(labels),
         "n_test_oos": int((~inside).sum()),
-        "ece_before": expected_calibration_error(softmax(raw[inside]), targets[inside]),
-        "ece_after": expected_calibration_error(softmax(raw[inside] / temperature), targets[inside]),
+        "ece_before": expected_calibration_error(SINGLE_LABEL.scores(raw[inside]), targets[inside]),
+        "ece_after": expected_calibration_error(SINGLE_LABEL.scores(raw[inside] / temperature), targets[inside]),
         "accuracy_in_scope_no_detector": float((probs[inside].argmax(axis=1) == targets[inside]).mean()),
     }
     # A diagnostic, not a method: the lowest test ECE any single temperature reaches (fitted on the test set itself).
     grid = np.exp(np.linspace(np.log(0.2), np.log(10.0), 400))
-    eces = [expected_calibration_error(softmax(raw[inside] / t), targets[inside]) for t in grid]
+    eces = [expected_calibration_error(SINGLE_LABEL.scores(raw[inside] / t), targets[inside]) for t in grid]
     result["ece_best_temperature_on_test"] = float(min(eces))
     result["best_temperature_on_test"] = float(grid[int(np.argmin(eces))])
     if (~inside).any():

@@ -40,11 +40,6 @@ def fit_temperature(logits_at_one: np.ndarray, targets: np.ndarray, low: float =
     return best
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
 def fold_temperature(folder: Path, layer: torch.nn.Linear, temperature: float) -> bool:
     """Divide the weight and bias of the output `layer` by `temperature` where they are saved in `folder`, so the
     folder's own logits are calibrated (plain `transformers` and ONNX exports then give the same probabilities).
@@ -93,7 +88,7 @@ def calibrate_saved(folder: Path, validation: TextData, batch_size: int) -> dict
     logits = predictor.predict_logits(validation.texts, validation.pairs) / predictor.temperature
     targets = label_targets(validation, predictor.labels, SINGLE_LABEL)
     temperature = fit_temperature(logits, targets, low=0.05, high=20.0)
-    before, after = softmax(logits), softmax(logits / temperature)
+    before, after = SINGLE_LABEL.scores(logits), SINGLE_LABEL.scores(logits / temperature)
     layer = predictor.feature_layer()
     folded = layer is not None and fold_temperature(folder, layer, temperature)
     record = {

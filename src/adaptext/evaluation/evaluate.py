@@ -62,12 +62,14 @@ def evaluate_file(
     else:
         probs = predictor.predict_proba(data.texts, data.pairs, progress=True)
     sections: list[tuple[str, str]] = []
+    is_oos: np.ndarray | None = None
     if ood_label is not None and ood is not None and predictor.detector is not None:
         if len(inside) == len(data):
             raise AdaptextError(f"--ood-label {ood_label!r}: no row of {data_path} has that label")
         k = len(predictor.labels)
         index = {name: i for i, name in enumerate(predictor.labels)}
         targets = np.array([index.get(str(label), k) for label in data.labels or []])
+        is_oos = targets == k
         outside = predictor.detector.out_of_scope(ood)
         report = compute_ood_metrics(probs, targets, outside, ood, predictor.labels, predictor.detector.label)
         report.data_source = data.source
@@ -81,8 +83,7 @@ def evaluate_file(
     title = f"{model_path} on {data_path}"
 
     def write(folder: Path) -> None:
-        if sections and ood is not None and predictor.detector is not None:
-            is_oos = np.array([label == ood_label for label in data.labels or []])
+        if is_oos is not None and ood is not None and predictor.detector is not None:
             plot_ood_scores(ood[~is_oos], ood[is_oos], predictor.detector, folder / OOD_PLOT)
         write_report(
             report,

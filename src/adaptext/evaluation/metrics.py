@@ -161,7 +161,7 @@ def compute_metrics(
         )
     y_true = targets.astype(int)
     y_pred = probs.argmax(axis=1)
-    loss = float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0)).mean())
+    loss = log_loss(probs, y_true)
     ece, bins = _reliability(probs.max(axis=1), (y_pred == y_true).astype(float))
     metrics = {"accuracy": float(accuracy_score(y_true, y_pred)), "loss": loss, "ece": ece}
     metrics.update(_averages(y_true, y_pred, ("macro", "micro", "weighted"), len(labels)))

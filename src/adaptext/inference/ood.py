@@ -20,7 +20,6 @@ The features are the input of the model's output layer (the pooled text represen
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,6 @@ from torch import nn
 
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo
-
-logger = logging.getLogger(__name__)
 
 OOD_FILE = "ood.safetensors"
 SCORES = ("msp", "energy", "mahalanobis", "knn")
