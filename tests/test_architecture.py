@@ -163,6 +163,7 @@ def test_help_of_every_command_does_not_import_torch() -> None:
         "tune",
         "evaluate",
         "robustness",
+        "route",
         "explain",
         "distill",
         "predict",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 CONFIG_FORMAT_VERSION = 1
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 _FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -585,8 +587,8 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = Config
+def _section_model(loc: tuple[int | str, ...], root: type[BaseModel]) -> type[BaseModel]:
+    model: type[BaseModel] = root
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
@@ -595,10 +597,10 @@ def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel]:
     return model
 
 
-def _field_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+def _field_path(loc: tuple[int | str, ...], root: type[BaseModel]) -> tuple[str, ...]:
     # pydantic appends union-member tags ("literal[...]", "dict[...]") to a location; keep only field names.
     path: list[str] = []
-    model: type[BaseModel] | None = Config
+    model: type[BaseModel] | None = root
     for part in loc:
         if model is None:
             break
@@ -611,13 +613,14 @@ def _field_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
     return tuple(path)
 
 
-def _format_error(error: ValidationError, source: str) -> str:
+def _format_error(error: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    root = root or Config
     problems = []
     for item in error.errors():
-        loc = _field_path(item["loc"])
+        loc = _field_path(item["loc"], root)
         dotted = ".".join(loc) or "(root)"
         if item["type"] == "extra_forbidden":
-            section = _section_model(loc)
+            section = _section_model(loc, root)
             prefix = ".".join(loc[:-1])
             valid = ", ".join(_valid_keys(section, f"{prefix}." if prefix else ""))
             problems.append(f"{dotted}: unknown key; valid keys here: {valid}")
@@ -634,6 +637,26 @@ def build_config(tree: dict[str, Any], source: str = "config") -> Config:
         return Config.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(_format_error(error, source)) from None
+
+
+def load_yaml_model(path: str | Path, model: type[ModelT], *, what: str = "configuration") -> ModelT:
+    """Read the YAML mapping at `path` and validate it as `model`; a `ConfigError` names the file and each bad key
+    (with the valid keys for an unknown one). Used by the applications' own config files (router, monitor)."""
+    path = expand_user(Path(path))
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the {what}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(tree).__name__}")
+    try:
+        return model.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, str(path), model)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -1,0 +1,108 @@
+"""The router's config file (`route.yaml`): which model, which answers, when to hand over, where the FAQ is.
+
+Paths in the file are relative to the file's own folder, so a config and its answers travel together.
+
+>>> config = load_route_config("route.yaml")  # doctest: +SKIP
+>>> config.handoff.min_confidence  # doctest: +SKIP
+0.5
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adaptext.core.config import expand_user, load_yaml_model
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HandoffRule(_Section):
+    """When a text is not answered with its intent's answer, but goes to the FAQ or a person."""
+
+    min_confidence: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Answer only when the model's calibrated probability of its top intent is at least this; "
+        "below it the text goes to the FAQ, else to a person.",
+    )
+    use_detector: bool = Field(
+        True,
+        description="When the model has an out-of-scope detector (`ood.method` at training), a text it flags is "
+        "never answered with an intent. No effect for a model without one.",
+    )
+    message: str = Field("", description="The answer text of a handoff row (e.g. 'Connecting you to an agent').")
+
+
+class FaqSection(_Section):
+    """Questions and answers searched by embedding similarity for the texts the model does not answer."""
+
+    file: Path = Field(description="CSV/TSV/JSONL/Parquet file of questions and their answers.")
+    question_column: str = Field("question", description="Column of the FAQ's questions.")
+    answer_column: str = Field("answer", description="Column of the FAQ's answers.")
+    min_similarity: float = Field(
+        0.6,
+        ge=-1,
+        le=1,
+        description="Cosine similarity between a text and its nearest FAQ question needed to answer from the FAQ.",
+    )
+    encoder: str = Field(
+        "minilm",
+        description="Sentence encoder for the search: a model name or folder, mean-pooled (default: the bundled "
+        "all-MiniLM-L6-v2).",
+    )
+    max_length: int = Field(128, ge=8, description="Tokens per text for the encoder.")
+
+
+class EvaluateSection(_Section):
+    """How `adaptext route --evaluate` reads a labelled file and what it reports."""
+
+    label_column: str = Field("label", description="Column of the true intent.")
+    ood_label: str | None = Field(
+        None,
+        description="The label that marks out-of-scope texts in a labelled file (e.g. `oos`); any other label the "
+        "model does not know is an error.",
+    )
+    max_wrong_rate: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="The largest share of wrong answers acceptable: the report names the lowest min_confidence "
+        "that keeps to it.",
+    )
+
+
+class RouteConfig(_Section):
+    """An intent router: the model run, the answer of each intent, the handoff rule and an optional FAQ."""
+
+    model: Path = Field(description="Run, model or export folder of the intent classifier.")
+    answers: Path = Field(description="CSV/TSV/JSONL/Parquet file with an answer for each intent.")
+    intent_column: str = Field("intent", description="Column of the answers file naming the intent.")
+    answer_column: str = Field("answer", description="Column of the answers file holding the answer text.")
+    text_column: str | None = Field(
+        None, description="Column of the texts to route (default: the model's saved text column)."
+    )
+    handoff: HandoffRule = Field(default_factory=HandoffRule)
+    faq: FaqSection | None = None
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+
+
+def load_route_config(path: str | Path) -> RouteConfig:
+    """Read and validate a router config; its relative paths are resolved against the file's folder."""
+    path = expand_user(Path(path))
+    config = load_yaml_model(path, RouteConfig, what="router config")
+    here = path.parent
+
+    def resolve(value: Path) -> Path:
+        value = expand_user(value)
+        return value if value.is_absolute() else here / value
+
+    config.model = resolve(config.model)
+    config.answers = resolve(config.answers)
+    if config.faq is not None:
+        config.faq.file = resolve(config.faq.file)
+    return config

@@ -1,0 +1,127 @@
+"""The intent router: answer, FAQ or handoff by the rule; the answers file checked; `route --evaluate` rates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adaptext.apps.router.config import load_route_config
+from adaptext.apps.router.evaluation import evaluate_routing
+from adaptext.apps.router.route import load_router
+from adaptext.cli import main
+from adaptext.core.config import load_config
+from adaptext.core.errors import DataError
+from adaptext.strategies.finetune import Finetune
+from adaptext.training.lifecycle import run_strategy
+from conftest import LABELS, LEARNABLE, make_rows, write_splits
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    folder = tmp_path_factory.mktemp("router")
+    files = write_splits(folder)
+    config = load_config(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            *(f"data.{split}={path}" for split, path in files.items()),
+            f"output_dir={folder / 'run'}",
+            "data.max_length=32",
+            *LEARNABLE,
+            "train.precision=fp32",
+            "train.report_errors=0",
+            "seed=7",
+        ],
+    )
+    run_strategy(Finetune(), config)
+    return folder / "run"
+
+
+def write_config(folder: Path, run_dir: Path, tiny_model_dir: Path, **handoff: object) -> Path:
+    pd.DataFrame({"intent": LABELS[:2], "answer": [f"answer for {x}" for x in LABELS[:2]]}).to_csv(
+        folder / "answers.csv", index=False
+    )
+    pd.DataFrame({"question": ["why is the screen broken"], "answer": ["see the screen guide"]}).to_csv(
+        folder / "faq.csv", index=False
+    )
+    rule = "\n".join(f"  {key}: {value}" for key, value in handoff.items())
+    text = (
+        f"model: {run_dir}\nanswers: answers.csv\nhandoff:\n{rule or '  message: agent'}\n"
+        f"faq:\n  file: faq.csv\n  encoder: {tiny_model_dir}\n  min_similarity: 0.0\nevaluate:\n  ood_label: oos\n"
+    )
+    (folder / "route.yaml").write_text(text)
+    return folder / "route.yaml"
+
+
+def test_each_text_is_answered_sent_to_the_faq_or_handed_over_by_the_rule(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    router = load_router(load_route_config(write_config(tmp_path, run_dir, tiny_model_dir, min_confidence=0.5)))
+    texts = [row["text"] for row in make_rows(30, seed=3)]
+    signals = router.signals_for(texts)
+    routes = router.decide(texts, signals)
+    for route, confidence in zip(routes, signals.confidence, strict=True):
+        assert route.confidence == pytest.approx(float(confidence))
+        if route.action == "answer":
+            assert confidence >= 0.5 and route.answer == f"answer for {route.intent}" and route.reason == "confident"
+        else:
+            # min_similarity 0: every text not answered is answered from the FAQ, with its reason kept
+            assert route.action == "faq" and route.answer == "see the screen guide"
+            assert route.reason == ("no_answer" if confidence >= 0.5 else "low_confidence")
+            assert route.intent == "technical" or confidence < 0.5
+    assert {r.action for r in routes} == {"answer", "faq"}
+    strict = load_router(load_route_config(write_config(tmp_path, run_dir, tiny_model_dir, min_confidence=1.0)))
+    assert all(r.action != "answer" or r.confidence >= 1.0 for r in strict.decide(texts, strict.signals_for(texts)))
+
+
+def test_an_answer_for_an_unknown_intent_names_the_row(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = write_config(tmp_path, run_dir, tiny_model_dir)
+    pd.DataFrame({"intent": ["billing", "refunds"], "answer": ["a", "b"]}).to_csv(tmp_path / "answers.csv", index=False)
+    with pytest.raises(DataError, match=r"answers.csv: row 2: column 'intent': 'refunds' is not one"):
+        load_router(load_route_config(path))
+
+
+def test_route_evaluate_writes_rows_rates_and_curve_and_refuses_to_overwrite(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, run_dir, tiny_model_dir, min_confidence=0.4)
+    rows = make_rows(24, seed=5) + [{"text": "please help today", "label": "oos"}] * 3
+    pd.DataFrame(rows).to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "routed.csv"
+    assert main(["route", str(config), "--input", str(tmp_path / "in.csv"), "--output", str(out), "--evaluate"]) == 0
+    routed = pd.read_csv(out)
+    assert len(routed) == 27 and set(routed["action"]) <= {"answer", "faq", "handoff"}
+    report = json.loads((tmp_path / "routed.evaluation.json").read_text())
+    m = report["metrics"]
+    gold, answered = routed["label"], routed["action"] == "answer"
+    correct = answered & (routed["intent"] == gold)
+    assert m["automation_rate"] == pytest.approx(correct.mean())
+    assert m["wrong_answer_rate"] == pytest.approx((answered & ~correct).mean())
+    assert m["in_scope_automation"] == pytest.approx(correct[gold != "oos"].mean())
+    wrong = [p["wrong_answer_rate"] for p in report["curve"]]
+    assert wrong == sorted(wrong, reverse=True)  # a higher threshold never answers more wrongly
+    assert (tmp_path / "routed.curve.png").stat().st_size > 10_000
+    before = out.read_bytes()
+    assert main(["route", str(config), "--input", str(tmp_path / "in.csv"), "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_the_suggested_threshold_is_the_lowest_that_keeps_wrong_answers_within_the_limit(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    router = load_router(load_route_config(write_config(tmp_path, run_dir, tiny_model_dir)))
+    rows = make_rows(30, seed=11)
+    texts, gold = [r["text"] for r in rows], [r["label"] for r in rows]
+    signals = router.signals_for(texts)
+    signals.confidence = np.linspace(0.35, 0.99, len(texts))  # planted: the first 10 texts get a wrong intent
+    gold = ["billing" if i >= 10 else "shipping" for i in range(len(texts))]
+    signals.intent = np.zeros(len(texts), dtype=int)  # every text predicted as billing
+    report = evaluate_routing(router, signals, router.decide(texts, signals), gold, None, max_wrong_rate=0.1)
+    assert report.suggested is not None
+    # wrong answers are texts 0-9 at the lowest confidences: at most 3 of 30 may stay answered
+    assert report.suggested["min_confidence"] == pytest.approx(np.floor(signals.confidence[7] * 1e4) / 1e4)
+    assert report.suggested["wrong_answer_rate"] == pytest.approx(3 / 30)
