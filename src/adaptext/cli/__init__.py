@@ -31,6 +31,7 @@ from adaptext.cli import (
     export,
     extend,
     merge,
+    monitor,
     predict,
     robustness,
     sample,
@@ -64,6 +65,7 @@ COMMANDS = (
     ensemble,
     export,
     serve,
+    monitor,
 )
 
 
