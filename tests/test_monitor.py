@@ -322,6 +322,17 @@ def test_bad_urls_and_configs_are_refused_clearly(tmp_path: Path) -> None:
         watched_label(["billing", "shipping"], None)
 
 
+def test_the_documented_monitor_yaml_is_valid(tmp_path: Path) -> None:
+    page = (Path(__file__).parents[1] / "docs" / "monitor.md").read_text(encoding="utf-8")
+    block = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "monitor.yaml").write_text(block)
+    documented = load_monitor_config(tmp_path / "monitor.yaml")
+    assert documented.webhook.url is not None
+    assert documented.model_dump(exclude={"webhook", "label"}) == MonitorConfig().model_dump(
+        exclude={"webhook", "label"}
+    )
+
+
 @pytest.fixture
 def postgres(tmp_path: Path) -> Iterator[str]:
     """A PostgreSQL cluster of its own in a temporary folder, reached through a Unix socket."""

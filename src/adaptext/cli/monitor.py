@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adaptext.apps.monitor import MonitorConfig, Store
+    from adaptext.inference.predictor import Predictor
 
 DB_HELP = "database URL: sqlite:///monitor.db (default) or postgresql://user@host/database"
 
@@ -53,7 +58,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace) -> tuple[MonitorConfig, Store, Predictor]:
     import torch
 
     from adaptext.apps.monitor import load_monitor_config, open_store

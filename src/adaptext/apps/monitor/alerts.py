@@ -7,7 +7,7 @@ events is judged against the baseline of the windows before it:
   earlier shares (`ewma`); its spread is binomial, `m (1 - m) / n`, times the over-dispersion the baseline windows
   themselves show (never less than 1), plus the baseline's own uncertainty;
 - `zscore` raises an alert when `z = (share - m) / sd` passes `threshold`; `cusum` when `S = max(0, S + z - k)`
-  passes `h`.
+  passes `h` (held at `h` while it alarms, and reset to 0 when the alarm ends).
 
 A window that passes the rule is left out of the baseline, so a spike does not teach the baseline to expect spikes,
 and only the first window of a run of such windows raises an alert (one alert per episode). Alerts are unique per
@@ -105,6 +105,9 @@ def judge_series(windows: Iterable[tuple[int, int, int]], config: MonitorConfig)
             else:
                 cusum = max(0.0, cusum + z - rule.k)
                 point.statistic, point.fired = cusum, cusum > rule.h
+                # While it alarms the sum is held at `h`, so the episode lasts while windows stay above `k` and
+                # ends at the first that does not; then it starts again from 0.
+                cusum = min(cusum, rule.h) if point.fired else (0.0 if previous_fired else cusum)
             point.alert = point.fired and not previous_fired
             previous_fired = point.fired
         if not point.fired:

@@ -63,13 +63,13 @@ class BaselineSection(_Section):
 
 class RuleSection(_Section):
     method: Literal["zscore", "cusum"] = Field(
-        "zscore",
+        "cusum",
         description="`zscore`: alert when a window's share is `threshold` standard errors above the baseline; "
         "`cusum`: alert when the one-sided CUSUM of those z-scores (less `k` per window) passes `h`.",
     )
     threshold: Float = Field(4.5, gt=0, description="z-score above the baseline that raises an alert (`zscore`).")
     k: Float = Field(1.0, ge=0, description="CUSUM allowance: z-score units forgiven per window (`cusum`).")
-    h: Float = Field(6.0, gt=0, description="CUSUM decision level (`cusum`).")
+    h: Float = Field(3.0, gt=0, description="CUSUM decision level (`cusum`).")
 
 
 class WebhookSection(_Section):
