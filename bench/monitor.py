@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,7 +119,7 @@ def throughput(run: Path, pool: pd.DataFrame, n: int) -> list[dict[str, Any]]:
     # distinct events: the same sentence at another time is another event
     path = folder / "events.csv"
     events_frame(texts, 100).to_csv(path, index=False)
-    onnx = CACHE / "fpb-int8"
+    onnx = CACHE / f"{run.parent.name}-int8"
     if not (onnx / "model.onnx").is_file():
         adaptext("export", str(run), "--quantize", "int8", "--output", str(onnx), "--overwrite")
     rows = []
@@ -236,9 +237,8 @@ def screenshot(run: Path, pool: pd.DataFrame) -> dict[str, Any]:
     frame["source"] = sources
     path = CACHE / "spike.csv"
     frame.to_csv(path, index=False)
-    database = CACHE / "spike.db"
-    for stale in CACHE.glob("spike.db*"):
-        stale.unlink()
+    # the same stream each run: a second run finds its events stored and classifies nothing again
+    database = CACHE / f"spike-{run.parent.name}.db"
     predictor = Predictor.from_dir(run)
     store = open_store(f"sqlite:///{database}")
     config = MonitorConfig(label="negative")
@@ -253,7 +253,8 @@ def screenshot(run: Path, pool: pd.DataFrame) -> dict[str, Any]:
         time.sleep(0.05)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(headless=True, args=["--no-sandbox"])
+            chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 1500})
             page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/?")
             page.wait_for_selector("#alerts tbody tr.alert-row")
