@@ -68,7 +68,7 @@ class RuleSection(_Section):
         "`cusum`: alert when the one-sided CUSUM of those z-scores (less `k` per window) passes `h`.",
     )
     threshold: Float = Field(4.5, gt=0, description="z-score above the baseline that raises an alert (`zscore`).")
-    k: Float = Field(1.0, ge=0, description="CUSUM allowance: z-score units forgiven per window (`cusum`).")
+    k: Float = Field(0.5, ge=0, description="CUSUM allowance: z-score units forgiven per window (`cusum`).")
     h: Float = Field(3.0, gt=0, description="CUSUM decision level (`cusum`).")
 
 
