@@ -316,7 +316,7 @@ def main() -> None:
             "base_share": float(truth.mean()),
             "predicted_negative_share": float(predicted.mean()),
             "negative_recall": float(predicted[truth].mean()),
-            "false_negative_rate_on_others": float(predicted[~truth].mean()),
+            "negative_rate_on_others": float(predicted[~truth].mean()),
             "seeds": args.seeds,
             "by_events_per_window": {},
         }
