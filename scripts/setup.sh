@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-extras=""
+extras="[postgres]"  # the PostgreSQL driver of `adaptext monitor`
 if [ "${1:-}" = "dev" ]; then extras="[dev]"; fi
 # torch first and alone: pinned to the CPU build so nothing pulls a CUDA build.
 .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt torch

@@ -173,6 +173,7 @@ def test_help_of_every_command_does_not_import_torch() -> None:
         "ensemble",
         "export",
         "serve",
+        "monitor",
     ]
     code = (
         "import contextlib, io, sys\n"

@@ -31,6 +31,7 @@ from adaptext.cli import (
     export,
     extend,
     merge,
+    monitor,
     predict,
     robustness,
     route,
@@ -66,6 +67,7 @@ COMMANDS = (
     ensemble,
     export,
     serve,
+    monitor,
 )
 
 
