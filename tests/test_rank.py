@@ -107,6 +107,16 @@ def test_regression_trains_saves_and_reloads(pair_config: Callable[..., object],
     per_group = pd.read_csv(report / "ranking.csv")
     assert len(per_group) == test["qid"].nunique()
 
+    # What works on labels refuses the model with a one-line error (exit code 2), writing nothing.
+    from adaptext.deploy.serve import create_app
+
+    with pytest.raises(AdaptextError, match=r"serve .* predicts a value"):
+        create_app({"m": first})
+    data = ["--data", str(tmp_path / "test.csv")]
+    for argv in (["robustness", str(result.run_dir), *data], ["ensemble", str(result.run_dir), str(result.run_dir)]):
+        assert main(["-q", *argv, "--output", str(tmp_path / "refused")]) == 2
+        assert not (tmp_path / "refused").exists()
+
 
 def test_non_numeric_target_names_file_row_and_column(
     pair_config: Callable[..., object], write_csv: Callable[..., Path]
