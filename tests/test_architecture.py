@@ -167,6 +167,7 @@ def test_help_of_every_command_does_not_import_torch() -> None:
         "explain",
         "distill",
         "predict",
+        "rank",
         "sample",
         "audit",
         "merge",

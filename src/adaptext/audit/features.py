@@ -64,6 +64,7 @@ def load_encoder(model: str | Path | None, encoder: str, *, max_length: int, dev
     if model is not None:
         check_model_folder(model)  # an ONNX, prompt or NLI folder is refused before its weights are read
         predictor = Predictor.from_dir(model, device=device)
+        predictor.require_classifier("audit")
         try:
             final_linear(predictor.model)
         except ValueError:

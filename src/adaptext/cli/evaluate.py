@@ -24,14 +24,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="rows with this label are out of scope: scores the model's out-of-scope detector on them "
         "(in_scope_accuracy, oos_recall, oos_precision, ood_auroc, ood_fpr95 in metrics.json)",
     )
+    p.add_argument(
+        "--group-column",
+        help="rows are (query, item) pairs and this column holds the query id: adds NDCG@10, MRR and recall@K per "
+        "query, averaged (ndcg@10, mrr, recall@K in metrics.json; ranking.csv per query)",
+    )
+    p.add_argument(
+        "--positive",
+        help="with --group-column: the label whose probability is a pair's score (default: see docs/ranking.md)",
+    )
+    p.add_argument("--recall-k", type=int, default=10, help="with --group-column: K of recall@K (default 10)")
     add_overwrite_option(p, "an earlier evaluation report in --output")
     add_column_options(p, with_label=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from adaptext.core.errors import AdaptextError
     from adaptext.evaluation.evaluate import evaluate_file
+    from adaptext.training.lifecycle import headline
 
+    if args.group_column is None and (args.positive is not None or args.recall_k != 10):
+        raise AdaptextError("--positive and --recall-k rank pairs; give --group-column too")
     columns = column_overrides(args)
     report = evaluate_file(
         args.model,
@@ -41,11 +55,17 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         errors=args.errors,
         ood_label=args.ood_label,
+        group_column=args.group_column,
+        positive=args.positive,
+        recall_k=args.recall_k,
     )
-    print(
-        f"{report.n_examples} examples: accuracy {report.metrics['accuracy']:.4f}, "
-        f"macro_f1 {report.metrics['macro_f1']:.4f}"
-    )
+    print(f"{report.n_examples} examples: {headline(report.metrics)}")
+    if args.group_column is not None:
+        m, k = report.metrics, args.recall_k
+        print(
+            f"ranking over {m['groups']:.0f} {args.group_column} groups: NDCG@10 {m['ndcg@10']:.4f}, "
+            f"MRR {m['mrr']:.4f}, recall@{k} {m[f'recall@{k}']:.4f}"
+        )
     if "oos_recall" in report.metrics:
         m = report.metrics
         print(

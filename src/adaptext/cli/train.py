@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(f"model:       {result.model_dir}  ({config.strategy}, {result.stats.get('train_seconds', 0):.0f} s)")
-    print(f"{result.eval_split} accuracy {metrics['accuracy']:.4f}, macro_f1 {metrics['macro_f1']:.4f}")
+    from adaptext.training.lifecycle import headline
+
+    print(f"{result.eval_split} {headline(metrics)}")
     print(f"report:      {result.run_dir / 'report.html'}")
     return 0

@@ -145,7 +145,7 @@ def check_plan(plan: ContinualPlan, configs: list[Config]) -> list[list[str]]:
                 raise DataError(f"task {task.name}: {error}") from None
             assert examples.labels is not None
             for value in examples.labels:
-                for name in value if isinstance(value, list) else [value]:
+                for name in value if isinstance(value, list) else [str(value)]:
                     if name not in names:
                         names.append(name)
                     if name not in seen:

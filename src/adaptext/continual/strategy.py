@@ -136,6 +136,7 @@ class Continue(Finetune):
     name = "finetune"  # the folder it writes is an ordinary fine-tuned model
     # Its job is built by its own `fit` with the continual methods' loss, which the robust options do not wrap.
     ignores = ROBUST_KEYS
+    regression = False  # the continual methods (replay, EWC, LwF, SLDA) are defined on labels
 
     def __init__(
         self,
@@ -162,6 +163,8 @@ class Continue(Finetune):
         return self.earlier is not None
 
     def check(self, config: Config) -> None:
+        if config.data.problem == "regression":
+            raise ConfigError("extend and continual learn new labels; data.problem=regression has none")
         super().check(config)
         if config.peft.method != "none":
             raise ConfigError("continual methods train the full model; set peft.method=none")
@@ -549,7 +552,7 @@ def check_spellings(known: list[str], splits: Splits, memory: TextData | None = 
     old = set(known)
     new = [label for label in splits.labels if label not in old]
     if memory is not None and memory.labels is not None:
-        seen = {name for value in memory.labels for name in (value if isinstance(value, list) else [value])}
+        seen = {name for value in memory.labels for name in (value if isinstance(value, list) else [str(value)])}
         new += sorted(seen - old - set(new))
     for difference, group in label_spellings([*known, *new]):
         olds = [name for name in group if name in old]

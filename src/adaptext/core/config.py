@@ -130,6 +130,12 @@ class DataConfig(_Section):
         description="Each row has any number of labels: a JSON list (JSONL/Parquet) or a delimited string.",
     )
     label_delimiter: str = Field("|", min_length=1, description="Separator of labels in a multi-label CSV/TSV cell.")
+    problem: Literal["classification", "regression"] = Field(
+        "classification",
+        description="`classification`: the label column holds label names. `regression`: it holds a number per row "
+        "(a graded relevance, a rating); the model has one output trained with mean squared error, and is "
+        "evaluated by MSE, Pearson and Spearman correlation (`train.metric_for_best` defaults to `mse`).",
+    )
     max_length: Int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
     label_descriptions: UserPath | None = Field(
         None,
@@ -517,6 +523,8 @@ class Config(_Section):
                 raise ValueError(f"prompt.template must contain {key} once, got {self.prompt.template!r}")
         if self.strategy != "finetune" and self.peft.method != "none":
             raise ValueError(f"strategy {self.strategy} trains without peft; set peft.method=none")
+        if self.data.problem == "regression":
+            self._check_regression()
         if self.ood.method != "none" and self.data.multi_label:
             raise ValueError(
                 "ood.method is for single-label models; a multi-label model already answers no label when none "
@@ -528,6 +536,14 @@ class Config(_Section):
                 "few-shot and zero-shot always pool the mean, peft methods read [CLS]"
             )
         return self
+
+    def _check_regression(self) -> None:
+        if self.data.multi_label:
+            raise ValueError("data.problem=regression predicts one number per row; set data.multi_label=false")
+        if self.ood.method != "none":
+            raise ValueError("ood.method scores out-of-scope texts of a classifier; a regression model has none")
+        if "metric_for_best" not in self.train.model_fields_set:
+            self.train.metric_for_best = "mse"  # the regression loss on validation, lower is better
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -22,11 +22,11 @@ TOKENIZE_CHUNK = 2048
 class Encoded(Dataset[dict[str, Any]]):
     """Token ids per example (unpadded) and, when labelled, a label target per example.
 
-    `targets` holds a class index per example, or a multi-hot list for multi-label data.
+    `targets` holds a class index per example, a multi-hot list for multi-label data, or a value for regression.
     """
 
     features: dict[str, list[list[int]]]
-    targets: list[int] | list[list[float]] | None = None
+    targets: list[int] | list[list[float]] | list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.features["input_ids"])
@@ -163,7 +163,8 @@ class Collator:
                 batch[name] = torch.tensor(rows, dtype=torch.long)
         batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
         if "labels" in items[0]:
-            dtype = torch.float32 if self.task.multi_label else torch.long  # multi-hot rows, or class ids
+            # multi-hot rows or regression values, else class ids
+            dtype = torch.float32 if self.task.multi_label or self.task.regression else torch.long
             batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=dtype)
         return batch
 

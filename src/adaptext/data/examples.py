@@ -11,14 +11,15 @@ import pandas as pd
 class TextData:
     """Texts (and optional pairs and labels) read from one file, in file order.
 
-    `labels` holds one string per row, or a list of strings per row for multi-label data;
+    `labels` holds one string per row, a list of strings per row for multi-label data, or a float per row for
+    regression (`data.problem: regression`);
     `rows` holds each example's 1-based row number in `source`, for error messages.
     """
 
     texts: list[str]
     source: str
     pairs: list[str] | None = None
-    labels: list[str] | list[list[str]] | None = None
+    labels: list[str] | list[list[str]] | list[float] | None = None
     rows: list[int] = field(default_factory=list)
     frame: pd.DataFrame | None = None
 

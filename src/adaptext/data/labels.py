@@ -15,7 +15,7 @@ import numpy as np
 
 from adaptext.core.config import DataConfig
 from adaptext.core.errors import DataError
-from adaptext.core.task import Task
+from adaptext.core.task import REGRESSION_LABEL, Task
 from adaptext.data.examples import TextData
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,29 @@ def canonical_label(value: Any) -> str:
     return text.lower() if text.lower() in ("true", "false") else text
 
 
-def _label_value(path: Path, row: int, column: str, value: Any, cfg: DataConfig) -> str | list[str]:
+def target_value(path: Path, row: int, column: str, value: Any) -> float:
+    """A regression target: the cell's number (typed, or a number written as text), finite; a `DataError` naming
+    the file, row and column otherwise."""
+    if _is_missing(value):
+        raise DataError(f"{path}: row {row}: column {column!r} is empty; every example needs a target value")
+    if isinstance(value, bool | np.bool_ | list | dict):
+        raise DataError(
+            f"{path}: row {row}: column {column!r}: expected a number (data.problem=regression), got {value!r}"
+        )
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{path}: row {row}: column {column!r}: expected a number (data.problem=regression), got {value!r}"
+        ) from None
+    if not np.isfinite(number):
+        raise DataError(f"{path}: row {row}: column {column!r}: the target must be a finite number, got {value!r}")
+    return number
+
+
+def _label_value(path: Path, row: int, column: str, value: Any, cfg: DataConfig) -> str | list[str] | float:
+    if cfg.problem == "regression":
+        return target_value(path, row, column, value)
     if cfg.multi_label:
         if isinstance(value, str):
             if value.strip().startswith("["):
@@ -126,12 +148,14 @@ def _quoted_list(names: list[str]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-def warn_label_spellings(source: str, column: str, labels: list[str] | list[list[str]]) -> None:
+def warn_label_spellings(source: str, column: str, labels: list[str] | list[list[str]] | list[float]) -> None:
     """Log a warning for every group of labels in one file that differ only in number format, case or spacing:
     they are separate classes, which is rarely what the file's author meant."""
     counts: Counter[str] = Counter()
+    if labels and isinstance(labels[0], float):
+        return  # regression targets are numbers, not names
     for value in labels:
-        counts.update(value if isinstance(value, list) else [value])
+        counts.update(value if isinstance(value, list) else [str(value)])
     for difference, group in label_spellings(name for name, _ in counts.most_common()):
         rows = ", ".join(f"{name!r} in {counts[name]} row{'s' if counts[name] != 1 else ''}" for name in group)
         logger.warning(
@@ -146,11 +170,14 @@ def warn_label_spellings(source: str, column: str, labels: list[str] | list[list
 
 
 def label_names(data: TextData, minimum: int = 2) -> list[str]:
-    """The sorted label names seen in `data`, requiring at least `minimum` (a classifier needs two)."""
+    """The sorted label names seen in `data`, requiring at least `minimum` (a classifier needs two); for regression
+    targets, the one output's name (`score`)."""
     assert data.labels is not None
+    if is_regression(data):
+        return [REGRESSION_LABEL]
     counts: Counter[str] = Counter()
     for value in data.labels:
-        counts.update(value if isinstance(value, list) else [value])
+        counts.update(value if isinstance(value, list) else [str(value)])
     if len(counts) < minimum:
         seen = ", ".join(repr(k) for k in counts) or "none"
         raise DataError(
@@ -160,21 +187,36 @@ def label_names(data: TextData, minimum: int = 2) -> list[str]:
 
 
 def label_targets(data: TextData, labels: list[str], task: Task) -> np.ndarray:
-    """Training targets for `data`'s labels: class ids (n,), or for a multi-label task a multi-hot matrix
-    (n, len(labels))."""
+    """Training targets for `data`'s labels: class ids (n,), for a multi-label task a multi-hot matrix
+    (n, len(labels)), for a regression task the values (n,)."""
     assert data.labels is not None
+    if task.regression:
+        if data.labels and not is_regression(data):
+            raise DataError(f"{data.source}: the labels are names, but the model predicts a value (regression)")
+        return np.asarray(data.labels, dtype=np.float32)
+    if is_regression(data):
+        raise DataError(f"{data.source}: the targets are numbers read for regression, but the model is a classifier")
     index = {name: i for i, name in enumerate(labels)}
     if not task.multi_label:
         return np.asarray([index[str(name)] for name in data.labels], dtype=np.int64)
     targets = np.zeros((len(data), len(labels)), dtype=np.float32)
     for row, names in enumerate(data.labels):
+        assert isinstance(names, list)  # a multi-label row holds a list of label names
         targets[row, [index[name] for name in names]] = 1.0
     return targets
 
 
+def is_regression(data: TextData) -> bool:
+    """True when `data`'s targets are numbers read for regression (`data.problem: regression`)."""
+    return bool(data.labels) and isinstance(data.labels[0], float)  # type: ignore[index]
+
+
 def check_known_labels(data: TextData, known: list[str]) -> None:
-    """Fail on the first label in `data` that training never saw, naming its row."""
+    """Fail on the first label in `data` that training never saw, naming its row (regression targets: nothing to
+    check)."""
     assert data.labels is not None
+    if is_regression(data):
+        return
     known_set = set(known)
     for row, value in zip(data.rows, data.labels, strict=True):
         for label in value if isinstance(value, list) else [value]:

@@ -16,7 +16,7 @@ from adaptext.core.errors import DataError
 from adaptext.core.outputs import check_output_file, expand
 from adaptext.data.examples import Splits, TextData
 from adaptext.data.io import SUPPORTED_SUFFIXES, load_examples, write_table
-from adaptext.data.labels import check_known_labels, label_names
+from adaptext.data.labels import check_known_labels, is_regression, label_names
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,13 @@ def check_train_overlap(train: TextData, evaluated: dict[str, TextData]) -> dict
 def stratified_split(data: TextData, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (kept, held out): about `fraction` of each class held out, every class kept in training.
 
-    Multi-label rows are stratified by their label combination. The result depends only on the data and seed.
+    Multi-label rows are stratified by their label combination; regression rows by the decile of their target.
+    The result depends only on the data and seed.
     """
     assert data.labels is not None
     groups: dict[str, list[int]] = defaultdict(list)
-    for index, value in enumerate(data.labels):
+    keys = _target_bins(data.labels) if is_regression(data) else data.labels  # type: ignore[arg-type]
+    for index, value in enumerate(keys):
         key = "\x1f".join(sorted(value)) if isinstance(value, list) else str(value)
         groups[key].append(index)
     rng = random.Random(seed)
@@ -74,6 +76,12 @@ def stratified_split(data: TextData, fraction: float, seed: int) -> tuple[list[i
         held.extend(members[:n_held])
         kept.extend(members[n_held:])
     return sorted(kept), sorted(held)
+
+
+def _target_bins(values: list[float], bins: int = 10) -> list[int]:
+    # Regression targets stratified by quantile bins, so each split spans the range of the target.
+    edges = np.unique(np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0, 1, bins + 1)[1:-1]))
+    return np.searchsorted(edges, values, side="right").tolist()
 
 
 def load_splits(config: Config, known: Sequence[str] = ()) -> Splits:

@@ -154,6 +154,7 @@ def _read_members(paths: Sequence[str | Path], output: str | Path, overwrite: bo
                 "peft adapters (PyTorch) that read the tokenized text as it is"
             )
         predictor = Predictor.from_dir(folder, device="cpu")
+        predictor.require_classifier("ensemble")
         kind = next(name for name in LOADERS.names() if LOADERS.get(name) is loader)
         members.append(
             _Member(

@@ -124,6 +124,7 @@ def export_onnx(
     if quantize is not None and examples.labels is None:
         raise AdaptextError("an int8 export is checked on accuracy: give --data a labelled file")
     predictor = Predictor.from_dir(model_dir, device="cpu")
+    predictor.require_classifier("ONNX export (its parity check compares labels)")
     start = time.perf_counter()
     reference = predictor.predict_logits(examples.texts, examples.pairs)
     torch_speed = len(examples.texts) / (time.perf_counter() - start)

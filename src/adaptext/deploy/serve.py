@@ -266,6 +266,8 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
     """The FastAPI application serving `models` (the first one also at `/predict` and `/`)."""
     if not models:
         raise AdaptextError("serve needs at least one model")
+    for name, predictor in models.items():  # its answers are labels with probabilities
+        predictor.require_classifier(f"serve (model {name!r})")
     options = options or ServeOptions()
     default = next(iter(models))
     registry = CollectorRegistry()

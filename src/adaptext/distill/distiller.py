@@ -74,6 +74,7 @@ def distill_model(
     output = check_output_dir(output_dir, "student", overwrite=overwrite, inputs=inputs)
     teacher_dir = find_model_dir(teacher_path)
     teacher = Predictor.from_dir(teacher_path)
+    teacher.require_classifier("distill")
     splits = _teacher_splits(teacher_path, teacher_dir)
     extra = read_unlabelled(unlabelled, text_column or teacher.info.text_column) if unlabelled is not None else []
     texts = _distillation_texts(splits, extra, settings, teacher_path)

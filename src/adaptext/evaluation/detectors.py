@@ -87,6 +87,7 @@ def _features(predictor: Predictor, data: TextData) -> np.ndarray:
 def fit_saved(folder: Path, train: TextData, validation: TextData, section: OodSection, batch_size: int) -> None:
     """Fit the detector of `section` for the model saved in `folder` and save it there."""
     predictor = Predictor.from_dir(folder, batch_size=batch_size)
+    predictor.require_classifier("an out-of-scope detector")
     detector = fit_detector(predictor, train, validation, section)
     detector.save(folder)
     predictor.info.updated(ood=detector.record()).write(folder)

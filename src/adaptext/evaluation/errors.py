@@ -20,7 +20,7 @@ def explained_errors(predictor: Predictor, data: TextData, probs: np.ndarray, li
     """Up to `limit` misclassified examples of `data`, the most confident mistakes first, each with the
     attributions of its words towards the predicted label (the default method). Single-label data only;
     `probs` are the predictor's probabilities for `data`."""
-    if limit <= 0 or predictor.multi_label or data.labels is None or not len(data):
+    if limit <= 0 or predictor.multi_label or predictor.task.regression or data.labels is None or not len(data):
         return []
     predicted = probs.argmax(axis=1)
     index = {name: i for i, name in enumerate(predictor.labels)}

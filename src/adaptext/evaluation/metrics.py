@@ -1,4 +1,4 @@
-"""Metrics for single- and multi-label classification, computed from class probabilities."""
+"""Metrics for single- and multi-label classification, computed from class probabilities, and for regression."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sklearn.metrics import (
 )
 
 from adaptext.core.errors import ConfigError
-from adaptext.core.task import MULTI_LABEL, SINGLE_LABEL, Task
+from adaptext.core.task import MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task
 from adaptext.data.examples import TextData
 from adaptext.data.labels import label_targets
 from adaptext.inference.predictor import Predictor
@@ -31,7 +31,10 @@ MULTI_LABEL_METRICS = ["accuracy", "loss", "hamming_loss"] + [
 ]
 
 
-LOWER_IS_BETTER = {"loss", "ece", "hamming_loss"}
+REGRESSION_METRICS = ["mse", "rmse", "mae", "pearson", "spearman", "loss"]
+
+
+LOWER_IS_BETTER = {"loss", "ece", "hamming_loss", "mse", "rmse", "mae"}
 
 
 @dataclass
@@ -58,6 +61,8 @@ class EvalReport:
 
 def metric_names(task: Task) -> list[str]:
     """The metrics computed for `task`, the names `train.metric_for_best` may take."""
+    if task.regression:
+        return REGRESSION_METRICS
     return MULTI_LABEL_METRICS if task.multi_label else SINGLE_LABEL_METRICS
 
 
@@ -139,7 +144,9 @@ def compute_metrics(
     threshold: float = 0.5,
 ) -> EvalReport:
     """Metrics from class probabilities `probs` (n, k) and `targets`: class ids (n,), or multi-hot (n, k) for a
-    multi-label task."""
+    multi-label task; for a regression task, predicted values `probs` (n, 1) and target values (n,)."""
+    if task.regression:
+        return regression_metrics(probs[:, 0], targets, labels)
     eps = 1e-12
     if task.multi_label:
         y_true = targets.astype(int)
@@ -175,6 +182,32 @@ def compute_metrics(
         reliability=bins,
         n_examples=len(targets),
     )
+
+
+def _correlation(method: Any, predicted: np.ndarray, targets: np.ndarray) -> float:
+    # A constant prediction or target has no defined correlation; NaN says so rather than a warning and a number.
+    if len(targets) < 2 or np.ptp(predicted) == 0 or np.ptp(targets) == 0:
+        return float("nan")
+    return float(method(predicted, targets).statistic)
+
+
+def regression_metrics(predicted: np.ndarray, targets: np.ndarray, labels: list[str]) -> EvalReport:
+    """MSE (also the `loss`), RMSE, MAE, Pearson's and Spearman's correlation of predicted values (n,) against
+    target values (n,). Correlations are NaN when either side is constant."""
+    from scipy.stats import pearsonr, spearmanr
+
+    predicted, targets = np.asarray(predicted, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    errors = predicted - targets
+    mse = float((errors**2).mean()) if len(errors) else float("nan")
+    metrics = {
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "mae": float(np.abs(errors).mean()) if len(errors) else float("nan"),
+        "pearson": _correlation(pearsonr, predicted, targets),
+        "spearman": _correlation(spearmanr, predicted, targets),
+        "loss": mse,
+    }
+    return EvalReport(metrics=metrics, per_class=[], labels=labels, task=REGRESSION, n_examples=len(targets))
 
 
 OOD_METRICS = ["in_scope_accuracy", "oos_recall", "oos_precision", "ood_auroc", "ood_fpr95"]

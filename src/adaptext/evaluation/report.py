@@ -105,9 +105,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> bool:
     loss_ax.grid(alpha=0.3)
     for name in dict.fromkeys([metric, "accuracy"]):
         key = f"eval_{name}"
-        metric_ax.plot([r["epoch"] for r in evals], [r[key] for r in evals], "o-", label=f"validation {name}")
+        if key in evals[0]:
+            metric_ax.plot([r["epoch"] for r in evals], [r[key] for r in evals], "o-", label=f"validation {name}")
     metric_ax.set_xlabel("epoch")
-    metric_ax.set_ylim(0, 1.02)
+    if metric not in ("pearson", "spearman"):  # correlations go down to -1
+        metric_ax.set_ylim(0, 1.02)
     metric_ax.legend()
     metric_ax.grid(alpha=0.3)
     fig.suptitle("Training curves")
@@ -230,7 +232,7 @@ def write_report(
     *,
     history: list[dict[str, Any]] | None = None,
     title: str = "Evaluation",
-    metric: str = "macro_f1",
+    metric: str | None = None,
     run_info: dict[str, Any] | None = None,
     errors: list[dict[str, Any]] | None = None,
     errors_source: str = "",
@@ -239,13 +241,18 @@ def write_report(
     """Write metrics.json, per_class.csv, the plots and report.html into `out_dir`; return report.html's path.
 
     `errors` are misclassified examples with their word attributions (`explained_errors`), taken from
-    `errors_source`; `sections` are (heading, HTML) parts a strategy adds after the summary."""
+    `errors_source`; `sections` are (heading, HTML) parts a strategy adds after the summary. `metric` is the one
+    plotted in the training curves (default: `macro_f1`, `spearman` for regression). A regression report has no
+    classes: no per_class.csv, no class tables."""
+    regression = report.task.regression
+    metric = metric or ("spearman" if regression else "macro_f1")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", report.metrics | {"n_examples": report.n_examples})
-    with (out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["label", "precision", "recall", "f1", "support"])
-        writer.writeheader()
-        writer.writerows(report.per_class)
+    if not regression:
+        with (out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["label", "precision", "recall", "f1", "support"])
+            writer.writeheader()
+            writer.writerows(report.per_class)
     figures = []
     if report.confusion is not None:
         plot_confusion(report, out_dir / "confusion_matrix.png")
@@ -262,8 +269,9 @@ def write_report(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{_STYLE}{HIGHLIGHT_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{report.n_examples} examples, {len(report.labels)} labels"
-        f"{' (multi-label)' if report.multi_label else ''}. Data: {html.escape(report.data_source)}</p>",
+        f"<p>{report.n_examples} examples, "
+        + ("one predicted value each (regression)" if regression else f"{len(report.labels)} labels")
+        + f"{' (multi-label)' if report.multi_label else ''}. Data: {html.escape(report.data_source)}</p>",
         "<h2>Summary</h2>",
         _table(summary, ["metric", "value"]),
         *(part for heading, body in sections for part in (f"<h2>{html.escape(heading)}</h2>", body)),
@@ -272,23 +280,24 @@ def write_report(
             if run_info
             else []
         ),
-        "<h2>Weakest classes</h2>",
-        _table(worst, ["label", "precision", "recall", "f1", "support"]),
     ]
+    if not regression:
+        parts += ["<h2>Weakest classes</h2>", _table(worst, ["label", "precision", "recall", "f1", "support"])]
     if confused:
         parts += ["<h2>Most frequent confusions</h2>", _table(confused, ["true label", "predicted", "count"])]
     for caption, name in figures:
         parts += [f"<h2>{html.escape(caption)}</h2>", f"<img src='{name}' alt='{html.escape(caption)}'>"]
     if errors:
         parts += _errors_section(errors, errors_source)
-    parts += [
-        "<h2>All classes</h2>",
-        _table(
-            [{"id": i} | row for i, row in enumerate(report.per_class)],
-            ["id", "label", "precision", "recall", "f1", "support"],
-        ),
-        "</body></html>",
-    ]
+    if not regression:
+        parts += [
+            "<h2>All classes</h2>",
+            _table(
+                [{"id": i} | row for i, row in enumerate(report.per_class)],
+                ["id", "label", "precision", "recall", "f1", "support"],
+            ),
+        ]
+    parts.append("</body></html>")
     path = out_dir / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
     logger.info("report written to %s", path)

@@ -241,6 +241,7 @@ def explain_file(
     if limit is not None and limit < 1:
         raise AdaptextError(f"--limit must be at least 1, got {limit}")
     predictor = Predictor.from_dir(model_path)
+    predictor.require_classifier("explain")
     chosen, left_out = choose_methods(predictor, methods)
     settings = predictor.info.data_settings(columns) | {"multi_label": predictor.multi_label}
     cfg = DataConfig.model_validate(settings)

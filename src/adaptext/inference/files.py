@@ -205,7 +205,8 @@ def open_output(
 def add_predictions(
     frame: pd.DataFrame, predictions: Sequence[Prediction], *, multi_label: bool, delimiter: str, as_lists: bool
 ) -> pd.DataFrame:
-    """`frame` with `label` and `score` columns set from `predictions` (one per row, in order).
+    """`frame` with `label` and `score` columns set from `predictions` (one per row, in order); for a regression
+    model only `score`, the predicted value.
 
     Multi-label: the predicted labels and their scores, best first, as lists (`as_lists`), else joined with
     `delimiter`. A model with an out-of-scope detector adds `ood_score` (its label is then `ood.label` for a text
@@ -215,6 +216,8 @@ def add_predictions(
         frame["label"] = [p.labels if as_lists else delimiter.join(p.labels) for p in predictions]
         scores = [[p.scores[name] for name in p.labels] for p in predictions]
         frame["score"] = scores if as_lists else [delimiter.join(f"{s:.6f}" for s in row) for row in scores]
+    elif predictions and not predictions[0].labels:  # a regression model: a value per row, no label
+        frame["score"] = [p.score for p in predictions]
     else:
         frame["label"] = [p.label for p in predictions]
         frame["score"] = [p.score for p in predictions]

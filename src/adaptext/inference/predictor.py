@@ -33,7 +33,8 @@ from adaptext.modeling.adapters import (
 class Prediction:
     """One text's prediction.
 
-    `label` / `score`: the most probable label and its probability. `labels`: the predicted label set
+    `label` / `score`: the most probable label and its probability (a regression model: `score`, the name of its
+    one output, and the predicted value; `labels` is empty). `labels`: the predicted label set
     (single-label: `[label]`; multi-label: every label whose probability reaches the threshold, best first,
     possibly empty). `scores`: every label's probability.
 
@@ -88,6 +89,11 @@ class Predictor:
     def multi_label(self) -> bool:
         """True when each text gets any number of labels (a sigmoid per label), False for one label per text."""
         return self.task.multi_label
+
+    def require_classifier(self, what: str) -> None:
+        """Raise an `AdaptextError` saying that `what` needs labels, when this model predicts a value (regression)."""
+        if self.task.regression:
+            raise AdaptextError(f"{what} works on a classifier's labels; this model predicts a value (regression)")
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -293,6 +299,11 @@ class Predictor:
             if self.detector is None:
                 raise AdaptextError("out-of-scope scores given, but this model has no detector")
             outside, shares = self.detector.out_of_scope(ood_scores), self.detector.share_below(ood_scores)
+        if self.task.regression:  # one value per text, no labels to decide between
+            name = self.labels[0]
+            return [
+                Prediction(label=name, score=float(row[0]), labels=[], scores={name: float(row[0])}) for row in probs
+            ]
         results = []
         for i, (row, decided) in enumerate(zip(probs, self.task.decide(probs, self.threshold), strict=True)):
             ranked = np.argsort(-row, kind="stable")

@@ -46,6 +46,7 @@ def robustness_file(
     for name in (settings or RobustnessSettings()).perturbations:
         PERTURBATIONS.get(name)  # an unknown name fails before the model is loaded
     predictor = Predictor.from_dir(model_path)
+    predictor.require_classifier("robustness")
     cfg = DataConfig.model_validate(predictor.info.data_settings(columns) | {"multi_label": predictor.multi_label})
     data = load_examples(data_path, cfg)
     report = check_robustness(predictor, data, settings, progress=True)

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import Config
 from adaptext.core.device import resolve_precision
+from adaptext.core.errors import ConfigError
 from adaptext.core.task import task_of
 from adaptext.data.batching import Collator, LengthGroupedBatches, encode
 from adaptext.data.splits import load_splits
@@ -47,11 +48,14 @@ class Finetune(Strategy):
 
     name = "finetune"
     resumable = True
+    regression = True
     objective: ClassVar[str] = "cross_entropy"  # a name in `OBJECTIVES`
 
     def check(self, config: Config) -> None:
         super().check(config)
         check_metric_name(config.train.metric_for_best, task_of(config))
+        if task_of(config).regression:
+            check_regression_options(config)
         check_method(config.peft)
         check_augment(config.robust.augment)
 
@@ -119,6 +123,16 @@ class Finetune(Strategy):
             save=save,
         )
         return run_training(job, run)
+
+
+def check_regression_options(config: Config) -> None:
+    """Refuse the options that only mean something for labels when the run predicts a value (`data.problem`)."""
+    robust = config.robust
+    for key, value in (("robust.rdrop", robust.rdrop), ("robust.label_smoothing", robust.label_smoothing)):
+        if value:
+            raise ConfigError(f"{key} works on label probabilities; data.problem=regression predicts a value")
+    if config.train.class_weights != "none":
+        raise ConfigError("train.class_weights weighs classes; data.problem=regression has none")
 
 
 def classifier(config: Config, labels: list[str], steps: int) -> PreTrainedModel:

@@ -180,12 +180,7 @@ def finish(
             errors_source=f"the validation split ({splits.validation.source})",
             sections=[*calibration_section(predictor, split), *(sections(predictor) if sections is not None else ())],
         )
-    logger.info(
-        "%s accuracy %.4f, macro_f1 %.4f",
-        split,
-        report.metrics["accuracy"],
-        report.metrics.get("macro_f1", float("nan")),
-    )
+    logger.info("%s %s", split, headline(report.metrics))
     return TrainResult(
         run_dir=paths.root,
         model_dir=paths.model,
@@ -200,6 +195,16 @@ def finish(
     )
 
 
+def headline(metrics: dict[str, float]) -> str:
+    """The one line that sums up an evaluation: accuracy and macro-F1, or for regression MSE and correlations."""
+    if "mse" in metrics:
+        return (
+            f"mse {metrics['mse']:.4f}, pearson {metrics.get('pearson', float('nan')):.4f}, "
+            f"spearman {metrics.get('spearman', float('nan')):.4f}"
+        )
+    return f"accuracy {metrics['accuracy']:.4f}, macro_f1 {metrics.get('macro_f1', float('nan')):.4f}"
+
+
 def after_training(config: Config, model_dir: Path, splits: Splits) -> None:
     """The post-hoc steps on the saved model, each recorded in its folder: the softmax temperature fitted on
     validation (`calibrate`), then the out-of-scope detector (`ood`), which reads the calibrated probabilities."""
@@ -207,7 +212,7 @@ def after_training(config: Config, model_dir: Path, splits: Splits) -> None:
     from adaptext.evaluation.detectors import fit_saved
 
     batch_size = eval_batch_size(config.train)
-    if config.calibrate and not config.data.multi_label:
+    if config.calibrate and not config.data.multi_label and config.data.problem != "regression":
         calibrate_saved(model_dir, splits.validation, batch_size)
     if config.ood.method != "none":
         fit_saved(model_dir, splits.train, splits.validation, config.ood, batch_size)

@@ -75,6 +75,8 @@ def class_weights(cfg: TrainConfig, splits: Splits, task: Task) -> torch.Tensor 
     """
     if cfg.class_weights == "none":
         return None
+    if task.regression:
+        raise ConfigError("train.class_weights weighs classes; a regression task has none (set it to none)")
     labels = splits.labels
     if isinstance(cfg.class_weights, dict):
         unknown = sorted(set(cfg.class_weights) - set(labels))
@@ -96,12 +98,15 @@ def cross_entropy_loss(
     task: Task,
     smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """(batch, num_labels) logits against class ids (batch,), or multi-hot rows (batch, num_labels) with BCE.
+    """(batch, num_labels) logits against class ids (batch,), or multi-hot rows (batch, num_labels) with BCE, or
+    for a regression task (batch, 1) values against targets (batch,) with mean squared error.
 
     `smoothing` (label smoothing, `robust.label_smoothing`): a class id's target puts 1 - s on it and spreads s
     over all classes (torch's `label_smoothing`); a multi-hot row's 0/1 targets become s/2 and 1 - s/2.
     """
     logits = logits.float()
+    if task.regression:  # (batch, 1) values against (batch,) targets: mean squared error
+        return F.mse_loss(logits.squeeze(-1), targets.float())
     if task.multi_label:
         if smoothing:
             targets = targets * (1 - smoothing) + smoothing / 2
@@ -153,8 +158,10 @@ class PetLoss(CrossEntropy):
     `PromptClassifier` returns as its logits), for single-label tasks only."""
 
     def __init__(self, task: Task, weights: torch.Tensor | None = None) -> None:
-        if task.multi_label:
-            raise ConfigError("strategy prompt scores single-label tasks; set data.multi_label=false")
+        if task.multi_label or task.regression:
+            raise ConfigError(
+                "strategy prompt scores single-label tasks; set data.multi_label=false, data.problem=classification"
+            )
         super().__init__(task, weights)
 
 

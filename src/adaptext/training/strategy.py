@@ -58,10 +58,19 @@ class Strategy(ABC):
     resumable: ClassVar[bool] = False
     # Dotted config keys this strategy never reads: setting one away from its default is refused by `check`.
     ignores: ClassVar[tuple[str, ...]] = ()
+    # Whether it can train a model that predicts one value (`data.problem: regression`); `check` refuses if not.
+    regression: ClassVar[bool] = False
 
     def check(self, config: Config) -> None:
-        """Refuse a config this strategy cannot honour; the default refuses the keys it `ignores`."""
-        refuse_ignored(config, self.ignores, self.name or config.strategy)
+        """Refuse a config this strategy cannot honour; the default refuses the keys it `ignores`, and regression
+        unless the strategy supports it."""
+        name = self.name or config.strategy
+        if config.data.problem == "regression" and not self.regression:
+            raise ConfigError(
+                f"strategy {name} trains classifiers; data.problem=regression needs strategy finetune "
+                "(or set data.problem=classification)"
+            )
+        refuse_ignored(config, self.ignores, name)
 
     @abstractmethod
     def prepare(self, config: Config) -> Prepared:
