@@ -125,3 +125,23 @@ def test_the_suggested_threshold_is_the_lowest_that_keeps_wrong_answers_within_t
     # wrong answers are texts 0-9 at the lowest confidences: at most 3 of 30 may stay answered
     assert report.suggested["min_confidence"] == pytest.approx(np.floor(signals.confidence[7] * 1e4) / 1e4)
     assert report.suggested["wrong_answer_rate"] == pytest.approx(3 / 30)
+
+
+def test_serve_answers_post_route_as_the_router_does(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from adaptext.deploy.serve import ServeOptions, create_app
+
+    router = load_router(load_route_config(write_config(tmp_path, run_dir, tiny_model_dir, min_confidence=0.5)))
+    texts = [row["text"] for row in make_rows(6, seed=21)]
+    expected = [r.to_dict() for r in router.route(texts)]
+    app = create_app({"route": router.predictor}, ServeOptions(), ("route", router))
+    with TestClient(app) as client:
+        answer = client.post("/route", json={"inputs": texts})
+        assert answer.status_code == 200
+        got = answer.json()
+        assert [r["action"] for r in got] == [r["action"] for r in expected]
+        assert [r["intent"] for r in got] == [r["intent"] for r in expected]
+        assert [r["score"] for r in got] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+        assert client.post("/route", json={"inputs": [" "]}).status_code == 422
+        assert client.post("/route", json={"text": "x"}).status_code == 422

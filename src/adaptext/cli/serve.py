@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="fp32",
         help="bf16: PyTorch models run under bf16 autocast, about 2x faster on CPUs with native bf16 (default fp32)",
     )
+    p.add_argument(
+        "--route",
+        help="router config (see `adaptext route`): also serve POST /route, its model loaded as the model 'route'",
+    )
     p.set_defaults(func=run)
 
 
@@ -58,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         docs=args.docs,
     )
-    run_server(args.models, args.host, args.port, options, precision=args.precision)
+    route = Path(args.route).expanduser() if args.route else None
+    run_server(args.models, args.host, args.port, options, precision=args.precision, route=route)
     return 0

@@ -44,9 +44,12 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptext import __version__
+from adaptext.apps.router.config import load_route_config
+from adaptext.apps.router.route import Router, load_router
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
 from adaptext.deploy.explain_api import add_explain_routes
+from adaptext.deploy.route_api import add_route_routes
 from adaptext.inference.predictor import MultiPredictor, Predictor, scores
 from adaptext.modeling.adapters import base_model_name
 
@@ -262,8 +265,11 @@ def load_models(specs: Sequence[str], precision: Literal["fp32", "bf16"] = "fp32
     return {name: predictors[name] for name in named}
 
 
-def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = None) -> FastAPI:
-    """The FastAPI application serving `models` (the first one also at `/predict` and `/`)."""
+def create_app(
+    models: Mapping[str, Predictor], options: ServeOptions | None = None, router: tuple[str, Router] | None = None
+) -> FastAPI:
+    """The FastAPI application serving `models` (the first one also at `/predict` and `/`); with `router` (the name
+    of its served model, the router), also `POST /route`."""
     if not models:
         raise AdaptextError("serve needs at least one model")
     for name, predictor in models.items():  # its answers are labels with probabilities
@@ -378,6 +384,16 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
         app, models, default, texts_of=lambda inputs: _request_texts(inputs, options), run_on_model=run_on_model
     )
 
+    route_routes: set[Callable[..., Any]] = set()
+    if router is not None:
+        route_routes = add_route_routes(
+            app,
+            router[1],
+            router[0],
+            texts_of=lambda inputs: _request_texts(inputs, options),
+            run_on_model=run_on_model,
+        )
+
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -425,7 +441,7 @@ def create_app(models: Mapping[str, Predictor], options: ServeOptions | None = N
     app.add_middleware(BodyTimeout, seconds=options.request_timeout)
     if options.api_key is not None:
         protected: set[Callable[..., Any]] = {predict_default, predict_root, predict_named, info, metrics}
-        protected |= explain_routes
+        protected |= explain_routes | route_routes
         app.add_middleware(KeyCheck, key=options.api_key.encode("utf-8"), routes=app.router.routes, protected=protected)
     app.add_middleware(Observe, record=observe)
     return app
@@ -717,7 +733,12 @@ def _head_timeout(seconds: float) -> type[asyncio.Protocol]:
 
 
 def run_server(
-    specs: Sequence[str], host: str, port: int, options: ServeOptions, precision: Literal["fp32", "bf16"] = "fp32"
+    specs: Sequence[str],
+    host: str,
+    port: int,
+    options: ServeOptions,
+    precision: Literal["fp32", "bf16"] = "fp32",
+    route: Path | None = None,
 ) -> None:
     """Load the models and serve until interrupted; SIGINT/SIGTERM finish in-flight requests first.
 
@@ -725,10 +746,21 @@ def run_server(
     """
     with bind_socket(host, port) as sock:
         models = load_models(specs, precision)
-        app = create_app(models, options)
+        router = attach_router(models, route) if route is not None else None
+        app = create_app(models, options, router)
         if host not in ("127.0.0.1", "localhost", "::1") and options.api_key is None:
             logger.warning("serving on %s without an API key: anyone who can reach this port can use it", host)
         docs = "docs at /docs, loading their assets from a CDN" if options.docs else "OpenAPI schema at /openapi.json"
         logger.info("serving %s on http://%s:%d (%s)", ", ".join(models), host, port, docs)
         server = build_server(app, options)
         server.run(sockets=[sock])
+
+
+def attach_router(models: dict[str, Predictor], route: Path) -> tuple[str, Router]:
+    """The router of config `route`, its model loaded and added to `models` as `route` (a name a served model may
+    not take then)."""
+    if "route" in models:
+        raise AdaptextError("with --route, no served model may be named 'route'; name it: NAME=DIR")
+    router = load_router(load_route_config(route))
+    models["route"] = router.predictor
+    return "route", router
