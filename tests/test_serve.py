@@ -823,14 +823,22 @@ def test_serve_flags_reach_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
     calls: list[dict[str, Any]] = []
 
-    def run_server(specs: list[str], host: str, port: int, options: ServeOptions, precision: str = "fp32") -> None:
-        calls.append({"specs": specs, "port": port, "options": options})
+    def run_server(
+        specs: list[str],
+        host: str,
+        port: int,
+        options: ServeOptions,
+        precision: str = "fp32",
+        route: Path | None = None,
+    ) -> None:
+        calls.append({"specs": specs, "port": port, "options": options, "route": route})
 
     monkeypatch.setattr(adaptext.deploy.serve, "run_server", run_server)
     monkeypatch.setenv("ADAPTEXT_API_KEY", "clé")
     assert main(["-q", "serve", "m", "--port", "8123", "--request-timeout", "2.5", "--docs"]) == 0
-    assert main(["-q", "serve", "m"]) == 0
+    assert main(["-q", "serve", "m", "--route", "~/route.yaml"]) == 0
     first, second = calls
+    assert first["route"] is None and second["route"] == Path.home() / "route.yaml"
     assert first["specs"] == ["m"] and first["port"] == 8123
     assert first["options"].request_timeout == 2.5 and first["options"].docs is True
     assert first["options"].api_key == "clé"
