@@ -144,6 +144,31 @@ def write_splits(folder: Path, train: int = 120, validation: int = 30, test: int
     return files
 
 
+def train_keyword_run(folder: Path, model_dir: Path, *overrides: str, validation: int = 30) -> Path:
+    """Fine-tune the tiny model `model_dir` on keyword-task splits written in `folder` (settings under which it
+    learns: `LEARNABLE`, fp32, seed 7) into `folder/run`, with `overrides`; returns the run folder."""
+    from adaptext.strategies.finetune import Finetune
+    from adaptext.training.lifecycle import run_strategy
+
+    files = write_splits(folder, validation=validation)
+    config = load_config(
+        None,
+        [
+            f"model.name={model_dir}",
+            *(f"data.{split}={path}" for split, path in files.items()),
+            f"output_dir={folder / 'run'}",
+            "data.max_length=32",
+            *LEARNABLE,
+            "train.precision=fp32",
+            "train.report_errors=0",
+            "seed=7",
+            *overrides,
+        ],
+    )
+    run_strategy(Finetune(), config)
+    return folder / "run"
+
+
 @pytest.fixture
 def write_csv(tmp_path: Path) -> Callable[..., Path]:
     """Write rows (list of dicts) to `tmp_path/name` as CSV/TSV/JSONL/Parquet by suffix."""

@@ -25,7 +25,7 @@ from adaptext.inference.ood import OOD_FILE, class_statistics, mahalanobis_dista
 from adaptext.inference.predictor import Predictor
 from adaptext.strategies.finetune import Finetune
 from adaptext.training.lifecycle import run_strategy
-from conftest import FILLER, LEARNABLE, make_rows, write_splits
+from conftest import FILLER, make_rows, train_keyword_run
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -37,24 +37,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A tiny keyword-task run with a knn detector and calibration (the defaults of both where they have any)."""
     folder = tmp_path_factory.mktemp("ood")
-    files = write_splits(folder, validation=60)
-    config = load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            *(f"data.{split}={path}" for split, path in files.items()),
-            f"output_dir={folder / 'run'}",
-            "data.max_length=32",
-            *LEARNABLE,
-            "train.precision=fp32",
-            "train.report_errors=0",
-            "seed=7",
-            "ood.method=knn",
-            "ood.knn_k=3",
-            "ood.in_scope_recall=0.9",
-        ],
-    )
-    run_strategy(Finetune(), config)
+    train_keyword_run(folder, tiny_model_dir, "ood.method=knn", "ood.knn_k=3", "ood.in_scope_recall=0.9", validation=60)
     return folder
 
 

@@ -13,32 +13,13 @@ from adaptext.apps.router.config import load_route_config
 from adaptext.apps.router.evaluation import evaluate_routing
 from adaptext.apps.router.route import load_router
 from adaptext.cli import main
-from adaptext.core.config import load_config
 from adaptext.core.errors import DataError
-from adaptext.strategies.finetune import Finetune
-from adaptext.training.lifecycle import run_strategy
-from conftest import LABELS, LEARNABLE, make_rows, write_splits
+from conftest import LABELS, make_rows, train_keyword_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    folder = tmp_path_factory.mktemp("router")
-    files = write_splits(folder)
-    config = load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            *(f"data.{split}={path}" for split, path in files.items()),
-            f"output_dir={folder / 'run'}",
-            "data.max_length=32",
-            *LEARNABLE,
-            "train.precision=fp32",
-            "train.report_errors=0",
-            "seed=7",
-        ],
-    )
-    run_strategy(Finetune(), config)
-    return folder / "run"
+    return train_keyword_run(tmp_path_factory.mktemp("router"), tiny_model_dir)
 
 
 def write_config(folder: Path, run_dir: Path, tiny_model_dir: Path, **handoff: object) -> Path:
