@@ -26,13 +26,10 @@ from adaptext.apps.monitor import MonitorConfig, ingest, judge_series, load_moni
 from adaptext.apps.monitor.server import Monitor, create_monitor_app
 from adaptext.apps.monitor.store import SCHEMA_VERSION, connect, migrate
 from adaptext.cli import main
-from adaptext.core.config import load_config
 from adaptext.core.errors import AdaptextError, ConfigError, DataError
 from adaptext.deploy.serve import ServeOptions
 from adaptext.inference.predictor import Predictor
-from adaptext.strategies.finetune import Finetune
-from adaptext.training.lifecycle import run_strategy
-from conftest import FILLER, KEYWORDS, LEARNABLE, served_in_thread, write_splits
+from conftest import FILLER, KEYWORDS, served_in_thread, train_keyword_run
 
 START = 1_714_521_600  # 2024-05-01T00:00:00Z
 HOUR = 3600
@@ -42,24 +39,7 @@ HOUR = 3600
 def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A tiny keyword-task run (labels billing, shipping, technical) with an out-of-scope detector."""
     folder = tmp_path_factory.mktemp("monitor")
-    files = write_splits(folder, validation=60)
-    config = load_config(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            *(f"data.{split}={path}" for split, path in files.items()),
-            f"output_dir={folder / 'run'}",
-            "data.max_length=32",
-            *LEARNABLE,
-            "train.precision=fp32",
-            "train.report_errors=0",
-            "seed=7",
-            "ood.method=msp",
-            "ood.in_scope_recall=0.99",
-        ],
-    )
-    run_strategy(Finetune(), config)
-    return folder / "run"
+    return train_keyword_run(folder, tiny_model_dir, "ood.method=msp", "ood.in_scope_recall=0.99", validation=60)
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +290,7 @@ def test_bad_urls_and_configs_are_refused_clearly(tmp_path: Path) -> None:
         open_store(f"sqlite:///{tmp_path}/missing/monitor.db")
     bad = tmp_path / "monitor.yaml"
     bad.write_text("window: 1h\nrule:\n  treshold: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'rule.treshold'.*threshold"):
+    with pytest.raises(ConfigError, match=r"rule.treshold: unknown key; valid keys here: rule.method, rule.threshold"):
         load_monitor_config(bad)
     bad.write_text("window: 10s\n")
     with pytest.raises(ConfigError, match="at least one minute"):

@@ -11,11 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from adaptext.core.config import Float, Int
-from adaptext.core.errors import ConfigError
+from adaptext.core.config import Float, Int, load_yaml_model
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|hour|hours|d|day|days)\s*$")
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "hours": 3600}
@@ -132,30 +130,4 @@ def load_monitor_config(path: str | Path | None) -> MonitorConfig:
     """
     if path is None:
         return MonitorConfig()
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"monitor config not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(tree).__name__}")
-    try:
-        return MonitorConfig.model_validate(tree)
-    except ValidationError as error:
-        raise ConfigError(f"{path}: {_first_problem(error)}") from None
-
-
-def _first_problem(error: ValidationError) -> str:
-    problem = error.errors()[0]
-    key = ".".join(str(part) for part in problem["loc"])
-    if problem["type"] == "extra_forbidden":
-        section: type[BaseModel] = MonitorConfig
-        for part in problem["loc"][:-1]:
-            annotation = section.model_fields[str(part)].annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                section = annotation
-        valid = ", ".join(section.model_fields)
-        return f"unknown key {key!r}; the valid keys here are: {valid}"
-    return f"{key}: {problem['msg']}"
+    return load_yaml_model(path, MonitorConfig, what="monitor config")
