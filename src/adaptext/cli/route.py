@@ -33,15 +33,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     from adaptext.apps.router.config import load_route_config
-    from adaptext.apps.router.files import check_route_outputs, route_file
+    from adaptext.apps.router.files import route_file
     from adaptext.core.errors import AdaptextError
 
     if args.batch_size < 1:
         raise AdaptextError(f"--batch-size must be at least 1, got {args.batch_size}")
     config = load_route_config(args.config)
     output, input_path = expand(args.output), expand(args.input)
-    # Before the model is loaded.
-    check_route_outputs(config, input_path, output, evaluate=args.evaluate, overwrite=args.overwrite)
     result = route_file(
         config, input_path, output, evaluate=args.evaluate, overwrite=args.overwrite, batch_size=args.batch_size
     )

@@ -76,7 +76,8 @@ def route_file(
     batch_size: int = 64,
     router: Router | None = None,
 ) -> RouteFileResult:
-    """Route every row of `input_path` into `output` (input columns + the route columns)."""
+    """Route every row of `input_path` into `output` (input columns + the route columns). The outputs are checked
+    before the model is loaded."""
     check_route_outputs(config, input_path, output, evaluate=evaluate, overwrite=overwrite)
     frame = read_table(input_path)
     router = router or load_router(config, batch_size=batch_size)
