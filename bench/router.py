@@ -63,7 +63,7 @@ def main() -> None:
         "configured": result.report.metrics,
         "actions": result.actions,
         "lowest_threshold_within_2pct_wrong": report["suggested_min_confidence"],
-        "curve": report["curve"],
+        "curve_png": "router-curve.png",  # every threshold's rates: the --evaluate JSON in the work folder
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "router.json").write_text(json.dumps(summary, indent=2) + "\n")
