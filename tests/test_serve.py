@@ -817,7 +817,7 @@ def test_serve_reports_a_port_in_use_before_loading_models(tmp_path: Path, capsy
     assert err.startswith(f"adaptext serve: error: 127.0.0.1:{port} is already in use") and err.count("\n") == 1, err
 
 
-def test_serve_flags_reach_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_flags_reach_the_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import adaptext.deploy.serve
     from adaptext.cli import main
 
@@ -836,9 +836,13 @@ def test_serve_flags_reach_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(adaptext.deploy.serve, "run_server", run_server)
     monkeypatch.setenv("ADAPTEXT_API_KEY", "clé")
     assert main(["-q", "serve", "m", "--port", "8123", "--request-timeout", "2.5", "--docs"]) == 0
-    assert main(["-q", "serve", "m", "--route", "~/route.yaml"]) == 0
+    route = tmp_path / "route.yaml"
+    route.write_text("model: run\nanswers: answers.csv\n")
+    assert main(["-q", "serve", "m", "--route", str(route)]) == 0
     first, second = calls
-    assert first["route"] is None and second["route"] == Path.home() / "route.yaml"
+    assert first["route"] is None and second["route"].answers == tmp_path / "answers.csv"
+    assert main(["-q", "serve", "m", "--route", str(tmp_path / "none.yaml")]) == 2  # before any model loads
+    assert len(calls) == 2
     assert first["specs"] == ["m"] and first["port"] == 8123
     assert first["options"].request_timeout == 2.5 and first["options"].docs is True
     assert first["options"].api_key == "clé"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    from adaptext.apps.router.config import load_route_config
     from adaptext.deploy.serve import ServeOptions, run_server
 
     # ServeOptions checks the limits, and run_server the address, before any model is loaded.
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         docs=args.docs,
     )
-    route = Path(args.route).expanduser() if args.route else None
+    # Read before any model loads, so a bad router config costs nothing.
+    route = load_route_config(args.route) if args.route else None
     run_server(args.models, args.host, args.port, options, precision=args.precision, route=route)
     return 0

@@ -44,7 +44,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptext import __version__
-from adaptext.apps.router.config import load_route_config
+from adaptext.apps.router.config import RouteConfig
 from adaptext.apps.router.route import Router, load_router
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
@@ -738,7 +738,7 @@ def run_server(
     port: int,
     options: ServeOptions,
     precision: Literal["fp32", "bf16"] = "fp32",
-    route: Path | None = None,
+    route: RouteConfig | None = None,
 ) -> None:
     """Load the models and serve until interrupted; SIGINT/SIGTERM finish in-flight requests first.
 
@@ -756,11 +756,11 @@ def run_server(
         server.run(sockets=[sock])
 
 
-def attach_router(models: dict[str, Predictor], route: Path) -> tuple[str, Router]:
+def attach_router(models: dict[str, Predictor], route: RouteConfig) -> tuple[str, Router]:
     """The router of config `route`, its model loaded and added to `models` as `route` (a name a served model may
     not take then)."""
     if "route" in models:
         raise AdaptextError("with --route, no served model may be named 'route'; name it: NAME=DIR")
-    router = load_router(load_route_config(route))
+    router = load_router(route)
     models["route"] = router.predictor
     return "route", router
