@@ -15,9 +15,10 @@ import torch
 from adaptext.core.config import load_config
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo
+from adaptext.data.io import read_texts
 from adaptext.distill import StudentSettings, distill_model
 from adaptext.distill.student import build_student, soft_loss, train_student
-from adaptext.distill.texts import augment, read_unlabelled
+from adaptext.distill.texts import augment
 from adaptext.inference.loaders import StaticLoader, loader_for
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.static import StaticClassifier, StaticConfig
@@ -201,12 +202,12 @@ def test_a_model_folder_needs_texts(teacher_run: Path, tmp_path: Path) -> None:
         distill_model(alone, tmp_path / "out", settings=FAST)
 
 
-def test_read_unlabelled_reads_tables_and_lines(write_csv: Any, tmp_path: Path) -> None:
+def test_read_texts_reads_tables_and_lines(write_csv: Any, tmp_path: Path) -> None:
     path = write_csv("more.jsonl", [{"review": "good film"}, {"review": "bad film"}])
-    assert read_unlabelled(path, "review") == ["good film", "bad film"]
+    assert read_texts(path, "review") == ["good film", "bad film"]
     lines = tmp_path / "lines.txt"
     lines.write_text("one\n\ntwo\n", encoding="utf-8")
-    assert read_unlabelled(lines, "text") == ["one", "two"]
+    assert read_texts(lines, "text") == ["one", "two"]
 
 
 # the parts ---------------------------------------------------------------------------------------------------------

@@ -233,3 +233,28 @@ def label_descriptions(path: Path, labels: list[str] | None) -> dict[str, str]:
             raise DataError(f"{path}: row {row}: label {name!r} is described twice")
         found[name] = text.strip()
     return found
+
+
+TEXT_SUFFIX = ".txt"
+
+
+def read_texts(path: Path, text_column: str) -> list[str]:
+    """The texts of `path`: a CSV/TSV/JSONL/Parquet file's `text_column`, or a `.txt` file's non-blank lines.
+
+    >>> read_texts(Path("reviews.txt"), "text")[:1]  # doctest: +SKIP
+    ['a gripping, well acted thriller']
+    """
+    if path.suffix.lower() != TEXT_SUFFIX:
+        frame = read_table(path)
+        require_columns(path, frame, [text_column])
+        return text_values(path, frame, text_column)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: is a folder, expected a file")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not valid UTF-8 (byte offset {error.start}); save the file as UTF-8") from None
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise DataError(f"{path}: the file holds no text (one text per line expected)")
+    return texts

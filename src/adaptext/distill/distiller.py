@@ -24,6 +24,7 @@ from adaptext.core.outputs import check_output_dir, expand, replace_folder
 from adaptext.core.run import write_json
 from adaptext.data.batching import tokenize
 from adaptext.data.examples import Splits, TextData
+from adaptext.data.io import read_texts
 from adaptext.data.splits import load_splits
 from adaptext.distill.report import REPORT_JSON, REPORT_PAGE, write_page
 from adaptext.distill.student import (
@@ -33,7 +34,7 @@ from adaptext.distill.student import (
     initial_table,
     train_student,
 )
-from adaptext.distill.texts import augment, read_unlabelled, unique
+from adaptext.distill.texts import augment, unique
 from adaptext.evaluation.metrics import evaluate_data
 from adaptext.inference.predictor import Predictor
 
@@ -76,7 +77,7 @@ def distill_model(
     teacher = Predictor.from_dir(teacher_path)
     teacher.require_classifier("distill")
     splits = _teacher_splits(teacher_path, teacher_dir)
-    extra = read_unlabelled(unlabelled, text_column or teacher.info.text_column) if unlabelled is not None else []
+    extra = read_texts(unlabelled, text_column or teacher.info.text_column) if unlabelled is not None else []
     texts = _distillation_texts(splits, extra, settings, teacher_path)
     logger.info("distill: %d texts for the teacher to label", len(texts))
     timings: dict[str, float] = {}
