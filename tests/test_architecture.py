@@ -158,6 +158,7 @@ def test_help_of_every_command_does_not_import_torch() -> None:
     # `adaptext --help` (and each command's) must be instant: no torch until a command runs.
     commands = [
         "train",
+        "pretrain",
         "extend",
         "continual",
         "tune",

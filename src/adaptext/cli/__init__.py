@@ -33,6 +33,7 @@ from adaptext.cli import (
     merge,
     monitor,
     predict,
+    pretrain,
     rank,
     robustness,
     route,
@@ -53,6 +54,7 @@ EXIT_USER_ERROR = 2
 # in the order `--help` lists them
 COMMANDS = (
     train,
+    pretrain,
     extend,
     continual,
     tune,

@@ -385,6 +385,31 @@ class OodSection(_Section):
     knn_k: Int = Field(10, ge=1, description="`knn`: the neighbour whose distance is the score.")
 
 
+PRETRAIN_METHODS = ("auto", "mlm", "simcse", "tsdae")
+
+
+class PretrainSection(_Section):
+    method: Literal["auto", "mlm", "simcse", "tsdae"] = Field(
+        "auto",
+        description="`adaptext pretrain`: how the model continues pre-training on unlabelled text. `mlm`: masked-"
+        "language modelling (a new MLM head is added and trained when the model has none); `simcse`: unsupervised "
+        "contrastive learning, two dropout views of each text pulled together (Gao et al., 2021); `tsdae`: a "
+        "decoder tied to the encoder rebuilds each text from the embedding of a copy with tokens deleted (Wang et "
+        "al., 2021); `auto`: `mlm` for a model saved with an MLM head, else the method measured best for "
+        "sentence encoders in bench/label_efficiency.py.",
+    )
+    mask_probability: Float = Field(0.15, gt=0, lt=1, description="`mlm`: share of tokens masked for prediction.")
+    temperature: Float = Field(0.05, gt=0, description="`simcse`: softmax temperature on cosine similarities.")
+    deletion: Float = Field(0.6, gt=0, lt=1, description="`tsdae`: share of tokens deleted from the encoder's input.")
+    held_out: Float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Share of the texts held out (at most 1,000) to measure the loss on unseen text, when "
+        "`data.validation` gives no file of its own.",
+    )
+
+
 # The switches of `robust`: a strategy that cannot honour robust training lists these in its `ignores`.
 ROBUST_KEYS = ("robust.adversarial", "robust.rdrop", "robust.label_smoothing", "robust.augment.method")
 
@@ -493,6 +518,7 @@ class Config(_Section):
     continual: ContinualSection = Field(default_factory=ContinualSection)
     ood: OodSection = Field(default_factory=OodSection)
     robust: RobustSection = Field(default_factory=RobustSection)
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
     calibrate: bool = Field(
         True,
         description="Fit a softmax temperature on the validation split after training (single-label) and fold it "

