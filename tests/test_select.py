@@ -230,3 +230,22 @@ def test_cli_writes_then_refuses_to_overwrite(keyword_run: Path, tmp_path: Path)
     assert main([*args, "--overwrite", "--strategy", "random"]) == 0
     assert main(["-q", "select", str(keyword_run), "--pool", str(tmp_path / "missing.csv"), "--n", "4",
                  "--output", str(tmp_path / "x.csv")]) == 2  # fmt: skip
+
+
+def test_a_multi_label_run_is_scored_per_label(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = train_keyword_run(tmp_path, tiny_model_dir, "train.epochs=1", "data.multi_label=true")
+    predictor = Predictor.from_dir(run)
+    assert predictor.multi_label
+    pool = write_pool(tmp_path / "pool.csv", pool_rows(12))
+    out = tmp_path / "to_label.csv"
+    select_pool(predictor, pool, out, n=4, strategy="entropy")
+    picked = pd.read_csv(out, keep_default_na=False)
+    probs = predictor.predict_proba(pd.read_csv(pool)["text"].tolist())
+    mean_binary = entropy_scores(probs, multi_label=True)
+    expected = np.argsort(-mean_binary, kind="stable")[:4]
+    assert picked["id"].tolist() == [f"p{i}" for i in expected]
+    np.testing.assert_allclose(picked["selection_score"], mean_binary[expected], atol=1e-5)
+    decided = [
+        [predictor.labels[k] for k in np.argsort(-probs[i]) if probs[i, k] >= predictor.threshold] for i in expected
+    ]
+    assert picked["predicted_label"].tolist() == ["|".join(labels) for labels in decided]
