@@ -249,3 +249,17 @@ def test_a_multi_label_run_is_scored_per_label(tiny_model_dir: Path, tmp_path: P
         [predictor.labels[k] for k in np.argsort(-probs[i]) if probs[i, k] >= predictor.threshold] for i in expected
     ]
     assert picked["predicted_label"].tolist() == ["|".join(labels) for labels in decided]
+
+
+def test_missing_labels_in_jsonl_and_parquet_pools_are_unlabelled(predictor: Predictor, tmp_path: Path) -> None:
+    rows: list[dict[str, object]] = [{"text": r["text"], "label": None} for r in pool_rows(6)]
+    rows[0]["label"], rows[1]["label"] = "billing", "shipping"
+    for suffix in (".jsonl", ".parquet"):
+        pool = tmp_path / f"pool{suffix}"
+        frame = pd.DataFrame(rows)
+        if suffix == ".jsonl":
+            frame.to_json(pool, orient="records", lines=True)
+        else:
+            frame.to_parquet(pool)
+        selection = select_pool(predictor, pool, tmp_path / f"out{suffix}.csv", n=10, strategy="margin")
+        assert (selection.labelled, selection.candidates, selection.picked) == (2, 4, 4), suffix

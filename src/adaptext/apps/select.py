@@ -176,7 +176,10 @@ class _Candidates:
 
 
 def _is_blank(value: object) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip()
+    """An empty cell: missing (None, NaN, NA), white space only, or an empty list of labels (JSONL, Parquet)."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return len(value) == 0
+    return value is None or bool(pd.isna(value)) or not str(value).strip()
 
 
 def find_candidates(path: Path, frame: pd.DataFrame, text_columns: list[str], label_column: str) -> _Candidates:
