@@ -25,7 +25,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import pandas as pd
@@ -179,7 +179,7 @@ def _is_blank(value: object) -> bool:
     """An empty cell: missing (None, NaN, NA), white space only, or an empty list of labels (JSONL, Parquet)."""
     if isinstance(value, list | tuple | np.ndarray):
         return len(value) == 0
-    return value is None or bool(pd.isna(value)) or not str(value).strip()
+    return value is None or bool(pd.isna(cast(Any, value))) or not str(value).strip()
 
 
 def find_candidates(path: Path, frame: pd.DataFrame, text_columns: list[str], label_column: str) -> _Candidates:
