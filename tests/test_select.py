@@ -263,3 +263,13 @@ def test_missing_labels_in_jsonl_and_parquet_pools_are_unlabelled(predictor: Pre
             frame.to_parquet(pool)
         selection = select_pool(predictor, pool, tmp_path / f"out{suffix}.csv", n=10, strategy="margin")
         assert (selection.labelled, selection.candidates, selection.picked) == (2, 4, 4), suffix
+
+
+def test_diverse_is_refused_for_a_model_without_embeddings(
+    predictor: Predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = write_pool(tmp_path / "pool.csv", pool_rows(10))
+    monkeypatch.setattr(predictor, "feature_layer", lambda: None)
+    with pytest.raises(AdaptextError, match="use --strategy margin or entropy"):
+        select_pool(predictor, pool, tmp_path / "out.csv", n=3, strategy="diverse")
+    assert select_pool(predictor, pool, tmp_path / "out.csv", n=3, strategy="margin").picked == 3

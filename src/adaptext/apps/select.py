@@ -246,7 +246,10 @@ def select_pool(
     if target.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise DataError(f"{output}: unsupported output format; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
     if strategy == "diverse" and predictor.feature_layer() is None:
-        raise AdaptextError("the diverse strategy reads the model's embeddings, which this kind of model does not give")
+        raise AdaptextError(
+            "the diverse strategy reads the model's embeddings, which this kind of model does not give; "
+            "use --strategy margin or entropy"
+        )
     info = predictor.info
     columns = [text_column or info.text_column, *([info.text_pair_column] if info.text_pair_column else [])]
     frame = read_table(pool)
