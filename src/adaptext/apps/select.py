@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 SelectStrategy = Literal["entropy", "margin", "diverse", "random"]
 SELECT_STRATEGIES: tuple[str, ...] = get_args(SelectStrategy)
-DEFAULT_STRATEGY: SelectStrategy = "margin"
+DEFAULT_STRATEGY: SelectStrategy = "diverse"  # best or level with the best in bench/label_efficiency_active.py
 # `diverse` clusters this many candidates per text to pick (Zhdanov 2019 uses 10 to 50).
 DIVERSE_PREFILTER = 10
 # The columns `select` adds; a pool column of the same name is replaced (a previous selection fed back as pool).

@@ -7,7 +7,7 @@ import argparse
 from adaptext.cli.options import add_overwrite_option
 
 STRATEGIES = ("entropy", "margin", "diverse", "random")  # adaptext.apps.select.SELECT_STRATEGIES; --help stays instant
-DEFAULT_STRATEGY = "margin"  # adaptext.apps.select.DEFAULT_STRATEGY
+DEFAULT_STRATEGY = "diverse"  # adaptext.apps.select.DEFAULT_STRATEGY
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
