@@ -169,6 +169,7 @@ def test_help_of_every_command_does_not_import_torch() -> None:
         "distill",
         "predict",
         "rank",
+        "select",
         "sample",
         "audit",
         "merge",
