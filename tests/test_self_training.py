@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import LABELS, LEARNABLE, make_rows
 
 from adaptext.core.config import Config, load_config
 from adaptext.core.errors import AdaptextError, ConfigError, DataError
@@ -23,22 +22,26 @@ from adaptext.strategies import train
 from adaptext.training.self_training import (
     PSEUDO_LABELS_FILE,
     RECORD_FILE,
-    pool_probabilities,
+    log_softmax,
+    pool_log_probabilities,
     read_pool,
     select_pseudo_labels,
 )
+from conftest import LABELS, LEARNABLE, make_rows
 
 THRESHOLD = 0.6
 PER_CLASS = 4
 
 
-def hand_selection(probs: np.ndarray, threshold: float, per_class: int) -> set[tuple[int, int]]:
+def hand_selection(log_probs: np.ndarray, threshold: float, per_class: int) -> set[tuple[int, int]]:
     """(row, class) pairs picked by hand: every row whose top probability reaches the threshold, each class cut to
     its `per_class` most probable rows."""
     kept = set()
-    for cls in range(probs.shape[1]):
-        rows = [r for r in range(len(probs)) if probs[r].argmax() == cls and probs[r, cls] >= threshold]
-        rows.sort(key=lambda r: -probs[r, cls])
+    for cls in range(log_probs.shape[1]):
+        rows = [
+            r for r in range(len(log_probs)) if log_probs[r].argmax() == cls and log_probs[r, cls] >= np.log(threshold)
+        ]
+        rows.sort(key=lambda r: -log_probs[r, cls])
         kept |= {(r, cls) for r in rows[:per_class]}
     return kept
 
@@ -55,31 +58,43 @@ def test_selection_keeps_every_row_above_the_threshold_unless_its_class_is_full(
             [0.30, 0.10, 0.60 - 1e-9],  # 6: class 2, just below the threshold
         ]
     )
-    chosen = select_pseudo_labels(probs, 0.6, per_class=2)
+    chosen = select_pseudo_labels(np.log(probs), 0.6, per_class=2)
     assert chosen == [(0, 0, 0.95), (3, 0, 0.91), (2, 1, 0.85), (5, 2, 0.6)]
     assert all(prob >= 0.6 for _, _, prob in chosen)
     # Without the cap the third class-0 row is kept too.
-    assert (4, 0, 0.88) in select_pseudo_labels(probs, 0.6, per_class=10)
+    assert (4, 0, 0.88) in select_pseudo_labels(np.log(probs), 0.6, per_class=10)
     # A total cap is taken in turns over the classes: each class's best before any class's second.
-    assert select_pseudo_labels(probs, 0.6, per_class=2, max_total=3) == [(0, 0, 0.95), (2, 1, 0.85), (5, 2, 0.6)]
+    assert select_pseudo_labels(np.log(probs), 0.6, per_class=2, max_total=3) == [
+        (0, 0, 0.95),
+        (2, 1, 0.85),
+        (5, 2, 0.6),
+    ]
 
 
 def test_selection_matches_a_hand_computation_on_random_probabilities() -> None:
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(300, 4)) * 3
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    chosen = select_pseudo_labels(probs, 0.7, per_class=15)
-    assert {(row, cls) for row, cls, _ in chosen} == hand_selection(probs, 0.7, 15)
+    chosen = select_pseudo_labels(np.log(probs), 0.7, per_class=15)
+    assert {(row, cls) for row, cls, _ in chosen} == hand_selection(np.log(probs), 0.7, 15)
     assert all(p >= 0.7 for _, _, p in chosen)
     counts = Counter(cls for _, cls, _ in chosen)
     assert max(counts.values()) <= 15
-    balanced = select_pseudo_labels(probs, 0.7, per_class=15, max_total=21)
+    balanced = select_pseudo_labels(np.log(probs), 0.7, per_class=15, max_total=21)
     assert len(balanced) == 21
     assert max(Counter(c for _, c, _ in balanced).values()) - min(Counter(c for _, c, _ in balanced).values()) <= 1
 
 
+def test_selection_ranks_rows_whose_probabilities_round_to_one() -> None:
+    """A model calibrated on its own training examples gives many pool rows a probability of 1.0 in float64; the
+    log-probabilities still rank them."""
+    log_probs = log_softmax(np.array([[50.0, 0.0], [60.0, 0.0], [40.0, 0.0], [0.0, 45.0], [0.0, 55.0]]))
+    assert (np.exp(log_probs).max(axis=1) == 1.0).all()
+    assert select_pseudo_labels(log_probs, 0.9, per_class=1) == [(1, 0, 1.0), (4, 1, 1.0)]
+
+
 def test_config_errors() -> None:
-    with pytest.raises(ConfigError, match="self_training.rounds needs data.unlabelled"):
+    with pytest.raises(ConfigError, match=r"self_training\.rounds needs data\.unlabelled"):
         load_config(None, ["self_training.rounds=1"])
     for extra, message in (
         ("data.multi_label=true", "one class per text"),
@@ -88,9 +103,9 @@ def test_config_errors() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             load_config(None, ["self_training.rounds=1", "data.unlabelled=pool.txt", extra])
-    with pytest.raises(ConfigError, match="self_training.per_class"):
+    with pytest.raises(ConfigError, match=r"self_training\.per_class"):
         load_config(None, ["self_training.per_class=0"])
-    with pytest.raises(ConfigError, match="self_training.threshold"):
+    with pytest.raises(ConfigError, match=r"self_training\.threshold"):
         load_config(None, ["self_training.threshold=1.0"])
     assert load_config(None, []).self_training.rounds == 0  # off by default
 
@@ -130,7 +145,7 @@ def test_the_pool_drops_texts_of_the_labelled_splits(
     with pytest.raises(DataError, match="no unlabelled text is left"):
         read_pool(config, load_splits(config))
     missing = tiny_config("self_training.rounds=1", f"data.unlabelled={tmp_path / 'nope.txt'}")
-    with pytest.raises(DataError, match="nope.txt"):
+    with pytest.raises(DataError, match=r"nope\.txt"):
         train(missing)
     assert not (tmp_path / "run").exists()  # a bad pool fails before the run folder is made
 
@@ -212,8 +227,9 @@ def test_round_one_pseudo_labels_are_the_hand_computed_selection(finetune_run: d
     splits = load_splits(config)
     pool = read_pool(config, splits)
     predictor = Predictor.from_dir(run / "self_training" / "round_0" / "model")
-    probs = pool_probabilities(predictor, pool.texts, splits.validation, config)
-    expected = hand_selection(probs, THRESHOLD, PER_CLASS)
+    log_probs = pool_log_probabilities(predictor, pool.texts, splits.validation, config)
+    probs = np.exp(log_probs)
+    expected = hand_selection(log_probs, THRESHOLD, PER_CLASS)
     got = {
         (pool.texts.index(row["text"]), predictor.labels.index(row["label"]), float(row["probability"]))
         for row in read_pseudo_labels(run)

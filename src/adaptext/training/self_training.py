@@ -159,26 +159,29 @@ def per_class_cap(config: Config, splits: Splits) -> int:
 
 
 def select_pseudo_labels(
-    probs: np.ndarray, threshold: float, per_class: int, max_total: int | None = None
+    log_probs: np.ndarray, threshold: float, per_class: int, max_total: int | None = None
 ) -> list[tuple[int, int, float]]:
     """The pool rows to pseudo-label, as (row, class, probability), most probable first within each class.
 
-    A row is a candidate when its top probability is at least `threshold`; its class is that top one. Each class
-    keeps its `per_class` most probable candidates (ties: the earlier row). With `max_total`, the kept rows are
-    taken in turns over the classes (every class's first, by probability, then every class's second, ...) until
-    `max_total`, so the cut keeps the classes balanced.
+    `log_probs` are the rows' log-probabilities (float64): ranking on them keeps the order of confident rows whose
+    probabilities all round to 1.0. A row is a candidate when its top probability is at least `threshold`; its
+    class is that top one. Each class keeps its `per_class` most probable candidates (ties: the earlier row). With
+    `max_total`, the kept rows are taken in turns over the classes (every class's first, by probability, then every
+    class's second, ...) until `max_total`, so the cut keeps the classes balanced.
 
-    >>> select_pseudo_labels(np.array([[0.95, 0.05], [0.4, 0.6], [0.08, 0.92], [0.97, 0.03]]), 0.9, 1)
+    >>> probs = np.array([[0.95, 0.05], [0.4, 0.6], [0.08, 0.92], [0.97, 0.03]])
+    >>> select_pseudo_labels(np.log(probs), 0.9, 1)
     [(3, 0, 0.97), (2, 1, 0.92)]
     """
-    if probs.ndim != 2 or len(probs) == 0:
+    if log_probs.ndim != 2 or len(log_probs) == 0:
         return []
-    best = probs.argmax(axis=1)
-    top = probs[np.arange(len(probs)), best]
+    best = log_probs.argmax(axis=1)
+    top = log_probs[np.arange(len(log_probs)), best]
+    floor = np.log(threshold) if threshold > 0 else -np.inf
     by_class: dict[int, list[int]] = {}
-    for row in np.flatnonzero(top >= threshold):
+    for row in np.flatnonzero(top >= floor):
         by_class.setdefault(int(best[row]), []).append(int(row))
-    ranked: list[tuple[int, float, int, int]] = []  # (rank in its class, -probability, row, class)
+    ranked: list[tuple[int, float, int, int]] = []  # (rank in its class, -log-probability, row, class)
     for cls, rows in by_class.items():
         rows.sort(key=lambda r: (-top[r], r))
         ranked.extend((rank, -float(top[row]), row, cls) for rank, row in enumerate(rows[:per_class]))
@@ -186,19 +189,43 @@ def select_pseudo_labels(
     if max_total is not None:
         ranked = ranked[:max_total]
     chosen = sorted(ranked, key=lambda item: (item[3], item[0]))
-    return [(row, cls, round(-negative, 6)) for _, negative, row, cls in chosen]
+    return [(row, cls, round(float(np.exp(-negative)), 6)) for _, negative, row, cls in chosen]
 
 
-def pool_probabilities(predictor: Predictor, texts: list[str], validation: TextData, config: Config) -> np.ndarray:
-    """The model's probabilities for `texts`, calibrated as the final model will be: a model without a temperature
-    of its own gets one fitted on `validation` (when `calibrate` is on), so the threshold means the same in every
-    round and for every strategy."""
-    logits = predictor.predict_logits(texts) / predictor.temperature
+def pool_log_probabilities(predictor: Predictor, texts: list[str], validation: TextData, config: Config) -> np.ndarray:
+    """The model's log-probabilities (float64) for `texts`, calibrated as the final model will be: a model without
+    a temperature of its own gets one fitted on `validation` (when `calibrate` is on), so the threshold means the
+    same in every round and for every strategy."""
+    logits = predictor.predict_logits(texts).astype(np.float64) / predictor.temperature
     if config.calibrate and predictor.info.temperature is None and len(validation) and validation.labels:
         reference = predictor.predict_logits(validation.texts, validation.pairs) / predictor.temperature
         targets = label_targets(validation, predictor.labels, SINGLE_LABEL)
         logits = logits / fit_temperature(reference, targets, low=0.05, high=20.0)
-    return np.asarray(SINGLE_LABEL.scores(logits))
+    return log_softmax(logits)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax that keeps the top log-probability exact when it is within 1e-16 of 0: it is
+    -log1p(sum of exp(l_j - l_top) over the other labels), where `x - logsumexp(x)` would round it to 0.
+
+    >>> top = log_softmax(np.array([[50.0, 0.0], [60.0, 0.0]]))[:, 0]
+    >>> bool(top[0] < top[1] < 0)
+    True
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    rows = np.arange(len(logits))
+    best = logits.argmax(axis=1)
+    shifted = logits - logits[rows, best][:, None]
+    others = np.exp(shifted)
+    others[rows, best] = 0.0
+    return shifted - np.log1p(others.sum(axis=1))[:, None]
+
+
+def candidates(log_probs: np.ndarray, threshold: float) -> int:
+    """Rows whose top probability reaches `threshold`."""
+    if len(log_probs) == 0:
+        return 0
+    return int((log_probs.max(axis=1) >= (np.log(threshold) if threshold > 0 else -np.inf)).sum())
 
 
 def with_pseudo_labels(train: TextData, pseudo: list[PseudoLabel], source: str) -> TextData:
@@ -262,8 +289,8 @@ def self_train(strategy: Strategy, prepared: Prepared, run: Run, pool: Pool) -> 
         records.append(pending)
         last = number == settings.rounds or not left
         if not last:
-            probs = pool_probabilities(predictor, left, splits.validation, config)
-            chosen = select_pseudo_labels(probs, settings.threshold, cap, settings.max_per_round)
+            log_probs = pool_log_probabilities(predictor, left, splits.validation, config)
+            chosen = select_pseudo_labels(log_probs, settings.threshold, cap, settings.max_per_round)
             added = [PseudoLabel(left[row], predictor.labels[cls], prob, number + 1) for row, cls, prob in chosen]
             taken = {row for row, _, _ in chosen}
             left = [text for row, text in enumerate(left) if row not in taken]
@@ -277,7 +304,7 @@ def self_train(strategy: Strategy, prepared: Prepared, run: Run, pool: Pool) -> 
                 pseudo_labelled=len(pseudo),
                 added=len(added),
                 added_per_class=per_class,
-                candidates=int((probs.max(axis=1) >= settings.threshold).sum()) if len(probs) else 0,
+                candidates=candidates(log_probs, settings.threshold),
                 pool_left=len(left),
             )
             logger.info(
