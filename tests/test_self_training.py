@@ -308,3 +308,33 @@ def test_fewshot_self_training_runs_rounds(tiny_model_dir: Path, tmp_path: Path)
     assert rounds[1]["pseudo_labelled"] == len(rows)
     assert not (result.run_dir / "self_training" / "round_0" / "model").exists()  # not kept by default
     assert Predictor.from_dir(result.run_dir).predict(["my invoice is wrong"])[0].label in LABELS
+
+
+def test_the_cli_summary_names_the_pseudo_labels(
+    tiny_model_dir: Path, data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    import contextlib
+    import io
+
+    from adaptext.cli import main
+
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(row["text"] for row in make_rows(30, seed=21)) + "\n", encoding="utf-8")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        f"model: {{name: {tiny_model_dir}}}\n"
+        f"data: {{train: {data_files['train']}, validation: {data_files['validation']}, unlabelled: {pool}, "
+        "max_length: 32}\n"
+        "train: {precision: fp32, report_errors: 0}\n"
+        "tracking: {backend: none}\n"
+        "self_training: {rounds: 1, threshold: 0.5, per_class: 3}\n",
+        encoding="utf-8",
+    )
+    run_dir = tmp_path / "run"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["train", str(config_file), *LEARNABLE, f"output_dir={run_dir}"]) == 0
+    added = len(read_pseudo_labels(run_dir))
+    out = stdout.getvalue()
+    assert f"self-training: 1 round(s), pseudo-labels added per round: {added}" in out
+    assert str(run_dir / PSEUDO_LABELS_FILE) in out
