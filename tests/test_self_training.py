@@ -338,3 +338,16 @@ def test_the_cli_summary_names_the_pseudo_labels(
     out = stdout.getvalue()
     assert f"self-training: 1 round(s), pseudo-labels added per round: {added}" in out
     assert str(run_dir / PSEUDO_LABELS_FILE) in out
+
+
+def test_several_processes_are_refused(tiny_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from adaptext.strategies.finetune import Finetune
+    from adaptext.training import self_training
+
+    config = tiny_config("self_training.rounds=1", f"data.unlabelled={tmp_path / 'pool.txt'}")
+    self_training.check_self_training(Finetune(), config, resume=False)  # one process: accepted
+    monkeypatch.setattr(self_training, "process_state", lambda: SimpleNamespace(num_processes=2))
+    with pytest.raises(AdaptextError, match="launched in 2"):
+        self_training.check_self_training(Finetune(), config, resume=False)

@@ -37,6 +37,7 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from adaptext.core.config import Config
+from adaptext.core.device import process_state
 from adaptext.core.errors import AdaptextError, ConfigError, DataError
 from adaptext.core.run import RunPaths, write_json
 from adaptext.core.task import SINGLE_LABEL
@@ -111,6 +112,12 @@ def check_self_training(strategy: Strategy, config: Config, *, resume: bool) -> 
         raise AdaptextError(
             "a self-training run cannot be resumed: its rounds would mix models and pseudo-labels of two runs; "
             "start it again with --overwrite"
+        )
+    processes = process_state().num_processes
+    if processes > 1:
+        raise AdaptextError(
+            f"self-training runs its rounds in one process; it was launched in {processes}: run it without "
+            "accelerate launch / torchrun"
         )
 
 
