@@ -43,5 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from adaptext.training.lifecycle import headline
 
     print(f"{result.eval_split} {headline(metrics)}")
+    if config.self_training.rounds:
+        from adaptext.training.self_training import PSEUDO_LABELS_FILE, read_records
+
+        rounds = read_records(result.run_dir)
+        added = ", ".join(str(r["added"]) for r in rounds[1:]) or "none"
+        print(
+            f"self-training: {len(rounds) - 1} round(s), pseudo-labels added per round: {added}  "
+            f"({result.run_dir / PSEUDO_LABELS_FILE})"
+        )
     print(f"report:      {result.run_dir / 'report.html'}")
     return 0

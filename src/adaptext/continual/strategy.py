@@ -137,6 +137,7 @@ class Continue(Finetune):
     # Its job is built by its own `fit` with the continual methods' loss, which the robust options do not wrap.
     ignores = ROBUST_KEYS
     regression = False  # the continual methods (replay, EWC, LwF, SLDA) are defined on labels
+    self_trainable = False  # its prepared memory and previous model are for one fit
 
     def __init__(
         self,

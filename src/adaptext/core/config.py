@@ -142,6 +142,12 @@ class DataConfig(_Section):
         description="CSV/TSV/JSONL file with columns `label,description`: what each label means, in words. "
         "Zero-shot scores texts against the descriptions; few-shot adds each as one more training example.",
     )
+    unlabelled: UserPath | None = Field(
+        None,
+        description="Unlabelled texts for self-training (`self_training.rounds`): a CSV/TSV/JSONL/Parquet file "
+        "with the `text_column`, or a `.txt` file with one text a line. Texts that equal a training, validation or "
+        "test text are dropped.",
+    )
 
 
 class TrainConfig(_Section):
@@ -410,6 +416,47 @@ class PretrainSection(_Section):
     )
 
 
+class SelfTrainingSection(_Section):
+    rounds: Int = Field(
+        0,
+        ge=0,
+        le=20,
+        description="Self-training rounds (0: off). Each round the model trained so far labels the unlabelled pool "
+        "(`data.unlabelled`), the confident, class-balanced pseudo-labels join the training data, and the model "
+        "is trained again from `model.name` on all of it. Works with strategy finetune and fewshot, single-label.",
+    )
+    threshold: Float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="Least probability of a pseudo-label: the model's top (validation-calibrated) probability of "
+        "a pool text must reach it for the text to be a candidate.",
+    )
+    per_class: Int | Literal["auto"] = Field(
+        "auto",
+        description="Class balance: at most this many pseudo-labels per class each round, the most probable "
+        "first. `auto`: as many as the labelled training data has examples of its largest class.",
+    )
+    max_per_round: Int | None = Field(
+        None,
+        ge=1,
+        description="At most this many pseudo-labels in a round (null: no limit besides `per_class`); taken in "
+        "turns over the classes (each class's most probable first), so the cut keeps the classes balanced.",
+    )
+    keep_round_models: bool = Field(
+        False,
+        description="Keep the model folder of every round before the last in `self_training/round_<k>/model` "
+        "(round 0 is the model trained on the labelled data alone); by default only their train logs are kept.",
+    )
+
+    @field_validator("per_class")
+    @classmethod
+    def _positive_cap(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or `auto`")
+        return value
+
+
 # The switches of `robust`: a strategy that cannot honour robust training lists these in its `ignores`.
 ROBUST_KEYS = ("robust.adversarial", "robust.rdrop", "robust.label_smoothing", "robust.augment.method")
 
@@ -519,6 +566,7 @@ class Config(_Section):
     ood: OodSection = Field(default_factory=OodSection)
     robust: RobustSection = Field(default_factory=RobustSection)
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
+    self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
     calibrate: bool = Field(
         True,
         description="Fit a softmax temperature on the validation split after training (single-label) and fold it "
@@ -551,6 +599,8 @@ class Config(_Section):
             raise ValueError(f"strategy {self.strategy} trains without peft; set peft.method=none")
         if self.data.problem == "regression":
             self._check_regression()
+        if self.self_training.rounds:
+            self._check_self_training()
         if self.ood.method != "none" and self.data.multi_label:
             raise ValueError(
                 "ood.method is for single-label models; a multi-label model already answers no label when none "
@@ -562,6 +612,18 @@ class Config(_Section):
                 "few-shot and zero-shot always pool the mean, peft methods read [CLS]"
             )
         return self
+
+    def _check_self_training(self) -> None:
+        # A pseudo-label is one class whose probability clears the threshold: there is no such single choice for a
+        # value (regression) or a set of labels (multi-label), and the pool holds single texts, not pairs.
+        if self.data.unlabelled is None:
+            raise ValueError("self_training.rounds needs data.unlabelled: the file of unlabelled texts to pseudo-label")
+        if self.data.problem == "regression":
+            raise ValueError("self_training pseudo-labels classes; data.problem=regression predicts a value")
+        if self.data.multi_label:
+            raise ValueError("self_training pseudo-labels one class per text; set data.multi_label=false")
+        if self.data.text_pair_column is not None:
+            raise ValueError("self_training reads single texts from data.unlabelled; text-pair tasks are not supported")
 
     def _check_regression(self) -> None:
         if self.data.multi_label:

@@ -42,6 +42,11 @@ RUN_ARTEFACTS = (
     "confusion_matrix.png",
     "calibration.png",
     "training_curves.png",
+    "self_training",  # self-training's rounds, their pseudo-labels and record
+    "pseudo_labels.csv",
+    "self_training.json",
+    "pretrain.json",  # `adaptext pretrain`: its record and loss curve
+    "loss.png",
 )
 
 

@@ -198,6 +198,7 @@ class Fewshot(Strategy):
 
     name = "fewshot"
     resumable = True
+    self_trainable = True
     ignores = (*IGNORED_TRAIN_KEYS, *ROBUST_KEYS)  # its contrastive loss has no cross-entropy to make robust
 
     def check(self, config: Config) -> None:

@@ -49,6 +49,7 @@ class Finetune(Strategy):
     name = "finetune"
     resumable = True
     regression = True
+    self_trainable = True
     objective: ClassVar[str] = "cross_entropy"  # a name in `OBJECTIVES`
 
     def check(self, config: Config) -> None:

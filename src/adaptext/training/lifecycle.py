@@ -39,6 +39,7 @@ from adaptext.modeling.adapters import adapter_size_bytes
 from adaptext.modeling.hub import resolve_model_name
 from adaptext.training.callbacks import CALLBACKS, Callback, CallbackList
 from adaptext.training.optim import eval_batch_size
+from adaptext.training.self_training import check_self_training, read_pool, report_section, self_train
 from adaptext.training.state import STATS_FILE, TrainingState, TrainResult
 from adaptext.training.strategy import Run, Strategy
 
@@ -58,9 +59,11 @@ def run_strategy(
     paths = check_run_dir(config, resume=resume, overwrite=overwrite)  # a refused output folder fails first
     if resume and not strategy.resumable:
         raise AdaptextError(f"strategy {config.strategy} runs are not resumable; start without --resume")
+    check_self_training(strategy, config, resume=resume)
     strategy.check(config)
     prepared = strategy.prepare(config)
     splits = prepared.splits
+    pool = read_pool(config, splits) if config.self_training.rounds else None  # its problems fail here too
     # One process sets up the run folder; the others (under accelerate or torchrun) wait until it is there.
     process = process_state()
     if process.is_main_process:
@@ -74,14 +77,18 @@ def run_strategy(
         # Every strategy builds its model from the same seeded state: a new head's initial weights depend on it.
         set_seed(config.seed)
         run = Run(config, paths, resume=resume, callbacks=hooks.callbacks)
-        state = strategy.fit(prepared, run)
+        state = strategy.fit(prepared, run) if pool is None else self_train(strategy, prepared, run, pool)
         state.train_seconds = time.perf_counter() - started
         # The training copies (model, gradients, optimizer state) are gone with fit's frame; collect them before
         # the final evaluation loads the saved model, so the run's peak memory is that of training alone.
         del prepared
         gc.collect()
         result = finish(
-            config, paths, splits, state, sections=lambda predictor: strategy.report_sections(predictor, run)
+            config,
+            paths,
+            splits,
+            state,
+            sections=lambda predictor: [*strategy.report_sections(predictor, run), *report_section(paths.root)],
         )
     except BaseException as error:
         hooks.on_run_failed(error)

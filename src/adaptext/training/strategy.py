@@ -60,6 +60,9 @@ class Strategy(ABC):
     ignores: ClassVar[tuple[str, ...]] = ()
     # Whether it can train a model that predicts one value (`data.problem: regression`); `check` refuses if not.
     regression: ClassVar[bool] = False
+    # Whether it trains on `prepare`'s `splits.train`, so that self-training (`self_training.rounds`) can add
+    # pseudo-labelled examples to it and fit again; `run_strategy` refuses self-training otherwise.
+    self_trainable: ClassVar[bool] = False
 
     def check(self, config: Config) -> None:
         """Refuse a config this strategy cannot honour; the default refuses the keys it `ignores`, and regression
