@@ -189,9 +189,10 @@ def run_domain(args: argparse.Namespace) -> dict[str, Any]:
         save(results, out_path)
         for kind in args.full:
             strategy = "fewshot" if kind == "fewshot16" else "finetune"
-            for label in ["bundled", *full_methods]:
-                accuracies = entry[kind].setdefault(label, {})
-                for seed, sample16 in zip(args.seeds, samples16, strict=True):
+            # seed by seed, each model in turn: a run cut short still leaves paired results
+            for seed, sample16 in zip(args.seeds, samples16, strict=True):
+                for label in ["bundled", *full_methods]:
+                    accuracies = entry[kind].setdefault(label, {})
                     if str(seed) in accuracies:
                         continue
                     sample = sample16 if kind == "fewshot16" else write_total_sample(info, name, 500, seed, folder)
