@@ -28,6 +28,7 @@ BUILTINS: dict[str, set[str]] = {
     "objective": {"cross_entropy", "adalora", "pet", "contrastive"},
     "model-folder loader": {"ensemble", "prompt", "nli", "adapter", "onnx", "static", "transformers"},
     "attribution method": {"ig", "occlusion", "shap"},
+    "pretraining method": {"mlm", "simcse", "tsdae"},
     "perturbation": {
         "typos",
         "case",
