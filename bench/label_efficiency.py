@@ -186,7 +186,7 @@ def run_domain(args: argparse.Namespace) -> dict[str, Any]:
             if label not in entry["probe16"]:
                 entry["probe16"][label] = frozen_probe(model, samples16, info["eval"], args.max_length)
                 print(f"  {name} probe16 {label}: {100 * np.mean(entry['probe16'][label]):.2f}", flush=True)
-        save(results, out_path)
+        save(results, out_path, name)
         for kind in args.full:
             strategy = "fewshot" if kind == "fewshot16" else "finetune"
             # seed by seed, each model in turn: a run cut short still leaves paired results
@@ -206,14 +206,19 @@ def run_domain(args: argparse.Namespace) -> dict[str, Any]:
                         args.max_length,
                     )
                     print(f"  {name} {kind} {label} seed {seed}: {100 * accuracies[str(seed)]:.2f}", flush=True)
-                    save(results, out_path)
+                    save(results, out_path, name)
     print(domain_tables(results, args.seeds))
     return results
 
 
-def save(results: dict[str, Any], path: Path) -> None:
+def save(results: dict[str, Any], path: Path, name: str) -> None:
+    """Write data set `name`'s entry into the results file, keeping the other data sets' entries as they are there
+    now (runs of different data sets may write the file at the same time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    stored[name] = results[name]
+    results.update(stored)
+    path.write_text(json.dumps(stored, indent=1) + "\n")
 
 
 def domain_tables(results: dict[str, Any], seeds: list[int]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from adaptext.cli.options import add_run_mode_options
 from adaptext.core.console import DEBUG_LOG, keep_debug_log
 
 
@@ -17,11 +18,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("plan", help="YAML plan: output_dir, seed, base, continual, tasks (docs/continual.md)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="plan overrides, e.g. continual.method=ewc")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--resume", action="store_true", help="continue an interrupted plan from its first unfinished task"
+    add_run_mode_options(
+        p,
+        resume="continue an interrupted plan from its first unfinished task",
+        overwrite="replace an earlier plan's output folder",
     )
-    mode.add_argument("--overwrite", action="store_true", help="replace an earlier plan's output folder")
     p.set_defaults(func=run)
 
 

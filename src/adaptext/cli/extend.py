@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from adaptext.cli.options import add_run_mode_options
 from adaptext.core.console import DEBUG_LOG, keep_debug_log
 
 
@@ -22,9 +23,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--validation", default=None, help="validation file for the new data (default: a split of --data)")
     p.add_argument("--test", default=None, help="test file for the new data")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. continual.method=lwf")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue an interrupted extend in --output")
-    mode.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
+    add_run_mode_options(
+        p, resume="continue an interrupted extend in --output", overwrite="replace an earlier run in --output"
+    )
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from adaptext.cli.options import add_config_arguments
 from adaptext.core.config import load_config
 from adaptext.core.console import DEBUG_LOG, keep_debug_log
 
@@ -16,11 +17,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "file with one text a line) by pretrain.method (mlm, simcse, tsdae, auto). The run folder's model/ is an "
         "encoder any strategy takes as model.name (the run folder works too).",
     )
-    p.add_argument("config", help="YAML config file: model, data.train, train.*, pretrain.*")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. pretrain.method=mlm")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the run in output_dir from its checkpoint")
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    add_config_arguments(p, "YAML config file: model, data.train, train.*, pretrain.*", "pretrain.method=mlm")
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaptext.cli.options import launched_as_main
+from adaptext.cli.options import add_config_arguments, launched_as_main
 from adaptext.core.config import load_config
 from adaptext.core.console import DEBUG_LOG, keep_debug_log
 
@@ -15,11 +15,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="fine-tune a model from a YAML config",
         description="Fine-tune, keep the best checkpoint, evaluate and write the run folder.",
     )
-    p.add_argument("config", help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. train.epochs=2")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the run in output_dir from its checkpoint")
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    add_config_arguments(p, "YAML config file (see configs/)", "train.epochs=2")
     p.set_defaults(func=run)
 
 
