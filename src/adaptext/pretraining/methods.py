@@ -62,6 +62,8 @@ class PretrainMethod(ABC):
     name: ClassVar[str] = ""
     # The loss compares examples within a batch: a batch split across processes would change it.
     example_wise: ClassVar[bool] = True
+    # The noise is dropout's alone (SimCSE): the held-out loss is then measured with dropout on, as it trains.
+    dropout_noise: ClassVar[bool] = False
 
     def __init__(self, model_name: str, tokenizer: PreTrainedTokenizerBase, options: Any) -> None:
         self.model_name, self.tokenizer, self.options = model_name, tokenizer, options
@@ -133,6 +135,7 @@ class MaskedLM(PretrainMethod):
     def build(self) -> nn.Module:
         if self.tokenizer.mask_token_id is None:
             raise AdaptextError(f"model {self.model_name!r}: its tokenizer has no mask token, so mlm cannot train it")
+        self.pooler = base_pooler(self.model_name)  # read once; every save of the model adds it
         return AutoModelForMaskedLM.from_pretrained(resolve_model_name(self.model_name))
 
     def mask(self, ids: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,33 +169,34 @@ class MaskedLM(PretrainMethod):
         """The MLM model and, beside it, the base model's pooler: a masked-LM class has none, but a classifier
         reading [CLS] starts from it (MLM never trains it, so the base's weights are the right ones)."""
         super().save(model, folder)
-        add_base_pooler(self.model_name, model, folder)
+        add_pooler(self.pooler, getattr(model, "base_model_prefix", "bert"), folder)
 
 
-def add_base_pooler(model_name: str, model: nn.Module, folder: Path) -> None:
-    """Add the pooler weights of `model_name`'s checkpoint to the saved MLM model's safetensors file, under the MLM
-    model's base-model prefix (so `AutoModel` and sequence classifiers load them); nothing when it has none."""
+def base_pooler(model_name: str) -> dict[str, torch.Tensor]:
+    """The pooler tensors stored in `model_name`'s safetensors files, by their name after `pooler.` (none when the
+    checkpoint has no pooler: a classifier's would then start random anyway)."""
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(resolve_model_name(model_name)).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118  (a safetensors handle is no mapping)
+                if "pooler." in key:
+                    tensors[key.split("pooler.", 1)[1]] = handle.get_tensor(key)
+    return tensors
+
+
+def add_pooler(tensors: dict[str, torch.Tensor], prefix: str, folder: Path) -> None:
+    """Add pooler `tensors` to the model saved in `folder`, under the base-model `prefix` (so `AutoModel` and
+    sequence classifiers load them)."""
     from safetensors.torch import load_file, save_file
 
-    base = AutoModel.from_pretrained(resolve_model_name(model_name))
-    pooler = getattr(base, "pooler", None)
     target = folder / "model.safetensors"
-    if pooler is None or not target.is_file():
+    if not tensors or not target.is_file():
         return
-    source = Path(resolve_model_name(model_name))
-    stored: set[str] = set()
-    for file in source.glob("*.safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as handle:
-            stored |= set(handle.keys())
-    if not any("pooler." in key for key in stored):
-        return  # the base's pooler was random too: nothing worth keeping
-    prefix = getattr(model, "base_model_prefix", "bert")
-    tensors = load_file(str(target))
-    for name, value in pooler.state_dict().items():
-        tensors[f"{prefix}.pooler.{name}"] = value.detach().clone().contiguous()
-    save_file(tensors, str(target), metadata={"format": "pt"})
+    saved = load_file(str(target))
+    saved.update({f"{prefix}.pooler.{name}": value.contiguous() for name, value in tensors.items()})
+    save_file(saved, str(target), metadata={"format": "pt"})
 
 
 @PRETRAIN_METHODS.register("simcse")
@@ -202,6 +206,7 @@ class SimCSE(PretrainMethod):
 
     name = "simcse"
     example_wise = False
+    dropout_noise = True
 
     def build(self) -> nn.Module:
         return AutoModel.from_pretrained(resolve_model_name(self.model_name))

@@ -130,8 +130,7 @@ def held_out_loss(
         total, count = 0.0, 0
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
-            # SimCSE's two views differ only by dropout: its loss is measured with dropout on, as it trains.
-            model.train(not method.example_wise)
+            model.train(method.dropout_noise)
             for indices in batches:
                 batch = method.collate([data[i] for i in indices])
                 batch.pop("index")
