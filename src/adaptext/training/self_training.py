@@ -184,9 +184,8 @@ def select_pseudo_labels(
         return []
     best = log_probs.argmax(axis=1)
     top = log_probs[np.arange(len(log_probs)), best]
-    floor = np.log(threshold) if threshold > 0 else -np.inf
     by_class: dict[int, list[int]] = {}
-    for row in np.flatnonzero(top >= floor):
+    for row in np.flatnonzero(confident(log_probs, threshold)):
         by_class.setdefault(int(best[row]), []).append(int(row))
     ranked: list[tuple[int, float, int, int]] = []  # (rank in its class, -log-probability, row, class)
     for cls, rows in by_class.items():
@@ -228,11 +227,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log1p(others.sum(axis=1))[:, None]
 
 
-def candidates(log_probs: np.ndarray, threshold: float) -> int:
-    """Rows whose top probability reaches `threshold`."""
+def confident(log_probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Which rows' top probability reaches `threshold` (compared as log-probabilities: see `log_softmax`)."""
     if len(log_probs) == 0:
-        return 0
-    return int((log_probs.max(axis=1) >= (np.log(threshold) if threshold > 0 else -np.inf)).sum())
+        return np.zeros(0, dtype=bool)
+    return np.asarray(log_probs.max(axis=1) >= (np.log(threshold) if threshold > 0 else -np.inf))
 
 
 def with_pseudo_labels(train: TextData, pseudo: list[PseudoLabel], source: str) -> TextData:
@@ -311,7 +310,7 @@ def self_train(strategy: Strategy, prepared: Prepared, run: Run, pool: Pool) -> 
                 pseudo_labelled=len(pseudo),
                 added=len(added),
                 added_per_class=per_class,
-                candidates=candidates(log_probs, settings.threshold),
+                candidates=int(confident(log_probs, settings.threshold).sum()),
                 pool_left=len(left),
             )
             logger.info(
