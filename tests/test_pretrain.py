@@ -13,7 +13,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from adaptext.cli import main
 from adaptext.core.config import Config, load_config
-from adaptext.core.errors import ConfigError, DataError
+from adaptext.core.errors import AdaptextError, ConfigError, DataError
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.build import load_trained
 from adaptext.modeling.hub import resolve_model_name
 from adaptext.modeling.pooling import sentence_pooling
 from adaptext.pretraining.methods import TSDAE, MaskedLM, pool
@@ -91,6 +93,11 @@ def test_pretraining_lowers_the_held_out_loss_and_leaves_a_folder_finetune_start
     assert torch.equal(adapted.state_dict()[pooler], base.state_dict()[pooler])
     assert sentence_pooling(str(result.run_dir)) == "mean"
     assert resolve_model_name(str(result.run_dir)) == str(result.model_dir)
+    # It is an encoder, not a classifier: what predicts or continues a classifier refuses it, naming the folder.
+    with pytest.raises(AdaptextError, match=f"{result.model_dir} holds a .*, not a text classifier"):
+        Predictor.from_dir(result.run_dir)
+    with pytest.raises(AdaptextError, match="not a text classifier"):
+        load_trained(result.model_dir)
     if method != "mlm":
         return
     # Any strategy takes the run folder as its model (mlm's folder, whose save is the most involved, here).

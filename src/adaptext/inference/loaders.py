@@ -44,6 +44,7 @@ from adaptext.modeling.adapters import (
     share_base,
 )
 from adaptext.modeling.cloze import load_prompt_model
+from adaptext.modeling.hub import check_classifier_folder
 from adaptext.modeling.nli import load_nli_model
 from adaptext.modeling.pooling import use_direct_mean_pooling
 from adaptext.modeling.static import StaticClassifier, is_static_folder, load_tokenizer
@@ -239,6 +240,7 @@ class TransformersLoader(FolderLoader):
         return (folder / "config.json").is_file()
 
     def load(self, folder: Path, info: ModelInfo) -> Any:
+        check_classifier_folder(folder)
         model = AutoModelForSequenceClassification.from_pretrained(folder)
         use_direct_mean_pooling(model)  # the same outputs, without the pooling layer's full cost
         return model

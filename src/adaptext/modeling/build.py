@@ -26,7 +26,7 @@ from transformers.utils import logging as hf_logging
 from adaptext.core.errors import AdaptextError
 from adaptext.core.task import Task
 from adaptext.modeling.embedding import final_linear
-from adaptext.modeling.hub import _first_line, resolve_model_name
+from adaptext.modeling.hub import _first_line, check_classifier_folder, resolve_model_name
 from adaptext.modeling.pooling import _fix_pooling_layer, add_mean_pooling, has_mean_pooling, mean_pooling_supported
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ def load_trained(folder: str | Path) -> PreTrainedModel:
     """A fine-tuned classifier folder (full weights, head included) ready to train further: its mean-pooling layer,
     if it has one, frozen as `build_model` leaves it."""
     try:
+        check_classifier_folder(Path(folder))
         model = AutoModelForSequenceClassification.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise AdaptextError(f"cannot load the model in {folder}: {_first_line(error)}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import (
@@ -42,6 +43,21 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 def is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
+
+
+def check_classifier_folder(folder: Path) -> None:
+    """Raise `ValueError` when `folder`'s `config.json` names its architectures and none is a sequence classifier
+    (a pre-trained encoder or masked LM, which transformers would load with a random head); a config that names
+    none is taken as it is."""
+    try:
+        architectures = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{folder / 'config.json'}: {_first_line(error)}") from None
+    if architectures and not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        raise ValueError(
+            f"{folder} holds a {', '.join(map(str, architectures))}, not a text classifier (no trained head); "
+            f"train one from it with model.name={folder}"
+        )
 
 
 def _first_line(error: Exception) -> str:
