@@ -26,7 +26,7 @@ BUILTINS: dict[str, set[str]] = {
     "task": {"single_label", "multi_label"},
     "callback": {"progress", "tensorboard"},
     "objective": {"cross_entropy", "adalora", "pet", "contrastive"},
-    "model-folder loader": {"ensemble", "prompt", "nli", "adapter", "onnx", "static", "transformers"},
+    "model-folder loader": {"routed", "ensemble", "prompt", "nli", "adapter", "onnx", "static", "transformers"},
     "attribution method": {"ig", "occlusion", "shap"},
     "pretraining method": {"mlm", "simcse", "tsdae"},
     "perturbation": {

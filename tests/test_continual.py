@@ -338,7 +338,7 @@ def test_concat_keeps_order_and_labels() -> None:
 
 
 def test_streaming_class_statistics_equal_one_fit_and_give_the_lda_head() -> None:
-    from adaptext.continual.lda import ClassStatistics
+    from adaptext.modeling.lda import ClassStatistics
 
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=4.0, size=(3, 5))
@@ -428,3 +428,107 @@ def test_continual_runs_refuse_the_robust_training_options(tiny_config: Callable
 
     with pytest.raises(ConfigError, match=r"robust\.label_smoothing"):
         Continue(None).check(tiny_config("robust.label_smoothing=0.1"))
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft, loading plainly
+def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
+    tiny_model_dir: Path, task_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from adaptext.deploy.export import export_onnx
+    from adaptext.inference.routed import ROUTER_FILE, Router, mean_embedding
+
+    plan = {
+        "output_dir": str(tmp_path / "cl"),
+        "seed": 3,
+        "keep_task_models": True,
+        "base": {
+            "model": {"name": str(tiny_model_dir)},
+            "data": {"max_length": 32},
+            "train": {"epochs": 3, "batch_size": 8, "learning_rate": 5e-3, "precision": "fp32", "report_errors": 0},
+            "calibrate": False,
+        },
+        "continual": {"method": "adapters", "adapter_top_k": 0},
+        "tasks": [
+            {"name": "t1", "train": str(task_files["t1_train"]), "test": str(task_files["t1_test"])},
+            {"name": "t2", "train": str(task_files["t2_train"]), "test": str(task_files["t2_test"])},
+        ],
+    }
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    assert main(["continual", str(tmp_path / "plan.yaml")]) == 0
+    out = tmp_path / "cl"
+    metrics = json.loads((out / "continual_metrics.json").read_text())
+    assert metrics["method"] == "adapters" and all(v is not None for v in metrics["matrix"][1])
+    model_dir = out / "model"
+    info = json.loads((model_dir / "adaptext.json").read_text())
+    assert [e["task"] for e in info["routed"]["experts"]] == ["t1", "t2"]
+    # the first task's adapter is the one task 1 trained, unchanged by task 2
+    first = out / "tasks" / "01-t1" / "model" / "members" / "0" / "adapter_model.safetensors"
+    kept = load_file(str(model_dir / "members" / "0" / "adapter_model.safetensors"))
+    for key, value in load_file(str(first)).items():
+        assert torch.equal(kept[key], value), key
+    # each expert is a plain peft adapter on the base model, with its own labels
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    expert = PeftModel.from_pretrained(base, model_dir / "members" / "1")
+    assert expert.config.num_labels == 1
+    # the routed probabilities are sum_t p(t | x) p(label | x, t) over both experts (top_k 0: all of them)
+    texts = (
+        pd.read_csv(task_files["t1_test"])["text"].tolist()[:6]
+        + pd.read_csv(task_files["t2_test"])["text"][:3].tolist()
+    )
+    routed = Predictor.from_dir(out)
+    assert routed.labels == [*OLD, "technical"]
+    probs = routed.predict_proba(texts)
+    experts = [Predictor.from_dir(model_dir / "members" / str(i)) for i in range(2)]
+    batch = routed.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    router = Router.load(model_dir / ROUTER_FILE)
+    weights, bias = router.stats.head(info["routed"]["shrinkage"])
+    with torch.no_grad():
+        x = mean_embedding(routed.model.experts[0], dict(batch)).double().numpy()
+    scores = x @ weights.T + bias
+    routes = np.exp(scores - scores.max(1, keepdims=True))
+    routes /= routes.sum(1, keepdims=True)
+    p_task = np.stack([routes[:, router.route_task == t].sum(1) for t in range(2)], 1)
+    expected = np.zeros_like(probs)
+    expected[:, :2] = p_task[:, [0]] * experts[0].predict_proba(texts)
+    expected[:, 2:] = p_task[:, [1]] * experts[1].predict_proba(texts)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    with pytest.raises(AdaptextError, match="routed adapters model runs one adapter per task"):
+        export_onnx(out, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+    # domain-incremental: the same labels again as a third task, a third expert and a route per (task, label)
+    more = tmp_path / "more"
+    assert main(["extend", str(out), "--data", str(task_files["t1_train"]), "--output", str(more)]) == 0
+    grown = Router.load(more / "model" / ROUTER_FILE)
+    assert grown.route_task.tolist() == [0, 0, 1, 2, 2] and len(Predictor.from_dir(more).model.experts) == 3
+    # a routed run continues only with adapters; adapters continue only a routed run
+    with pytest.raises(ConfigError, match=r"continues only with continual\.method=adapters"):
+        extend(
+            out,
+            extend_config(
+                previous_run(out),
+                {
+                    "output_dir": str(tmp_path / "x"),
+                    "continual": {"method": "slda"},
+                    "data": {"train": str(task_files["t2_train"])},
+                },
+            ),
+        )
+    assert not (tmp_path / "x").exists()
+
+
+def test_adapters_refuse_a_plain_model_and_multi_label(first_run: Path) -> None:
+    from adaptext.continual import Continue
+
+    config = load_config(first_run / "config.yaml", ["continual.method=adapters"])
+    with pytest.raises(ConfigError, match="continues a run made with it"):
+        Continue(previous_run(first_run)).check(config)
+    with pytest.raises(ConfigError, match="use replay for multi-label"):
+        Continue(None).check(
+            load_config(first_run / "config.yaml", ["continual.method=adapters", "data.multi_label=true"])
+        )
+    with pytest.raises(ConfigError, match="only replay"):
+        load_config(None, ["continual.method=adapters+lwf"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from adaptext.continual.lda import LDA_FILE, ClassStatistics, set_head
 from adaptext.continual.memory import STATE_DIR, concat, memory_path, read_memory, select_memory, write_memory
 from adaptext.continual.methods import (
     EWC_FILE,
@@ -39,8 +39,16 @@ from adaptext.continual.methods import (
 from adaptext.core.config import ROBUST_KEYS, Config, load_config
 from adaptext.core.device import process_state, resolve_precision
 from adaptext.core.errors import AdaptextError, ConfigError, DataError
-from adaptext.core.info import METADATA_FILE, ModelInfo, find_model_dir, is_adapter_folder
-from adaptext.core.run import RunPaths, write_json
+from adaptext.core.info import (
+    ENSEMBLE_SUBDIR,
+    METADATA_FILE,
+    ModelInfo,
+    RoutedExpert,
+    Routing,
+    find_model_dir,
+    is_adapter_folder,
+)
+from adaptext.core.run import RunPaths, replace_dir, write_json
 from adaptext.core.task import task_of
 from adaptext.data.batching import Collator, LengthGroupedBatches, encode
 from adaptext.data.examples import Splits, TextData
@@ -48,13 +56,15 @@ from adaptext.data.labels import label_names, label_spellings, label_targets
 from adaptext.data.splits import load_splits
 from adaptext.evaluation.metrics import evaluate_data
 from adaptext.inference.predictor import Predictor
+from adaptext.inference.routed import ROUTER_FILE, Router, route_embeddings
 from adaptext.modeling.build import grow_head, load_trained
 from adaptext.modeling.embedding import embed
-from adaptext.modeling.hub import load_tokenizer
+from adaptext.modeling.hub import load_tokenizer, resolve_model_name
+from adaptext.modeling.lda import LDA_FILE, ClassStatistics, set_head
 from adaptext.strategies.finetune import Finetune, FinetunePrepared, classifier
 from adaptext.training.engine import TrainingJob, in_memory_predictor, run_training
 from adaptext.training.lifecycle import save_model
-from adaptext.training.objectives import class_weights
+from adaptext.training.objectives import CrossEntropy, class_weights
 from adaptext.training.optim import planned_steps, resolve_learning_rate
 from adaptext.training.state import TrainingState
 from adaptext.training.strategy import Prepared, Run
@@ -107,7 +117,8 @@ def previous_run(path: str | Path) -> Previous:
         raise AdaptextError(
             f"{what}: a {info.strategy} model; only fine-tuned models (strategy finetune) grow new labels"
         )
-    if not any((model_dir / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+    weights = ("model.safetensors", "pytorch_model.bin")
+    if info.routed is None and not any((model_dir / name).is_file() for name in weights):
         raise AdaptextError(f"{what}: holds no transformers weights (model.safetensors) to train further")
     if not info.labels:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -167,10 +178,19 @@ class Continue(Finetune):
         if config.data.problem == "regression":
             raise ConfigError("extend and continual learn new labels; data.problem=regression has none")
         super().check(config)
-        if config.peft.method != "none":
-            raise ConfigError("continual methods train the full model; set peft.method=none")
         multi_label = task_of(config).multi_label
         parts = config.continual.parts(multi_label)
+        routed = self.previous is not None and self.previous.info.routed is not None
+        if "adapters" in parts:
+            self.check_adapters(config, multi_label)
+        elif config.peft.method != "none":
+            raise ConfigError("continual methods train the full model; set peft.method=none")
+        elif routed:
+            assert self.previous is not None
+            raise ConfigError(
+                f"{self.previous.model_dir}: a routed model (one adapter per task) continues only with "
+                "continual.method=adapters"
+            )
         if "slda" in parts and multi_label:
             raise ConfigError("continual.method=slda fits one class per text; use replay, ewc or lwf for multi-label")
         if "joint" in parts and not self.joint and self.previous is not None:
@@ -179,6 +199,21 @@ class Continue(Finetune):
             raise ConfigError(
                 f"{self.previous.model_dir}: a {self.previous.info.task.name} model cannot continue on "
                 f"{task_of(config).name} data; set data.multi_label={str(self.previous.info.task.multi_label).lower()}"
+            )
+
+    def check_adapters(self, config: Config, multi_label: bool) -> None:
+        if multi_label:
+            raise ConfigError(
+                "continual.method=adapters routes each text to its task's labels; use replay for multi-label"
+            )
+        if config.peft.method not in ("none", "lora"):
+            raise ConfigError(
+                f"continual.method=adapters trains LoRA adapters; peft.method={config.peft.method} is not one"
+            )
+        if self.previous is not None and self.previous.info.routed is None:
+            raise ConfigError(
+                f"{self.previous.model_dir}: continual.method=adapters continues a run made with it (one adapter per "
+                "task); this is one fine-tuned model: extend it with slda, replay, ewc or lwf"
             )
 
     def prepare(self, config: Config) -> ContinuePrepared:
@@ -268,6 +303,8 @@ class Continue(Finetune):
         parts = settings.parts(task.multi_label)
         if "slda" in parts:
             return self.fit_slda(prepared, run)
+        if "adapters" in parts:
+            return self.fit_adapters(prepared, run)
         started = time.perf_counter()
         previous_model = None
         if self.previous is not None and not self.joint:
@@ -386,6 +423,81 @@ class Continue(Finetune):
         total = sum(p.numel() for p in model.parameters())
         return TrainingState(done=True, total_parameters=total)
 
+    def fit_adapters(self, prepared: ContinuePrepared, run: Run) -> TrainingState:
+        """A new LoRA adapter and head for this task's labels on the frozen base; the earlier tasks' adapters are
+        copied unchanged, and the router's statistics take this task's examples (`adaptext.inference.routed`)."""
+        assert prepared.tokenizer is not None
+        config, cfg, tokenizer = run.config, run.config.train, prepared.tokenizer
+        task, splits = task_of(config), prepared.splits
+        started = time.perf_counter()
+        earlier: list[tuple[str, Path]] = []  # each earlier task's name and adapter folder
+        router: Router | None = None
+        base = config.model.name
+        if self.previous is not None:
+            routing = self.previous.info.routed
+            assert routing is not None
+            earlier = [(expert.task, self.previous.model_dir / expert.path) for expert in routing.experts]
+            router = Router.load(self.previous.model_dir / ROUTER_FILE)
+            base = self.previous.base_model
+        present = set(splits.train.labels or [])
+        labels = [name for name in splits.labels if name in present]  # this task's labels, in the model's order
+        expert_config = config.model_copy(
+            update={
+                "model": config.model.model_copy(update={"name": base}),
+                "peft": config.peft.model_copy(update={"method": "lora"}),
+            }
+        )
+        train_set = encode(tokenizer, splits.train, labels, config.data.max_length, task)
+        batches = LengthGroupedBatches(train_set.lengths, cfg.batch_size, seed=config.seed)
+        steps = planned_steps(cfg, len(batches))
+        model = classifier(expert_config, labels, steps)
+        embeddings = route_embeddings(model, train_set, pad_token_id=tokenizer.pad_token_id or 0)
+        targets = label_targets(splits.train, splits.labels, task)
+        router = (router or Router.empty(embeddings.shape[1])).update(embeddings, len(earlier), targets)
+        name = self.task_name or Path(str(config.data.train)).stem
+        self.seconds["prepare_s"] = time.perf_counter() - started
+        logger.info(
+            "continual adapters: task %d (%s), a LoRA adapter for %d labels on %d examples, %d optimizer steps",
+            len(earlier) + 1,
+            name,
+            len(labels),
+            len(splits.train),
+            steps,
+        )
+        own = splits.validation
+        if own is not None:
+            own = own.subset([i for i, label in enumerate(own.labels or []) if label in present])
+        scored = own if own is not None and len(own) else splits.train
+
+        def save(trained: nn.Module, target: Path) -> None:
+            save_routed(trained, tokenizer, expert_config, target, earlier, name, router, splits.labels)
+
+        def finish(trained: nn.Module) -> Any:  # the expert alone, on the validation texts of its own labels
+            return evaluate_data(in_memory_predictor(trained, tokenizer, expert_config), scored)
+
+        job = TrainingJob(
+            model=model,
+            dataset=train_set,
+            batches=batches,
+            collate=Collator(tokenizer.pad_token_id or 0, task),
+            objective=CrossEntropy(task, class_weights(cfg, Splits(splits.train, splits.train, None, labels), task)),
+            steps=steps,
+            learning_rate=resolve_learning_rate(cfg, model, "lora"),
+            warmup_ratio=cfg.warmup_ratio,
+            precision=prepared.precision,
+            evaluate=None,
+            save=save,
+            finish=finish,
+        )
+        trained = time.perf_counter()
+        state = run_training(job, run)
+        self.seconds["train_s"] = time.perf_counter() - trained
+        if process_state().is_main_process:
+            folder = run.paths.root / STATE_DIR
+            folder.mkdir(exist_ok=True)
+            self.record(config, folder, prepared)
+        return state
+
     def choose(
         self,
         model: nn.Module,
@@ -451,6 +563,12 @@ class Continue(Finetune):
             encoded = encode(tokenizer, new_data, splits.labels, config.data.max_length, task)
             later = fisher_diagonal(model, encoded, Collator(tokenizer.pad_token_id or 0, task), task, seed=config.seed)
             (ewc_before.then(later) if ewc_before is not None else later).save(folder / EWC_FILE)
+        self.record(config, folder, prepared)
+
+    def record(self, config: Config, folder: Path, prepared: ContinuePrepared) -> None:
+        """`continual/state.json`: the chain's base model, labels and increments, this one added."""
+        settings, splits, task = config.continual, prepared.splits, task_of(config)
+        name = self.task_name or str(config.data.train)
         earlier = self.previous.state if self.previous is not None else {}
         base = (self.previous.base_model if self.previous is not None else None) or config.model.name
         increments = list(earlier.get("increments", []))
@@ -505,6 +623,46 @@ class Continue(Finetune):
         return [
             ("Old and new labels, before and after", f"{note}<table><thead>{head}</thead><tbody>{body}</tbody></table>")
         ]
+
+
+def save_routed(
+    expert: nn.Module,
+    tokenizer: Any,
+    config: Config,
+    target: Path,
+    earlier: list[tuple[str, Path]],
+    name: str,
+    router: Router,
+    labels: list[str],
+) -> None:
+    """Write a routed folder: the earlier tasks' adapter folders copied under `members/`, `expert` (this task's
+    adapter, `config` its run's) after them, the router and the record that names them all."""
+
+    def write(folder: Path) -> None:
+        experts = []
+        for i, (task_name, source) in enumerate(earlier):
+            shutil.copytree(source, folder / ENSEMBLE_SUBDIR / str(i))
+            experts.append(RoutedExpert(path=f"{ENSEMBLE_SUBDIR}/{i}", task=task_name))
+        save_model(expert, tokenizer, config, folder / ENSEMBLE_SUBDIR / str(len(earlier)))  # type: ignore[arg-type]
+        experts.append(RoutedExpert(path=f"{ENSEMBLE_SUBDIR}/{len(earlier)}", task=name))
+        router.save(folder / ROUTER_FILE)
+        tokenizer.save_pretrained(folder)
+        settings = config.continual
+        ModelInfo(
+            base_model=config.model.name,
+            base_model_path=resolve_model_name(config.model.name),
+            strategy="finetune",
+            peft_method="lora",
+            labels=labels,
+            problem_type=task_of(config).problem_type,
+            max_length=config.data.max_length,
+            text_column=config.data.text_column,
+            text_pair_column=config.data.text_pair_column,
+            label_column=config.data.label_column,
+            routed=Routing(experts=experts, top_k=settings.adapter_top_k, shrinkage=settings.slda_shrinkage),
+        ).write(folder)
+
+    replace_dir(target, write)
 
 
 def label_groups(data: TextData, old: set[str]) -> dict[str, np.ndarray]:

@@ -309,7 +309,7 @@ class TuneSection(_Section):
     sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler: TPE (default) or random.")
 
 
-CONTINUAL_METHODS = ("auto", "naive", "joint", "replay", "ewc", "lwf", "slda")
+CONTINUAL_METHODS = ("auto", "naive", "joint", "replay", "ewc", "lwf", "slda", "adapters")
 
 
 class ContinualSection(_Section):
@@ -321,8 +321,10 @@ class ContinualSection(_Section):
         "bound), `replay` (a memory of `memory_per_class` examples per class trained on with the new data), `ewc` "
         "(a Fisher-weighted penalty on moving the weights that mattered), `lwf` (distillation from the previous "
         "model's scores on the new texts), `slda` (no training: the encoder stays as it is and the head is linear "
-        "discriminant analysis on running class statistics, exact over all data seen), or a combination of replay, "
-        "ewc and lwf joined by `+` (`replay+lwf`).",
+        "discriminant analysis on running class statistics, exact over all data seen), `adapters` (one LoRA adapter "
+        "and head per task on the frozen base model, earlier adapters unchanged; a router, LDA on the base model's "
+        "embedding, weighs the `adapter_top_k` most probable tasks' adapters), or a combination of replay, ewc and "
+        "lwf joined by `+` (`replay+lwf`).",
     )
     memory_per_class: Int = Field(
         2, ge=0, description="Examples of each class kept in the replay memory (and used for EWC's Fisher)."
@@ -337,6 +339,12 @@ class ContinualSection(_Section):
     lwf_temperature: Float = Field(2.0, gt=0, description="Softmax temperature of LwF's distillation.")
     slda_shrinkage: Float = Field(
         0.1, ge=0, le=1, description="slda: share of the covariance replaced by a scaled identity (shrinkage)."
+    )
+    adapter_top_k: Int = Field(
+        2,
+        ge=0,
+        description="adapters: the adapters that score each text, those of the router's most probable tasks (0: "
+        "every adapter; each one more costs one more pass of the encoder).",
     )
     rebalance: bool = Field(
         True,
@@ -354,7 +362,7 @@ class ContinualSection(_Section):
                 f"unknown continual method {value!r}; use one of {', '.join(CONTINUAL_METHODS)}, or several of "
                 "replay, ewc and lwf joined by +"
             )
-        if len(parts) > 1 and {"auto", "naive", "joint", "slda"} & set(parts):
+        if len(parts) > 1 and {"auto", "naive", "joint", "slda", "adapters"} & set(parts):
             raise ValueError(f"continual.method {value!r}: only replay, ewc and lwf combine with each other")
         return "+".join(parts)
 

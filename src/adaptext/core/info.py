@@ -46,7 +46,8 @@ def is_adapter_folder(path: Path) -> bool:
 
 
 def is_ensemble_folder(path: Path) -> bool:
-    """True for an ensemble folder (`adaptext ensemble`): its record beside `members/`, no weights of its own."""
+    """True for a folder of member models: an ensemble (`adaptext ensemble`) or a routed folder
+    (`continual.method: adapters`), its record beside `members/`, no weights of its own."""
     return (path / METADATA_FILE).is_file() and (path / ENSEMBLE_SUBDIR).is_dir()
 
 
@@ -80,6 +81,25 @@ class EnsembleMember(BaseModel):
     weight: float = Field(gt=0, description="The member's share of the mean probability (the weights sum to 1).")
     source: str | None = Field(None, description="The run or model folder the member was copied from.")
     kind: str | None = Field(None, description="The kind of model folder (`transformers`, `adapter`, ...).")
+
+
+class RoutedExpert(BaseModel):
+    """One expert of a routed folder (`continual.method: adapters`): the adapter of one task, under `members/`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    path: str = Field(description="The expert's adapter folder, relative to the routed folder (`members/0`).")
+    task: str = Field(description="The task the expert was trained on.")
+
+
+class Routing(BaseModel):
+    """How a routed folder combines its experts (see `adaptext.inference.routed`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    experts: list[RoutedExpert] = Field(description="One adapter per task, in task order.")
+    top_k: int = Field(ge=0, description="Experts run per text: the router's most probable tasks (0: all).")
+    shrinkage: float = Field(ge=0, le=1, description="The router's LDA covariance shrinkage.")
 
 
 class ModelInfo(BaseModel):
@@ -149,6 +169,11 @@ class ModelInfo(BaseModel):
     ensemble: list[EnsembleMember] | None = Field(
         None,
         description="An ensemble folder's members: its probabilities are their weighted mean (see docs/ensemble.md).",
+    )
+    routed: Routing | None = Field(
+        None,
+        description="A routed folder's experts (`continual.method: adapters`): one adapter per task on one base model, "
+        "weighed by the router in `router.safetensors` (see docs/continual.md).",
     )
     averaged_from: list[str] | None = Field(
         None, description="The model folders whose weights were averaged into this one (`--average-weights`)."

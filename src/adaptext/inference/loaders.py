@@ -6,6 +6,7 @@ registered here or anywhere else; nothing that predicts needs to change.
 
 The built-in kinds, in the order they are asked:
 
+- `routed`: one adapter per task and a router (`continual.method: adapters`), `routed` in `adaptext.json`;
 - `ensemble`: an ensemble of saved classifiers (`adaptext ensemble`), `ensemble` in `adaptext.json`;
 - `prompt`: a prompt (PET) classifier, `strategy: prompt` in `adaptext.json` (a masked-LM folder);
 - `nli`: an NLI zero-shot scorer, `scorer: nli` (an entailment-model folder);
@@ -36,6 +37,7 @@ from adaptext.core.info import ModelInfo, is_adapter_folder
 from adaptext.core.registry import Registry
 from adaptext.inference.ensemble import EnsembleClassifier, member_temperature
 from adaptext.inference.onnx import ONNX_FILE, OnnxClassifier
+from adaptext.inference.routed import ROUTER_FILE, RoutedClassifier, Router
 from adaptext.modeling.adapters import (
     base_model_name,
     build_base,
@@ -159,6 +161,44 @@ def _load_members(folders: list[Path], infos: list[ModelInfo]) -> list[Any]:
     ]
 
 
+class RoutedLoader(FolderLoader):
+    """A routed folder (`continual.method: adapters`): one adapter per task under `members/`, on one base model
+    loaded once and shared, and the router in `router.safetensors`."""
+
+    description = "routed adapters"
+    priority = 60
+    not_plain = "runs one adapter per task, chosen by a router"
+    plain_classifier = False  # several adapters and a router in one: ONNX export and the audit's encoder do not apply
+
+    def handles(self, folder: Path, info: ModelInfo) -> bool:
+        return info.routed is not None
+
+    def load(self, folder: Path, info: ModelInfo) -> Any:
+        routing = info.routed
+        assert routing is not None
+        if not routing.experts or not info.labels:
+            raise ValueError(f"{info.source}: a routed record needs its experts and label names")
+        folders = [folder / expert.path for expert in routing.experts]
+        infos = [ModelInfo.read(path) for path in folders]
+        for path, expert_info in zip(folders, infos, strict=True):
+            if not is_adapter_folder(path) or not expert_info.labels:
+                raise ValueError(f"{path}: not an adapter folder saved by adaptext")
+        index = {name: i for i, name in enumerate(info.labels)}
+        unknown = [name for expert_info in infos for name in expert_info.labels or [] if name not in index]
+        if unknown:
+            raise ValueError(f"{info.source}: experts have labels the record does not list: {unknown[:3]}")
+        return RoutedClassifier(
+            _load_members(folders, infos),
+            [[index[name] for name in expert_info.labels or []] for expert_info in infos],
+            Router.load(folder / ROUTER_FILE),
+            info.labels,
+            info.task,
+            shrinkage=routing.shrinkage,
+            top_k=routing.top_k,
+            temperatures=[member_temperature(expert_info) for expert_info in infos],
+        )
+
+
 class PromptLoader(FolderLoader):
     """A prompt (PET) classifier: a masked LM read at the mask of its template through the verbalizer."""
 
@@ -246,6 +286,7 @@ class TransformersLoader(FolderLoader):
         return model
 
 
+LOADERS.add("routed", RoutedLoader())
 LOADERS.add("ensemble", EnsembleLoader())
 LOADERS.add("prompt", PromptLoader())
 LOADERS.add("nli", NliLoader())
