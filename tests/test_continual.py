@@ -4,6 +4,7 @@ says, forgetting is measured correctly, and `extend` / `continual` refuse bad in
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -436,10 +437,12 @@ def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
 ) -> None:
     from peft import PeftModel
     from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from adaptext.deploy.export import export_onnx
-    from adaptext.inference.routed import ROUTER_FILE, Router, mean_embedding
+    from adaptext.inference.routed import ROUTER_FILE, ROUTER_STATS_FILE, Router, RouterHead, layer_embedding
+
+    tiny = AutoConfig.from_pretrained(tiny_model_dir)
 
     plan = {
         "output_dir": str(tmp_path / "cl"),
@@ -474,7 +477,7 @@ def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     expert = PeftModel.from_pretrained(base, model_dir / "members" / "1")
     assert expert.config.num_labels == 1
-    # the routed probabilities are sum_t p(t | x) p(label | x, t) over both experts (top_k 0: all of them)
+    # the routed probabilities are the product of the router's route probability and the expert's, normalised
     texts = (
         pd.read_csv(task_files["t1_test"])["text"].tolist()[:6]
         + pd.read_csv(task_files["t2_test"])["text"][:3].tolist()
@@ -484,17 +487,21 @@ def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
     probs = routed.predict_proba(texts)
     experts = [Predictor.from_dir(model_dir / "members" / str(i)) for i in range(2)]
     batch = routed.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
-    router = Router.load(model_dir / ROUTER_FILE)
-    weights, bias = router.stats.head(info["routed"]["shrinkage"])
+    stats = Router.load(out / "continual" / ROUTER_STATS_FILE)
+    layers = info["routed"]["layers"]
+    assert layers == list(range(tiny.num_hidden_layers + 1))  # every hidden state: the tiny model's fit the limit
+    weights, bias = stats.stats.head(info["routed"]["shrinkage"])
     with torch.no_grad():
-        x = mean_embedding(routed.model.experts[0], dict(batch)).double().numpy()
+        x = layer_embedding(routed.model.experts[0], dict(batch), layers).double().numpy()
+    assert x.shape[1] == len(layers) * tiny.hidden_size
     scores = x @ weights.T + bias
     routes = np.exp(scores - scores.max(1, keepdims=True))
     routes /= routes.sum(1, keepdims=True)
-    p_task = np.stack([routes[:, router.route_task == t].sum(1) for t in range(2)], 1)
+    route_of = {(int(t), int(y)): r for r, (t, y) in enumerate(zip(stats.route_task, stats.route_label, strict=True))}
     expected = np.zeros_like(probs)
-    expected[:, :2] = p_task[:, [0]] * experts[0].predict_proba(texts)
-    expected[:, 2:] = p_task[:, [1]] * experts[1].predict_proba(texts)
+    for t, label_ids in ((0, [0, 1]), (1, [2])):
+        expected[:, label_ids] = routes[:, [route_of[t, y] for y in label_ids]] * experts[t].predict_proba(texts)
+    expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(probs, expected, atol=1e-4)
     with pytest.raises(AdaptextError, match="routed adapters model runs one adapter per task"):
         export_onnx(out, tmp_path / "onnx")
@@ -502,8 +509,14 @@ def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
     # domain-incremental: the same labels again as a third task, a third expert and a route per (task, label)
     more = tmp_path / "more"
     assert main(["extend", str(out), "--data", str(task_files["t1_train"]), "--output", str(more)]) == 0
-    grown = Router.load(more / "model" / ROUTER_FILE)
+    grown = RouterHead.load(more / "model" / ROUTER_FILE)
     assert grown.route_task.tolist() == [0, 0, 1, 2, 2] and len(Predictor.from_dir(more).model.experts) == 3
+    # the model folder alone cannot grow: the router's statistics are in its run folder
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    overrides = {"output_dir": str(tmp_path / "y"), "data": {"train": str(task_files["t2_train"])}}
+    with pytest.raises(ConfigError, match="router statistics"):
+        extend(bare, extend_config(previous_run(bare), overrides))
     # a routed run continues only with adapters; adapters continue only a routed run
     with pytest.raises(ConfigError, match=r"continues only with continual\.method=adapters"):
         extend(

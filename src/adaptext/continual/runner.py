@@ -33,6 +33,7 @@ from adaptext.data.splits import load_splits
 from adaptext.evaluation.metrics import evaluate_data
 from adaptext.evaluation.report import write_report
 from adaptext.inference.predictor import Predictor
+from adaptext.inference.routed import ROUTER_STATS_FILE
 from adaptext.training.lifecycle import run_strategy
 from adaptext.training.state import TrainResult
 
@@ -73,6 +74,8 @@ def extend_config(previous: Previous, overrides: dict[str, Any]) -> Config:
     base = previous.config.model_dump(mode="json") if previous.config is not None else {}
     base.setdefault("data", {}).update(validation=None, test=None, test_fraction=None)
     base.setdefault("model", {})["name"] = str(previous.model_dir)
+    if previous.info.routed is not None and base.get("continual", {}).get("method", "auto") == "auto":
+        base.setdefault("continual", {})["method"] = "adapters"  # what a routed model continues with
     return build_config(_merge(base, overrides), source="extend")
 
 
@@ -143,6 +146,7 @@ def run_plan(plan: ContinualPlan, *, resume: bool = False, overwrite: bool = Fal
         _tidy(folder, keep_model=True)
         if i > 0 and not plan.keep_task_models:
             shutil.rmtree(task_dirs[i - 1] / "model", ignore_errors=True)
+            (task_dirs[i - 1] / STATE_DIR / ROUTER_STATS_FILE).unlink(missing_ok=True)  # features^2 numbers each
         _write_metrics(root, plan, method, matrix, seconds, complete=False)
         logger.info(
             "continual: after %s, accuracy per task %s", task.name, " ".join(f"{v:.3f}" for v in matrix[i][: i + 1])

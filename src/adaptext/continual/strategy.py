@@ -56,7 +56,14 @@ from adaptext.data.labels import label_names, label_spellings, label_targets
 from adaptext.data.splits import load_splits
 from adaptext.evaluation.metrics import evaluate_data
 from adaptext.inference.predictor import Predictor
-from adaptext.inference.routed import ROUTER_FILE, Router, route_embeddings
+from adaptext.inference.routed import (
+    ROUTER_FILE,
+    ROUTER_STATS_FILE,
+    Router,
+    RouterHead,
+    route_embeddings,
+    router_layers,
+)
 from adaptext.modeling.build import grow_head, load_trained
 from adaptext.modeling.embedding import embed
 from adaptext.modeling.hub import load_tokenizer, resolve_model_name
@@ -215,6 +222,17 @@ class Continue(Finetune):
                 f"{self.previous.model_dir}: continual.method=adapters continues a run made with it (one adapter per "
                 "task); this is one fine-tuned model: extend it with slda, replay, ewc or lwf"
             )
+        if self.previous is not None and not self.router_stats_path().is_file():
+            raise ConfigError(
+                f"{self.previous.model_dir}: continuing a routed model needs its run's router statistics "
+                f"({STATE_DIR}/{ROUTER_STATS_FILE} beside model/), which are not there; extend the run folder it "
+                "was saved in"
+            )
+
+    def router_stats_path(self) -> Path:
+        assert self.previous is not None
+        run_dir = self.previous.run_dir or self.previous.model_dir
+        return run_dir / STATE_DIR / ROUTER_STATS_FILE
 
     def prepare(self, config: Config) -> ContinuePrepared:
         cfg, parts = config.train, config.continual.parts(task_of(config).multi_label)
@@ -432,12 +450,13 @@ class Continue(Finetune):
         started = time.perf_counter()
         earlier: list[tuple[str, Path]] = []  # each earlier task's name and adapter folder
         router: Router | None = None
+        layers: list[int] | None = None
         base = config.model.name
         if self.previous is not None:
             routing = self.previous.info.routed
             assert routing is not None
             earlier = [(expert.task, self.previous.model_dir / expert.path) for expert in routing.experts]
-            router = Router.load(self.previous.model_dir / ROUTER_FILE)
+            router, layers = Router.load(self.router_stats_path()), routing.layers
             base = self.previous.base_model
         present = set(splits.train.labels or [])
         labels = [name for name in splits.labels if name in present]  # this task's labels, in the model's order
@@ -451,7 +470,9 @@ class Continue(Finetune):
         batches = LengthGroupedBatches(train_set.lengths, cfg.batch_size, seed=config.seed)
         steps = planned_steps(cfg, len(batches))
         model = classifier(expert_config, labels, steps)
-        embeddings = route_embeddings(model, train_set, pad_token_id=tokenizer.pad_token_id or 0)
+        if layers is None:
+            layers = router_layers(model.config.num_hidden_layers, model.config.hidden_size)
+        embeddings = route_embeddings(model, train_set, layers, pad_token_id=tokenizer.pad_token_id or 0)
         targets = label_targets(splits.train, splits.labels, task)
         router = (router or Router.empty(embeddings.shape[1])).update(embeddings, len(earlier), targets)
         name = self.task_name or Path(str(config.data.train)).stem
@@ -469,8 +490,12 @@ class Continue(Finetune):
             own = own.subset([i for i, label in enumerate(own.labels or []) if label in present])
         scored = own if own is not None and len(own) else splits.train
 
+        settings = config.continual
+        routing = Routing(experts=[], top_k=settings.adapter_top_k, layers=layers, shrinkage=settings.router_shrinkage)
+
         def save(trained: nn.Module, target: Path) -> None:
-            save_routed(trained, tokenizer, expert_config, target, earlier, name, router, splits.labels)
+            head = router.head(routing.shrinkage)
+            save_routed(trained, tokenizer, expert_config, target, earlier, name, head, routing, splits.labels)
 
         def finish(trained: nn.Module) -> Any:  # the expert alone, on the validation texts of its own labels
             return evaluate_data(in_memory_predictor(trained, tokenizer, expert_config), scored)
@@ -495,6 +520,7 @@ class Continue(Finetune):
         if process_state().is_main_process:
             folder = run.paths.root / STATE_DIR
             folder.mkdir(exist_ok=True)
+            router.save(folder / ROUTER_STATS_FILE)
             self.record(config, folder, prepared)
         return state
 
@@ -632,11 +658,13 @@ def save_routed(
     target: Path,
     earlier: list[tuple[str, Path]],
     name: str,
-    router: Router,
+    router: RouterHead,
+    routing: Routing,
     labels: list[str],
 ) -> None:
     """Write a routed folder: the earlier tasks' adapter folders copied under `members/`, `expert` (this task's
-    adapter, `config` its run's) after them, the router and the record that names them all."""
+    adapter, `config` its run's) after them, the router's head and the record (`routing`, its experts filled in
+    here) that names them all."""
 
     def write(folder: Path) -> None:
         experts = []
@@ -647,7 +675,6 @@ def save_routed(
         experts.append(RoutedExpert(path=f"{ENSEMBLE_SUBDIR}/{len(earlier)}", task=name))
         router.save(folder / ROUTER_FILE)
         tokenizer.save_pretrained(folder)
-        settings = config.continual
         ModelInfo(
             base_model=config.model.name,
             base_model_path=resolve_model_name(config.model.name),
@@ -659,7 +686,7 @@ def save_routed(
             text_column=config.data.text_column,
             text_pair_column=config.data.text_pair_column,
             label_column=config.data.label_column,
-            routed=Routing(experts=experts, top_k=settings.adapter_top_k, shrinkage=settings.slda_shrinkage),
+            routed=routing.model_copy(update={"experts": experts}),
         ).write(folder)
 
     replace_dir(target, write)

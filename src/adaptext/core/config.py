@@ -346,6 +346,12 @@ class ContinualSection(_Section):
         description="adapters: the adapters that score each text, those of the router's most probable tasks (0: "
         "every adapter; each one more costs one more pass of the encoder).",
     )
+    router_shrinkage: Float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="adapters: share of the router's covariance replaced by a scaled identity (shrinkage).",
+    )
     rebalance: bool = Field(
         True,
         description="After a task that added labels, scale the new labels' head rows to the old ones' mean norm "

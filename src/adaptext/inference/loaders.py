@@ -37,7 +37,7 @@ from adaptext.core.info import ModelInfo, is_adapter_folder
 from adaptext.core.registry import Registry
 from adaptext.inference.ensemble import EnsembleClassifier, member_temperature
 from adaptext.inference.onnx import ONNX_FILE, OnnxClassifier
-from adaptext.inference.routed import ROUTER_FILE, RoutedClassifier, Router
+from adaptext.inference.routed import ROUTER_FILE, RoutedClassifier, RouterHead
 from adaptext.modeling.adapters import (
     base_model_name,
     build_base,
@@ -190,10 +190,10 @@ class RoutedLoader(FolderLoader):
         return RoutedClassifier(
             _load_members(folders, infos),
             [[index[name] for name in expert_info.labels or []] for expert_info in infos],
-            Router.load(folder / ROUTER_FILE),
+            RouterHead.load(folder / ROUTER_FILE),
+            routing.layers,
             info.labels,
             info.task,
-            shrinkage=routing.shrinkage,
             top_k=routing.top_k,
             temperatures=[member_temperature(expert_info) for expert_info in infos],
         )
