@@ -545,3 +545,11 @@ def test_adapters_refuse_a_plain_model_and_multi_label(first_run: Path) -> None:
         )
     with pytest.raises(ConfigError, match="only replay"):
         load_config(None, ["continual.method=adapters+lwf"])
+
+
+def test_router_reads_every_hidden_state_or_the_last_that_fit() -> None:
+    from adaptext.inference.routed import router_layers
+
+    assert router_layers(6, 384) == list(range(7))  # MiniLM: 7 x 384 = 2,688 features
+    assert router_layers(12, 768) == [8, 9, 10, 11, 12]  # BERT-base: 5 x 768 = 3,840 of at most 4,096
+    assert router_layers(24, 1024, limit=512) == [24]  # at least the last one

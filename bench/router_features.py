@@ -1,0 +1,165 @@
+"""Which features the continual router reads: LDA on the frozen encoder's hidden states, one layer or several.
+
+For CLINC150 (in-scope, 150 intents) and BANKING77 (77 intents; a stratified 20% of train.csv, seed 1234, is the test
+set, as in bench/continual.py), the bundled MiniLM embeds every text once, keeping the mean over the unpadded tokens
+of each hidden state (0: the embedding layer, 6: the last). Linear discriminant analysis over all intents
+(`adaptext.modeling.lda.ClassStatistics`, the statistics `slda` and the `adapters` router keep) is then fitted on a
+set of layers, concatenated, for each shrinkage, and scored on the test texts. This is the final head of a
+class-incremental run of either method (its statistics add up exactly, so the order of tasks does not matter).
+
+With `--routed RUN` (a finished `adaptext continual` plan with `continual.method: adapters` on CLINC150), the
+experts of its model score the test texts, and the ways of combining router and experts are compared: the router
+alone, each expert weighed by its task's router probability (mixture), and the router's route probability times the
+expert's (product, what `RoutedClassifier` does).
+
+    python bench/router_features.py
+    python bench/router_features.py --routed /tmp/adaptext-continual/clinc150-adapters-o0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import log_softmax, logsumexp
+from transformers import AutoModel, AutoTokenizer
+
+from adaptext.core.config import DataConfig
+from adaptext.data.io import load_examples, read_table
+from adaptext.data.splits import stratified_split
+from adaptext.inference.predictor import Predictor
+from adaptext.modeling.hub import resolve_model_name
+from adaptext.modeling.lda import ClassStatistics
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "router_features.json"
+SPLIT_SEED = 1234
+LAYER_SETS = {"last": [6], "5": [5], "5-6": [5, 6], "4-6": [4, 5, 6], "3-6": [3, 4, 5, 6], "all (0-6)": list(range(7))}
+SHRINKAGES = (0.01, 0.1, 0.3)
+
+
+def load(name: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if name == "banking77":
+        path = root / "banking77" / "train.csv"
+        frame = read_table(path)
+        kept, held = stratified_split(load_examples(path, DataConfig()), 0.2, seed=SPLIT_SEED)
+        return frame.iloc[kept], frame.iloc[held]
+    train, test = read_table(root / name / "train.csv"), read_table(root / name / "test.csv")
+    return train[train["label"] != "oos"], test[test["label"] != "oos"]
+
+
+@torch.inference_mode()
+def hidden_means(texts: list[str], max_length: int = 64, batch_size: int = 128) -> np.ndarray:
+    """(texts, hidden states, width): the masked mean of every hidden state of the bundled model."""
+    path = resolve_model_name("minilm")
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    order = np.argsort([-len(t) for t in texts])
+    out: np.ndarray | None = None
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer(
+            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+        states = model(**batch, output_hidden_states=True).hidden_states
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        means = torch.stack([(h * mask).sum(1) / mask.sum(1) for h in states], 1).numpy()
+        if out is None:
+            out = np.zeros((len(texts), *means.shape[1:]), dtype=np.float32)
+        out[idx] = means
+        print(f"\r  embedded {min(start + batch_size, len(texts))}/{len(texts)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    assert out is not None
+    return out
+
+
+def lda_scores(train: np.ndarray, targets: np.ndarray, test: np.ndarray, classes: int, shrinkage: float) -> np.ndarray:
+    stats = ClassStatistics.empty(classes, train.shape[1]).update(train, targets, classes)
+    weights, bias = stats.head(shrinkage)
+    return test.astype(np.float64) @ weights.T + bias
+
+
+def combinations(
+    run: Path, x_train: np.ndarray, y_train: list[str], x_test: np.ndarray, test: pd.DataFrame
+) -> list[dict[str, Any]]:
+    """Router alone, mixture and product on the routed run's experts (labels in the run's expert order)."""
+    info = json.loads((run / "model" / "adaptext.json").read_text(encoding="utf-8"))
+    experts = info["routed"]["experts"]
+    labels, task_of, log_expert = [], [], []
+    for t, expert in enumerate(experts):
+        predictor = Predictor.from_dir(run / "model" / expert["path"])
+        labels += predictor.labels
+        task_of += [t] * len(predictor.labels)
+        log_expert.append(np.log(np.clip(predictor.predict_proba(test["text"].tolist()), 1e-12, 1.0)))
+        print(f"\r  expert {t + 1}/{len(experts)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    index = {name: i for i, name in enumerate(labels)}
+    targets, truth = np.array([index[y] for y in y_train]), np.array([index[y] for y in test["label"]])
+    tasks, owner = len(experts), np.array(task_of)
+    log_e = np.concatenate(log_expert, 1)
+    rows = []
+    for shrinkage in (info["routed"]["shrinkage"],):
+        routes = log_softmax(lda_scores(x_train, targets, x_test, len(labels), shrinkage), axis=1)
+        log_task = np.stack([logsumexp(routes[:, owner == t], 1) for t in range(tasks)], 1)
+        row: dict[str, Any] = {"shrinkage": shrinkage, "router alone": np.mean(routes.argmax(1) == truth)}
+        for k in (1, 2, tasks):
+            top = np.argsort(-log_task, 1)[:, :k]
+            mask = np.full_like(log_task, -np.inf)
+            np.put_along_axis(mask, top, 0.0, 1)
+            chosen = log_task + mask
+            chosen -= logsumexp(chosen, 1, keepdims=True)
+            row[f"mixture top {k}"] = np.mean((chosen[:, owner] + log_e).argmax(1) == truth)
+            row[f"product top {k}"] = np.mean((routes + log_e + mask[:, owner]).argmax(1) == truth)
+        rows.append({k: round(100 * v, 2) if k != "shrinkage" else v for k, v in row.items()})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["clinc150", "banking77"])
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--routed", type=Path, default=None, help="a finished CLINC150 adapters plan (its run folder)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results: dict[str, Any] = {"layers": [], "combinations": []}
+    for name in args.datasets:
+        train, test = load(name, args.data_root)
+        print(f"== {name}: {len(train)} train, {len(test)} test texts", file=sys.stderr, flush=True)
+        x_train, x_test = hidden_means(train["text"].tolist()), hidden_means(test["text"].tolist())
+        labels = sorted(set(train["label"]))
+        index = {label: i for i, label in enumerate(labels)}
+        targets, truth = np.array([index[y] for y in train["label"]]), np.array([index[y] for y in test["label"]])
+        for layers_name, layers in LAYER_SETS.items():
+            row: dict[str, Any] = {"dataset": name, "layers": layers_name, "features": len(layers) * x_train.shape[2]}
+            flat_train, flat_test = (
+                x_train[:, layers].reshape(len(x_train), -1),
+                x_test[:, layers].reshape(len(x_test), -1),
+            )
+            for shrinkage in SHRINKAGES:
+                scores = lda_scores(flat_train, targets, flat_test, len(labels), shrinkage)
+                row[f"shrinkage {shrinkage}"] = round(100 * float(np.mean(scores.argmax(1) == truth)), 2)
+            results["layers"].append(row)
+            print(row, flush=True)
+        if name == "clinc150" and args.routed is not None:
+            every = list(range(x_train.shape[1]))
+            flat_train, flat_test = (
+                x_train[:, every].reshape(len(x_train), -1),
+                x_test[:, every].reshape(len(x_test), -1),
+            )
+            results["combinations"] = combinations(args.routed, flat_train, train["label"].tolist(), flat_test, test)
+            print(results["combinations"], flush=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    print(pd.DataFrame(results["layers"]).to_markdown(index=False))
+    if results["combinations"]:
+        print(pd.DataFrame(results["combinations"]).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
