@@ -125,7 +125,11 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--routed", type=Path, default=None, help="a finished CLINC150 adapters plan (its run folder)")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--table-only", action="store_true", help="print the tables of --results and stop")
     args = parser.parse_args()
+    if args.table_only:
+        print_tables(json.loads(args.results.read_text(encoding="utf-8")))
+        return
     torch.manual_seed(0)
     results: dict[str, Any] = {"layers": [], "combinations": []}
     for name in args.datasets:
@@ -156,6 +160,10 @@ def main() -> None:
             print(results["combinations"], flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    print_tables(results)
+
+
+def print_tables(results: dict[str, Any]) -> None:
     print(pd.DataFrame(results["layers"]).to_markdown(index=False))
     if results["combinations"]:
         print(pd.DataFrame(results["combinations"]).to_markdown(index=False))
