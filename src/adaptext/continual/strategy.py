@@ -392,9 +392,7 @@ class Continue(Finetune):
             save=save,
             finish=finish,
         )
-        trained = time.perf_counter()
-        state = run_training(job, run)
-        self.seconds["train_s"] = time.perf_counter() - trained
+        state = self.run_job(job, run)
         if process_state().is_main_process:
             remembered = time.perf_counter()
             self.remember(model, tokenizer, config, run.paths, prepared, ewc.state if ewc is not None else None)
@@ -514,14 +512,19 @@ class Continue(Finetune):
             save=save,
             finish=finish,
         )
-        trained = time.perf_counter()
-        state = run_training(job, run)
-        self.seconds["train_s"] = time.perf_counter() - trained
+        state = self.run_job(job, run)
         if process_state().is_main_process:
             folder = run.paths.root / STATE_DIR
             folder.mkdir(exist_ok=True)
             router.save(folder / ROUTER_STATS_FILE)
             self.record(config, folder, prepared)
+        return state
+
+    def run_job(self, job: TrainingJob, run: Run) -> TrainingState:
+        """Run `job` on the engine, its time kept as `train_s`."""
+        started = time.perf_counter()
+        state = run_training(job, run)
+        self.seconds["train_s"] = time.perf_counter() - started
         return state
 
     def choose(

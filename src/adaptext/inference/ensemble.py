@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional
-from transformers import PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from adaptext.core.info import ModelInfo
 from adaptext.core.task import Task
+from adaptext.modeling.build import answer_config
 
 
 def member_temperature(info: ModelInfo) -> float:
@@ -65,11 +65,7 @@ class EnsembleClassifier(nn.Module):
         log_weights = torch.tensor([math.log(w) for w in self.weights], dtype=torch.float32).view(-1, 1, 1)
         self.register_buffer("log_weights", log_weights, persistent=False)
         self.multi_label = task.multi_label
-        self.config = PretrainedConfig(
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            problem_type=task.problem_type,  # type: ignore[arg-type]  # one of transformers' literals, as a str
-        )
+        self.config = answer_config(labels, task)
 
     @property
     def device(self) -> torch.device:

@@ -29,11 +29,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional
-from transformers import PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from adaptext.core.task import Task
 from adaptext.data.batching import Collator, Encoded
+from adaptext.modeling.build import answer_config
 from adaptext.modeling.lda import ClassStatistics
 
 ROUTER_FILE = "router.safetensors"  # in the model folder: the router's head
@@ -217,11 +217,7 @@ class RoutedClassifier(nn.Module):
         self.register_buffer("task_mask", mask, persistent=False)
         self.register_buffer("route_of", route_of, persistent=False)
         self.num_labels = len(labels)
-        self.config = PretrainedConfig(
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            problem_type=task.problem_type,  # type: ignore[arg-type]  # one of transformers' literals, as a str
-        )
+        self.config = answer_config(labels, task)
 
     @property
     def device(self) -> torch.device:

@@ -10,6 +10,7 @@ still a plain `transformers` model: `pipeline`, export and serving take it uncha
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,16 @@ def model_config(name: str, labels: list[str], task: Task) -> PretrainedConfig:
             f"cannot load model {name!r}: {_first_line(error)}. Give a local folder, a cached hub id, "
             "or model.name=minilm for the bundled model."
         ) from None
+
+
+def answer_config(labels: Sequence[str], task: Task) -> PretrainedConfig:
+    """A bare config naming `labels` and `task`'s problem type: what a module that answers like a transformers
+    classifier without being one (an ensemble, a routed model) shows to `Predictor`."""
+    return PretrainedConfig(
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        problem_type=task.problem_type,  # type: ignore[arg-type]  # one of transformers' literals, as a str
+    )
 
 
 def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
