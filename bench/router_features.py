@@ -4,7 +4,8 @@ For CLINC150 (in-scope, 150 intents) and BANKING77 (77 intents; a stratified 20%
 set, as in bench/continual.py), the bundled MiniLM embeds every text once, keeping the mean over the unpadded tokens
 of each hidden state (0: the embedding layer, 6: the last). Linear discriminant analysis over all intents
 (`adaptext.modeling.lda.ClassStatistics`, the statistics `slda` and the `adapters` router keep) is then fitted on a
-set of layers, concatenated, for each shrinkage, and scored on the test texts. This is the final head of a
+set of layers, concatenated, for each shrinkage, and scored on the test texts; then, on every layer, fitted on 8, 20
+and 50 examples per class and on all, for fixed shrinkages and the data-driven OAS one. This is the final head of a
 class-incremental run of either method (its statistics add up exactly, so the order of tasks does not matter).
 
 With `--routed RUN` (a finished `adaptext continual` plan with `continual.method: adapters` on CLINC150), the
@@ -42,6 +43,8 @@ RESULTS = ROOT / "bench" / "results" / "router_features.json"
 SPLIT_SEED = 1234
 LAYER_SETS = {"last": [6], "5": [5], "5-6": [5, 6], "4-6": [4, 5, 6], "3-6": [3, 4, 5, 6], "all (0-6)": list(range(7))}
 SHRINKAGES = (0.01, 0.1, 0.3)
+SIZE_SHRINKAGES: tuple[float | str, ...] = (1e-4, 1e-3, 0.01, 0.1, "oas")  # every layer, per-class sample sizes
+SIZES = (8, 20, 50, 0)  # examples per class drawn from the training texts (seed 0); 0: all of them
 
 
 def load(name: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -78,10 +81,48 @@ def hidden_means(texts: list[str], max_length: int = 64, batch_size: int = 128) 
     return out
 
 
-def lda_scores(train: np.ndarray, targets: np.ndarray, test: np.ndarray, classes: int, shrinkage: float) -> np.ndarray:
+def lda_scores(
+    train: np.ndarray, targets: np.ndarray, test: np.ndarray, classes: int, shrinkage: float | str
+) -> np.ndarray:
     stats = ClassStatistics.empty(classes, train.shape[1]).update(train, targets, classes)
-    weights, bias = stats.head(shrinkage)
+    weights, bias = stats.head(oas_shrinkage(stats) if shrinkage == "oas" else float(shrinkage))
     return test.astype(np.float64) @ weights.T + bias
+
+
+def oas_shrinkage(stats: ClassStatistics) -> float:
+    """The oracle approximating shrinkage (Chen et al., 2010) of the pooled within-class covariance, from the
+    running statistics alone: the data-driven choice the fixed values are compared with."""
+    means = stats.sums / stats.counts[:, None]
+    n = stats.counts.sum() - len(stats.counts)
+    covariance = (stats.gram - (means * stats.counts[:, None]).T @ means) / n
+    dim = covariance.shape[0]
+    trace, trace_sq = np.trace(covariance), np.sum(covariance * covariance)
+    numerator = (1 - 2 / dim) * trace_sq + trace**2
+    return float(min(1.0, numerator / ((n + 1 - 2 / dim) * (trace_sq - trace**2 / dim))))
+
+
+def by_size(
+    name: str, x_train: np.ndarray, targets: np.ndarray, x_test: np.ndarray, truth: np.ndarray, classes: int
+) -> list[dict[str, Any]]:
+    """Every layer's features, LDA fitted on a per-class sample of each size, for each shrinkage."""
+    rows = []
+    for size in SIZES:
+        rng = np.random.default_rng(0)
+        keep = np.arange(len(targets))
+        if size:
+            keep = np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(targets == c), min(size, int((targets == c).sum())), replace=False)
+                    for c in range(classes)
+                ]
+            )
+        row: dict[str, Any] = {"dataset": name, "per class": size or "all", "texts": len(keep)}
+        for shrinkage in SIZE_SHRINKAGES:
+            scores = lda_scores(x_train[keep], targets[keep], x_test, classes, shrinkage)
+            row[f"shrinkage {shrinkage}"] = round(100 * float(np.mean(scores.argmax(1) == truth)), 2)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
 def combinations(
@@ -131,7 +172,7 @@ def main() -> None:
         print_tables(json.loads(args.results.read_text(encoding="utf-8")))
         return
     torch.manual_seed(0)
-    results: dict[str, Any] = {"layers": [], "combinations": []}
+    results: dict[str, Any] = {"layers": [], "sizes": [], "combinations": []}
     for name in args.datasets:
         train, test = load(name, args.data_root)
         print(f"== {name}: {len(train)} train, {len(test)} test texts", file=sys.stderr, flush=True)
@@ -150,12 +191,10 @@ def main() -> None:
                 row[f"shrinkage {shrinkage}"] = round(100 * float(np.mean(scores.argmax(1) == truth)), 2)
             results["layers"].append(row)
             print(row, flush=True)
+        every = list(range(x_train.shape[1]))
+        flat_train, flat_test = x_train[:, every].reshape(len(x_train), -1), x_test[:, every].reshape(len(x_test), -1)
+        results["sizes"] += by_size(name, flat_train, targets, flat_test, truth, len(labels))
         if name == "clinc150" and args.routed is not None:
-            every = list(range(x_train.shape[1]))
-            flat_train, flat_test = (
-                x_train[:, every].reshape(len(x_train), -1),
-                x_test[:, every].reshape(len(x_test), -1),
-            )
             results["combinations"] = combinations(args.routed, flat_train, train["label"].tolist(), flat_test, test)
             print(results["combinations"], flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +204,8 @@ def main() -> None:
 
 def print_tables(results: dict[str, Any]) -> None:
     print(pd.DataFrame(results["layers"]).to_markdown(index=False))
+    if results.get("sizes"):
+        print(pd.DataFrame(results["sizes"]).to_markdown(index=False))
     if results["combinations"]:
         print(pd.DataFrame(results["combinations"]).to_markdown(index=False))
 
