@@ -12,8 +12,10 @@ import pytest
 
 from adaptext.audit import AuditSettings, audit_files
 from adaptext.cli import main
+from adaptext.core.config import DataConfig
 from adaptext.core.errors import AdaptextError, DataError
-from conftest import LABELS, make_rows
+from adaptext.data.io import load_examples
+from conftest import LABELS, make_rows, train_keyword_run
 
 FLIPPED = [5, 25, 45, 65, 85, 105]  # 0-based positions of the planted errors among 120 rows
 AUDIT_FILES = {".adaptext", "suspects.csv", "duplicates.csv", "audit.json", "audit.html", "debug.log"}
@@ -179,14 +181,34 @@ def test_cli_writes_the_promised_files_and_replaces_only_with_overwrite(
     assert {p.name for p in out.iterdir()} == AUDIT_FILES
 
 
-def test_a_saved_classifier_gives_the_embeddings_of_its_final_layer(
+def test_an_encoder_folder_given_as_the_model_is_read_as_that_encoder(
     tiny_model_dir: Path, write_csv: Callable[..., Path], tmp_path: Path
 ) -> None:
+    # The tiny model is a bare encoder (BertModel, no classifier head), as an `adaptext pretrain` run leaves one.
     train = write_csv("train.csv", noisy_rows(60))
     result = audit_files(train, tmp_path / "audit", settings=AuditSettings(model=str(tiny_model_dir), folds=3))
     assert result.settings["encoder_source"] == str(tiny_model_dir)
     assert result.probabilities.shape == (60, 3)
     assert result.targets.tolist()[:3] == [LABELS.index(r["label"]) for r in noisy_rows(60)[:3]]
+
+
+def test_a_saved_classifier_gives_the_embeddings_of_its_final_layer(
+    tiny_model_dir: Path, write_csv: Callable[..., Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from adaptext.audit.features import embed_data, load_encoder
+    from adaptext.inference.predictor import Predictor
+    from adaptext.modeling.embedding import embed, encode_texts
+
+    run = train_keyword_run(tmp_path, tiny_model_dir)
+    train = write_csv("train.csv", noisy_rows(30))
+    encoder = load_encoder(run, "unused", max_length=32)
+    assert encoder.source == str(run) and encoder.model.config.id2label == Predictor.from_dir(run).model.config.id2label
+    data = load_examples(train, DataConfig())
+    got = embed_data(encoder, data, progress=False)
+    raw = embed(encoder.model, encode_texts(encoder.tokenizer, data, 32), pad_token_id=encoder.tokenizer.pad_token_id)
+    np.testing.assert_allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
 
 
 def test_a_text_in_three_files_leaks_between_all_and_repeats_stay_one_group() -> None:

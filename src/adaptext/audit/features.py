@@ -23,11 +23,11 @@ from adaptext.core.info import ModelInfo, find_model_dir
 from adaptext.core.task import SINGLE_LABEL
 from adaptext.data.batching import Encoded, tokenize
 from adaptext.data.examples import TextData
-from adaptext.inference.loaders import FolderLoader, OnnxLoader, loader_for
+from adaptext.inference.loaders import FolderLoader, OnnxLoader, TransformersLoader, loader_for
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
-from adaptext.modeling.hub import load_tokenizer
+from adaptext.modeling.hub import check_classifier_folder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,10 @@ def check_model_folder(path: str | Path) -> tuple[Path, FolderLoader, ModelInfo]
 
 
 def load_encoder(model: str | Path | None, encoder: str, *, max_length: int, device: str | None = None) -> Encoder:
-    """The encoder of saved classifier `model`, else the mean-pooled pretrained encoder `encoder`."""
+    """The encoder of saved classifier `model`, else the mean-pooled pretrained encoder `encoder`; a `model` folder
+    that holds an encoder without a classifier head (an `adaptext pretrain` run's) is read as that encoder."""
+    if model is not None and _is_encoder_folder(find_model_dir(model)):
+        return load_encoder(None, str(find_model_dir(model)), max_length=max_length, device=device)
     if model is not None:
         check_model_folder(model)  # an ONNX, prompt or NLI folder is refused before its weights are read
         predictor = Predictor.from_dir(model, device=device)
@@ -79,6 +82,16 @@ def load_encoder(model: str | Path | None, encoder: str, *, max_length: int, dev
     net.to(default_device(device))  # type: ignore[arg-type]  # transformers types `to` for dtype-or-device
     net.eval()
     return Encoder(model=net, tokenizer=tokenizer, max_length=max_length, source=encoder)
+
+
+def _is_encoder_folder(model_dir: Path) -> bool:
+    if not isinstance(loader_for(model_dir, ModelInfo.read(model_dir)), TransformersLoader):
+        return False
+    try:
+        check_classifier_folder(model_dir)
+    except ValueError:
+        return True
+    return False
 
 
 def embed_data(encoder: Encoder, data: TextData, *, batch_size: int = 64, progress: bool = True) -> np.ndarray:
