@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -34,7 +33,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from adaptext.core.task import Task
 from adaptext.data.batching import Collator, Encoded
 from adaptext.modeling.build import answer_config
-from adaptext.modeling.lda import ClassStatistics
+from adaptext.modeling.lda import ClassStatistics, load_arrays, save_arrays
 
 ROUTER_FILE = "router.safetensors"  # in the model folder: the router's head
 ROUTER_STATS_FILE = "router_stats.safetensors"  # in the run's `continual/`: the statistics the next task adds to
@@ -64,17 +63,19 @@ class RouterHead:
         return int(self.route_task.max()) + 1 if len(self.route_task) else 0
 
     def save(self, path: Path) -> None:
-        arrays = {
-            "weight": self.weight.astype(np.float32),
-            "bias": self.bias.astype(np.float32),
-            "route_task": self.route_task,
-            "route_label": self.route_label,
-        }
-        save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(path))
+        save_arrays(
+            path,
+            {
+                "weight": self.weight.astype(np.float32),
+                "bias": self.bias.astype(np.float32),
+                "route_task": self.route_task,
+                "route_label": self.route_label,
+            },
+        )
 
     @classmethod
     def load(cls, path: Path) -> RouterHead:
-        arrays = {k: v.numpy() for k, v in load_file(str(path)).items()}
+        arrays = load_arrays(path)
         return cls(arrays["weight"], arrays["bias"], arrays["route_task"], arrays["route_label"])
 
 
@@ -111,21 +112,13 @@ class Router:
         return RouterHead(weight, bias, self.route_task, self.route_label)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {
-            "counts": self.stats.counts,
-            "sums": self.stats.sums,
-            "gram": self.stats.gram,
-            "route_task": self.route_task,
-            "route_label": self.route_label,
-        }
-        save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(path))
+        save_arrays(path, self.stats.arrays() | {"route_task": self.route_task, "route_label": self.route_label})
 
     @classmethod
     def load(cls, path: Path) -> Router:
-        arrays = {k: v.numpy() for k, v in load_file(str(path)).items()}
-        stats = ClassStatistics(arrays["counts"], arrays["sums"], arrays["gram"])
-        return cls(stats, arrays["route_task"].astype(np.int64), arrays["route_label"].astype(np.int64))
+        arrays = load_arrays(path)
+        routes = arrays["route_task"].astype(np.int64), arrays["route_label"].astype(np.int64)
+        return cls(ClassStatistics.of(arrays), *routes)
 
 
 def layer_embedding(expert: Any, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:

@@ -62,15 +62,31 @@ class ClassStatistics:
         bias = -0.5 * np.einsum("cd,cd->c", weights, means)
         return weights, bias
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts, "sums": self.sums, "gram": self.gram}
+
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"counts": self.counts, "sums": self.sums, "gram": self.gram}
-        save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(path))
+        save_arrays(path, self.arrays())
 
     @classmethod
     def load(cls, path: Path) -> ClassStatistics:
-        tensors = {k: v.numpy() for k, v in load_file(str(path)).items()}
-        return cls(tensors["counts"], tensors["sums"], tensors["gram"])
+        return cls.of(load_arrays(path))
+
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray]) -> ClassStatistics:
+        """The statistics among `arrays` (as `arrays()` names them)."""
+        return cls(arrays["counts"], arrays["sums"], arrays["gram"])
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Numpy arrays by name into a safetensors file (its folder made if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(path))
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The numpy arrays by name of a safetensors file `save_arrays` wrote."""
+    return {k: v.numpy() for k, v in load_file(str(path)).items()}
 
 
 @torch.no_grad()
