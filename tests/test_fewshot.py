@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sklearn.linear_model import LogisticRegression
 
 from adaptext.cli import EXIT_USER_ERROR, main
-from adaptext.core.config import Config, load_config
+from adaptext.core.config import Config, FewshotSection, load_config
 from adaptext.core.errors import AdaptextError, ConfigError, DataError
 from adaptext.core.task import MULTI_LABEL, SINGLE_LABEL
 from adaptext.data.batching import Encoded, tokenize
@@ -389,7 +389,8 @@ def test_the_head_is_the_regression_on_the_trained_encoder(fewshot_run: dict[str
     targets = np.asarray([LABELS.index(r["label"]) for r in train_rows])
     embeddings = embed(saved, encode(tokenizer, [r["text"] for r in train_rows]), pad_token_id=0)
     scale = np.median(np.linalg.norm(embeddings, axis=1))
-    clf = LogisticRegression(C=1.0, max_iter=1000).fit(embeddings / scale, targets)
+    head_c = FewshotSection().head_c  # the run's default
+    clf = LogisticRegression(C=head_c, max_iter=1000).fit(embeddings / scale, targets)
     probe = embed(saved, encode(tokenizer, PROBE_TEXTS), pad_token_id=0)
     got = Predictor.from_dir(result.run_dir).predict_proba(PROBE_TEXTS)
     np.testing.assert_allclose(got, clf.predict_proba(probe / scale), atol=1e-5)
@@ -490,7 +491,7 @@ def test_multi_label_fewshot_run_end_to_end(tiny_model_dir: Path, tmp_path: Path
     unit = embeddings / np.median(np.linalg.norm(embeddings, axis=1))
     for j, name in enumerate(LABELS):
         column = np.asarray([name in r["label"].split("|") for r in rows], dtype=np.float32)
-        clf = LogisticRegression(C=1.0, max_iter=1000).fit(unit, column)
+        clf = LogisticRegression(C=FewshotSection().head_c, max_iter=1000).fit(unit, column)
         np.testing.assert_allclose(probs[:, j], clf.predict_proba(unit)[:, 1], atol=1e-5, err_msg=name)
     # Label sets come out of `adaptext predict` as lists.
     out = tmp_path / "predictions.jsonl"
