@@ -9,7 +9,8 @@ For every data set, N examples per class (`--shots`) are drawn from its training
 by `adaptext.data.splits.sample_per_class`, exactly as `adaptext sample POOL --per-class N --seed s` draws them, into
 one CSV that every method trains on:
 
-  adaptext   `strategy: fewshot` with its defaults (contrastive steps `auto`)
+  adaptext   `strategy: fewshot` with its defaults (contrastive steps `auto`; no validation file, so it trains on
+             all N examples, as a user's run does)
   setfit     the `setfit` library (SetFitModel + Trainer, CosineSimilarityLoss, logistic-regression head) on the
              same `minilm` sentence-transformers folder, batch 16, 1 epoch, `num_iterations` = --setfit-iterations
   finetune   `strategy: finetune` with all defaults (validation = the sample itself, so no method ever selects a
@@ -171,6 +172,9 @@ def run_adaptext(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
     if strategy == "zeroshot":
         # Label names only: no training file, the evaluation file is the validation split.
         overrides += [f"zeroshot.labels={json.dumps(spec['labels'])}", f"data.validation={spec['eval']}"]
+    elif strategy == "fewshot":
+        # Exactly the defaults: no validation file, so the run trains on all N and fits no temperature.
+        overrides += [f"data.train={spec['train']}", f"data.test={spec['eval']}"]
     else:
         overrides += [f"data.train={spec['train']}", f"data.validation={spec['train']}", f"data.test={spec['eval']}"]
     config = load_config(None, overrides)

@@ -26,7 +26,7 @@ def test_defaults() -> None:
     assert config.format_version == CONFIG_FORMAT_VERSION
     assert config.model.name == "minilm"
     assert config.data.train is None
-    assert config.data.validation_fraction == 0.1
+    assert config.data.validation_fraction == "auto"
     assert config.data.test_fraction is None
     assert config.data.label_delimiter == "|"
     assert config.train.batch_size == 32

@@ -871,3 +871,40 @@ def test_a_fewshot_model_is_explained_by_integrated_gradients(fewshot_run: dict[
     assert [len(e.tokens) for e in explained] == [4, 4]
     _, delta = IntegratedGradients().attribute_tokens(predictor, texts, [0, 1])
     assert np.all(np.abs(delta) < 0.05)  # completeness holds with the few-shot head too
+
+
+def test_without_a_validation_file_fewshot_trains_on_every_example(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """True few-shot by default: no validation split is carved off, the head is the regression on all N examples with
+    its own probabilities (no temperature fitted on the texts it was trained on), and the scores are named `train`."""
+    config = fewshot_config(tiny_model_dir, tmp_path, "data.validation=null", "fewshot.calibrate=true")
+    assert config.data.validation is None
+    result = train(config)
+    assert result.eval_split == "train" and scored_examples(result) == 24
+    assert not [key for key in result.stats if key.startswith("validation_")]
+    saved = Predictor.from_dir(result.run_dir)
+    assert saved.info.temperature == 1.0
+    train_rows = make_rows(24, seed=1)
+    tokenizer = load_tokenizer(str(result.model_dir))
+    embeddings = embed(saved.model, encode(tokenizer, [r["text"] for r in train_rows]), pad_token_id=0)  # type: ignore[arg-type]
+    scale = np.median(np.linalg.norm(embeddings, axis=1))
+    targets = np.asarray([LABELS.index(r["label"]) for r in train_rows])
+    clf = LogisticRegression(C=FewshotSection().head_c, max_iter=1000).fit(embeddings / scale, targets)
+    probe = embed(saved.model, encode(tokenizer, PROBE_TEXTS), pad_token_id=0)  # type: ignore[arg-type]
+    np.testing.assert_allclose(saved.predict_proba(PROBE_TEXTS), clf.predict_proba(probe / scale), atol=1e-5)
+
+    # Asked for explicitly, the split is carved off as for every other strategy.
+    carved = fewshot_config(tiny_model_dir, tmp_path, "data.validation=null", "data.validation_fraction=0.25")
+    carved = carved.model_copy(update={"output_dir": tmp_path / "carved"})
+    result = train(carved)
+    assert result.eval_split == "validation" and scored_examples(result) == 6
+
+
+def scored_examples(result: TrainResult) -> int:
+    return int(json.loads((result.run_dir / "metrics.json").read_text(encoding="utf-8"))["n_examples"])
+
+
+def test_fewshot_ood_without_held_out_texts_is_refused_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = fewshot_config(tiny_model_dir, tmp_path, "data.validation=null", "ood.method=knn")
+    with pytest.raises(ConfigError, match=r"held-out in-scope texts.*data.validation=FILE"):
+        train(config)
+    assert not (tmp_path / "run").exists()

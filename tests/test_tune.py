@@ -158,6 +158,18 @@ def test_a_bad_search_space_is_a_one_line_error_before_any_trial(
     assert not root.exists()
 
 
+def test_a_fewshot_study_without_held_out_validation_is_refused(
+    tiny_model_dir: Path, data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A few-shot run holds nothing out by default, so its trials would be scored on their own training examples."""
+    root = tmp_path / "tune"
+    overrides = ["strategy=fewshot", f"model.name={tiny_model_dir}", f"data.train={data_files['train']}"]
+    config = load_config(None, [*overrides, f"output_dir={root}"])
+    with pytest.raises(ConfigError, match="strategy fewshot holds none out by default"):
+        tune(config, trials=1)
+    assert not root.exists()
+
+
 def test_no_validation_data_is_refused(tmp_path: Path) -> None:
     config = load_config(None, ["strategy=zeroshot", "zeroshot.labels=[a, b]", f"output_dir={tmp_path / 't'}"])
     with pytest.raises(ConfigError, match=r"data\.validation"):

@@ -60,6 +60,7 @@ def _expand_name(value: str) -> str:
 
 
 Float = Annotated[float, BeforeValidator(_coerce_float)]
+DEFAULT_VALIDATION_FRACTION = 0.1  # `data.validation_fraction: auto` for the strategies that hold validation out
 
 
 # A path field: `~` is expanded, so `output_dir: ~/runs/a` means the home folder, as in a shell.
@@ -113,8 +114,12 @@ class DataConfig(_Section):
     test: UserPath | None = Field(
         None, description="Test file, evaluated once after training into the run folder's report."
     )
-    validation_fraction: Float = Field(
-        0.1, gt=0.0, lt=0.5, description="Share of `train` held out for validation when no file is given."
+    validation_fraction: Annotated[float, Field(gt=0.0, lt=0.5), BeforeValidator(_coerce_float)] | Literal["auto"] = (
+        Field(
+            "auto",
+            description="Share of `train` held out for validation when no file is given. `auto`: "
+            f"{DEFAULT_VALIDATION_FRACTION}, except for few-shot runs, which hold out nothing (every example trains).",
+        )
     )
     test_fraction: Float | None = Field(
         None,

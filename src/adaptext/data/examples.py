@@ -44,6 +44,9 @@ class Splits:
 
     `in_train` counts, per evaluated split (`validation`, `test`), its examples whose text (and pair) also
     appears in train: exact duplicates that make the scores on that split optimistic.
+    `validation_held_out` is False when there was no validation data to hold out (a few-shot run without a validation
+    file): `validation` is then the training data itself, which nothing may calibrate, select or report on as if it
+    were held out.
     """
 
     train: TextData
@@ -51,6 +54,7 @@ class Splits:
     test: TextData | None
     labels: list[str]
     in_train: dict[str, int] = field(default_factory=dict)
+    validation_held_out: bool = True
 
     @property
     def evaluation(self) -> TextData:

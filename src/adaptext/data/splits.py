@@ -6,12 +6,12 @@ import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from adaptext.core.config import Config, DataConfig
+from adaptext.core.config import DEFAULT_VALIDATION_FRACTION, Config, DataConfig
 from adaptext.core.errors import DataError
 from adaptext.core.outputs import check_output_file, expand
 from adaptext.data.examples import Splits, TextData
@@ -84,11 +84,14 @@ def _target_bins(values: list[float], bins: int = 10) -> list[int]:
     return np.searchsorted(edges, values, side="right").tolist()
 
 
-def load_splits(config: Config, known: Sequence[str] = ()) -> Splits:
+def load_splits(config: Config, known: Sequence[str] = (), hold_out: bool = True) -> Splits:
     """Read and check every file of a run, carving validation/test splits from train where asked.
 
     `known`: labels a model already has (a continued run): they keep their ids, and the training file's other labels
     follow them in sorted order; the training file alone may then hold a single label.
+    `hold_out`: without a validation file, carve `data.validation_fraction` of train off as validation. When False
+    (few-shot, where every example counts), train keeps all its examples and is also the validation split, marked
+    `validation_held_out=False` so that nothing is calibrated, selected or reported as held-out on it.
     """
     cfg = config.data
     if cfg.train is None:
@@ -104,8 +107,12 @@ def load_splits(config: Config, known: Sequence[str] = ()) -> Splits:
         kept, held = stratified_split(train, cfg.test_fraction, config.seed)
         test = train.subset(held, source=f"{train.source} (test split)")
         train = train.subset(kept)
+    held_out = validation is not None or hold_out
+    if validation is None and not hold_out:
+        validation = replace(train, source=f"{train.source} (the training examples: no held-out validation)")
     if validation is None:
-        kept, held = stratified_split(train, cfg.validation_fraction, config.seed + 1)
+        fraction = DEFAULT_VALIDATION_FRACTION if cfg.validation_fraction == "auto" else cfg.validation_fraction
+        kept, held = stratified_split(train, fraction, config.seed + 1)
         if not held:
             raise DataError(f"{train.source}: too few rows to carve a validation split; give data.validation")
         validation = train.subset(held, source=f"{train.source} (validation split)")
@@ -113,16 +120,18 @@ def load_splits(config: Config, known: Sequence[str] = ()) -> Splits:
     for split in (validation, test):
         if split is not None:
             check_known_labels(split, labels)
-    evaluated = {"validation": validation} | ({"test": test} if test is not None else {})
+    evaluated = ({"validation": validation} if held_out else {}) | ({"test": test} if test is not None else {})
     in_train = check_train_overlap(train, evaluated)
     logger.info(
-        "data: %d train, %d validation, %s test examples, %d labels",
+        "data: %d train, %s validation, %s test examples, %d labels",
         len(train),
-        len(validation),
+        len(validation) if held_out else "no held-out",
         len(test) if test is not None else "no",
         len(labels),
     )
-    return Splits(train=train, validation=validation, test=test, labels=labels, in_train=in_train)
+    return Splits(
+        train=train, validation=validation, test=test, labels=labels, in_train=in_train, validation_held_out=held_out
+    )
 
 
 def sample_per_class(data: TextData, per_class: int, seed: int) -> tuple[list[int], dict[str, int]]:

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import ROBUST_KEYS, Config
 from adaptext.core.device import autocast_dtype, resolve_precision
+from adaptext.core.errors import ConfigError
 from adaptext.core.task import SINGLE_LABEL, task_of
 from adaptext.data.batching import Collator, Encoded, tokenize
 from adaptext.data.examples import Splits, TextData
@@ -204,10 +205,22 @@ class Fewshot(Strategy):
     def check(self, config: Config) -> None:
         super().check(config)
         check_metric_name(config.train.metric_for_best, task_of(config))
+        if config.ood.method != "none" and config.data.validation is None and not self.holds_out_validation(config):
+            raise ConfigError(
+                f"ood.method={config.ood.method} sets its threshold on held-out in-scope texts, and a few-shot run "
+                "trains on every example: give data.validation=FILE (or data.validation_fraction=0.2 to carve it off "
+                "the training file)"
+            )
+
+    def holds_out_validation(self, config: Config) -> bool:
+        """Only when `data.validation_fraction` is a number. With `auto` a run without a validation file trains on
+        all N examples (true few-shot, as SetFit does): an 8-per-class run would otherwise lose one example in
+        eight, and score the head on a handful of texts."""
+        return config.data.validation_fraction != "auto"
 
     def prepare(self, config: Config) -> FewshotPrepared:
         precision = resolve_precision(config.train.precision)
-        splits = load_splits(config)
+        splits = load_splits(config, hold_out=self.holds_out_validation(config))
         path = config.data.label_descriptions
         descriptions = label_descriptions(path, splits.labels) if path else {}
         tokenizer = load_tokenizer(config.model.name)
@@ -303,8 +316,10 @@ class HeadStage:
         embeddings = embed(model, self.encoded, pad_token_id=pad_id, autocast_dtype=dtype)  # type: ignore[arg-type]
         fit_head(model, embeddings, self.targets, fs.head_c, config.seed)  # type: ignore[arg-type]
         predictor = in_memory_predictor(model, self.tokenizer, config)
-        if fs.calibrate:
+        if fs.calibrate and self.splits.validation_held_out:
             self.temperature = calibrate_head(model, predictor, self.splits.validation, self.splits.labels)  # type: ignore[arg-type]
+        elif fs.calibrate:
+            logger.info("few-shot: no held-out validation texts, so the head keeps the regression's own probabilities")
         return evaluate_data(predictor, self.splits.validation)
 
     def save(self, model: nn.Module, target: Path) -> None:

@@ -165,7 +165,9 @@ def finish(
     process.wait_for_everyone()
     predictor = Predictor.from_dir(paths.model, batch_size=eval_batch_size(config.train))
     data = splits.evaluation
-    split = "test" if splits.test is not None else "validation"
+    # Without a test file or held-out validation (a true few-shot run), the only scores are on the training examples:
+    # they are reported, and named, as such.
+    split = "test" if splits.test is not None else "validation" if splits.validation_held_out else "train"
     probs = predictor.predict_proba(data.texts, data.pairs)
     report = evaluate_data(predictor, data, probs)
     stats = run_stats(config, paths, state, splits)

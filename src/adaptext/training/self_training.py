@@ -283,15 +283,16 @@ def self_train(strategy: Strategy, prepared: Prepared, run: Run, pool: Pool) -> 
         state = strategy.fit(replace(prepared, splits=replace(splits, train=train)), replace(run, paths=paths))
         gc.collect()
         predictor = Predictor.from_dir(paths.model, batch_size=batch_size)
-        report = evaluate_data(predictor, splits.validation)
-        pending.validation_accuracy = float(report.metrics["accuracy"])
-        pending.validation_macro_f1 = float(report.metrics.get("macro_f1", float("nan")))
-        logger.info(
-            "self-training round %d: validation accuracy %.4f, macro_f1 %.4f",
-            number,
-            pending.validation_accuracy,
-            pending.validation_macro_f1,
-        )
+        if splits.validation_held_out:  # a true few-shot run has no held-out texts to score a round on
+            report = evaluate_data(predictor, splits.validation)
+            pending.validation_accuracy = float(report.metrics["accuracy"])
+            pending.validation_macro_f1 = float(report.metrics.get("macro_f1", float("nan")))
+            logger.info(
+                "self-training round %d: validation accuracy %.4f, macro_f1 %.4f",
+                number,
+                pending.validation_accuracy,
+                pending.validation_macro_f1,
+            )
         records.append(pending)
         last = number == settings.rounds or not left
         if not last:

@@ -64,6 +64,11 @@ class Strategy(ABC):
     # pseudo-labelled examples to it and fit again; `run_strategy` refuses self-training otherwise.
     self_trainable: ClassVar[bool] = False
 
+    def holds_out_validation(self, config: Config) -> bool:
+        """Whether, without a validation file, `prepare` carves `data.validation_fraction` of train off as validation
+        (False: the validation split is the training data itself, `Splits.validation_held_out` False)."""
+        return True
+
     def check(self, config: Config) -> None:
         """Refuse a config this strategy cannot honour; the default refuses the keys it `ignores`, and regression
         unless the strategy supports it."""
