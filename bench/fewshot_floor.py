@@ -95,14 +95,20 @@ def logits_of(model: torch.nn.Module, tokenizer: Any, data: TextData, batch: int
 
 
 def lpft(
-    labels: list[str], tokenizer: Any, sample: TextData, evaluation: TextData, targets: np.ndarray, truth: np.ndarray
+    labels: list[str],
+    tokenizer: Any,
+    sample: TextData,
+    evaluation: TextData,
+    targets: np.ndarray,
+    truth: np.ndarray,
+    seed: int,
 ) -> dict[str, Any]:
     """The frozen head, then end-to-end cross-entropy fine-tuning; the evaluation accuracy after the listed epochs."""
     model = build_model("minilm", labels, SINGLE_LABEL)
     prepare_encoder(model)
     model.eval()
     encoded = encode_texts(tokenizer, sample, MAX_LENGTH)
-    fit_head(model, embed(model, encoded, pad_token_id=tokenizer.pad_token_id or 0), targets, ARGS.lpft_c, ARGS.seed)
+    fit_head(model, embed(model, encoded, pad_token_id=tokenizer.pad_token_id or 0), targets, ARGS.lpft_c, seed)
     record: dict[str, Any] = {"epoch 0": accuracy(model, tokenizer, evaluation, truth)}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=ARGS.lpft_lr, weight_decay=0.01)
@@ -110,7 +116,7 @@ def lpft(
     total = per_epoch * max(ARGS.lpft_report)
     warmup = max(1, int(0.1 * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (total - s) / total)
-    rng = np.random.default_rng(ARGS.seed)
+    rng = np.random.default_rng(seed)
     start = time.perf_counter()
     for epoch in range(1, max(ARGS.lpft_report) + 1):
         model.train()
@@ -175,8 +181,7 @@ def one(name: str, shots: int, seed: int, folder: Path) -> dict[str, Any]:
         **head_scores(trained, tokenizer, sample, evaluation, targets, truth),
     }
     del trained
-    ARGS.seed = seed
-    record["lpft"] = lpft(labels, tokenizer, sample, evaluation, targets, truth)
+    record["lpft"] = lpft(labels, tokenizer, sample, evaluation, targets, truth, seed)
     print(json.dumps(record), flush=True)
     return record
 

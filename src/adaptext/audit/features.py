@@ -62,8 +62,8 @@ def check_model_folder(path: str | Path) -> tuple[Path, FolderLoader, ModelInfo]
 def load_encoder(model: str | Path | None, encoder: str, *, max_length: int, device: str | None = None) -> Encoder:
     """The encoder of saved classifier `model`, else the mean-pooled pretrained encoder `encoder`; a `model` folder
     that holds an encoder without a classifier head (an `adaptext pretrain` run's) is read as that encoder."""
-    if model is not None and _is_encoder_folder(find_model_dir(model)):
-        return load_encoder(None, str(find_model_dir(model)), max_length=max_length, device=device)
+    if model is not None and _is_encoder_folder(folder := find_model_dir(model)):
+        return load_encoder(None, str(folder), max_length=max_length, device=device)
     if model is not None:
         check_model_folder(model)  # an ONNX, prompt or NLI folder is refused before its weights are read
         predictor = Predictor.from_dir(model, device=device)
