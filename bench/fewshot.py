@@ -1,6 +1,6 @@
 """Few-shot accuracy and training time: adaptext few-shot against the `setfit` library, fine-tuning and zero-shot.
 
-    python bench/fewshot.py                                  # 4 data sets x N 8/16/32/64 x 5 seeds x 3 methods
+    python bench/fewshot.py                                  # 5 data sets x N 8/16/32/64 x 5 seeds x 3 methods
     python bench/fewshot.py --resume                         # continue a killed run from its JSON file
     python bench/fewshot.py --dry-run                        # build every sample, print sizes and pair counts
     python bench/fewshot.py --quick --datasets sst2          # smoke run: N=8, seed 0, 200 evaluation examples
@@ -9,13 +9,16 @@ For every data set, N examples per class (`--shots`) are drawn from its training
 by `adaptext.data.splits.sample_per_class`, exactly as `adaptext sample POOL --per-class N --seed s` draws them, into
 one CSV that every method trains on:
 
-  adaptext   `strategy: fewshot` with its defaults (contrastive steps `auto`; no validation file, so it trains on
-             all N examples, as a user's run does)
+  adaptext   `strategy: fewshot` with its defaults (`fewshot.encoder: auto`; no validation file, so it trains on
+             all N examples, as a user's run does); --adaptext-set KEY=VALUE ... runs a variant instead, and the
+             records keep the overrides, so a variant's results never mix with the defaults
   setfit     the `setfit` library (SetFitModel + Trainer, CosineSimilarityLoss, logistic-regression head) on the
              same `minilm` sentence-transformers folder, batch 16, 1 epoch, `num_iterations` = --setfit-iterations
   finetune   `strategy: finetune` with all defaults (validation = the sample itself, so no method ever selects a
              checkpoint on the evaluation data)
   zeroshot   `strategy: zeroshot` from the label names only (no training examples), once per data set
+  frozen     `strategy: fewshot` with `fewshot.encoder: frozen`: the logistic-regression head on the untouched
+             encoder's embeddings (the floor; not in the default --methods)
 
 Data (under --data-root, default ../shared/datasets):
   sst2                   train.csv -> dev.csv (872, all of it)
@@ -24,6 +27,8 @@ Data (under --data-root, default ../shared/datasets):
                          64 (even 32) examples there, so they get all they have; --dry-run lists them.
   financial_phrasebank   train.csv -> test.csv (all agreement levels)
   clinc150               train.csv -> dev.csv, the 150 in-scope intents only (label `oos` dropped from both)
+  clinc150_domains       the same texts labelled by their intent's domain (10 classes): a task no default was chosen
+                         on, between the 2-3 classes of the sentiment sets and the 77-150 of the intent sets
 Evaluation sets larger than --eval-size are cut to about that many by a stratified draw (seed 1234).
 
 SetFit's pair budget: its default `sampling_strategy="oversampling"` trains on every pair of the sample at least
@@ -64,8 +69,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "fewshot.json"
 QUICK_OUTPUT = ROOT / "bench" / "results" / "fewshot-quick.json"
-DATASETS = ["sst2", "banking77", "financial_phrasebank", "clinc150"]
-METHODS = ["adaptext", "setfit", "finetune"]
+DATASETS = ["sst2", "banking77", "financial_phrasebank", "clinc150", "clinc150_domains"]
+METHODS = ["adaptext", "setfit", "finetune", "frozen"]
 SPLIT_SEED = 1234  # BANKING77 held-out split and evaluation-set cuts
 SETFIT_BATCH = 16
 
@@ -79,7 +84,7 @@ def prepare_dataset(name: str, data_root: Path, eval_size: int, folder: Path) ->
     from adaptext.data.io import load_examples, read_table, write_table
     from adaptext.data.splits import stratified_split
 
-    source = data_root / name
+    source = data_root / ("clinc150" if name == "clinc150_domains" else name)
     if not (source / "train.csv").is_file():
         sys.exit(f"no {name}/train.csv under {data_root}; pass --data-root")
     train = read_table(source / "train.csv")
@@ -90,10 +95,13 @@ def prepare_dataset(name: str, data_root: Path, eval_size: int, folder: Path) ->
         train, evaluation = train.iloc[kept], train.iloc[held]
     elif name == "financial_phrasebank":
         evaluation = read_table(source / "test.csv")
-    elif name == "clinc150":
+    elif name in ("clinc150", "clinc150_domains"):
         evaluation = read_table(source / "dev.csv")
         train = train[train["label"] != "oos"]
         evaluation = evaluation[evaluation["label"] != "oos"]
+        if name == "clinc150_domains":  # the intent's domain as the label: 10 classes of 15 intents each
+            train = train.assign(label=train["domain"])
+            evaluation = evaluation.assign(label=evaluation["domain"])
     else:
         sys.exit(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     paths = {"pool": folder / f"{name}-pool.csv", "eval": folder / f"{name}-eval.csv"}
@@ -174,7 +182,9 @@ def run_adaptext(spec: dict[str, Any], strategy: str) -> dict[str, Any]:
         overrides += [f"zeroshot.labels={json.dumps(spec['labels'])}", f"data.validation={spec['eval']}"]
     elif strategy == "fewshot":
         # Exactly the defaults: no validation file, so the run trains on all N and fits no temperature.
-        overrides += [f"data.train={spec['train']}", f"data.test={spec['eval']}"]
+        overrides += [f"data.train={spec['train']}", f"data.test={spec['eval']}", *spec["adaptext_set"]]
+        if spec["method"] == "frozen":
+            overrides.append("fewshot.encoder=frozen")
     else:
         overrides += [f"data.train={spec['train']}", f"data.validation={spec['train']}", f"data.test={spec['eval']}"]
     config = load_config(None, overrides)
@@ -256,7 +266,8 @@ def worker(spec: dict[str, Any]) -> None:
     if method == "setfit":
         result = run_setfit(spec)
     else:
-        result = run_adaptext(spec, {"adaptext": "fewshot", "finetune": "finetune", "zeroshot": "zeroshot"}[method])
+        strategies = {"adaptext": "fewshot", "frozen": "fewshot", "finetune": "finetune", "zeroshot": "zeroshot"}
+        result = run_adaptext(spec, strategies[method])
     result["torch_threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -269,6 +280,8 @@ def settings_of(args: argparse.Namespace, method: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"model": args.model, "max_length": args.max_length, "eval_cap": args.eval_size}
     if method == "setfit":
         settings |= {"setfit_iterations": args.setfit_iterations, "setfit_uncapped": args.setfit_uncapped}
+    if method == "adaptext" and args.adaptext_set:
+        settings["adaptext_set"] = sorted(args.adaptext_set)
     return settings
 
 
@@ -379,7 +392,16 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, help=f"default: {' '.join(DATASETS)}")
     parser.add_argument("--shots", nargs="+", type=int, help="examples per class (default: 8 16 32 64)")
     parser.add_argument("--seeds", nargs="+", type=int, help="sampling and training seeds (default: 0 1 2 3 4)")
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="default: all three")
+    parser.add_argument(
+        "--methods", nargs="+", default=METHODS[:3], choices=METHODS, help=f"default: {' '.join(METHODS[:3])}"
+    )
+    parser.add_argument(
+        "--adaptext-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for the adaptext method only (a variant against its defaults; kept in the records)",
+    )
     parser.add_argument("--no-zeroshot", action="store_true", help="skip the zero-shot run of each data set")
     parser.add_argument("--eval-size", type=int, help="cap on evaluation examples per data set (default 2000)")
     parser.add_argument("--max-length", type=int, default=64, help="tokens per text, for every method")
@@ -452,6 +474,7 @@ def main() -> None:
                 "eval": str(data["eval"]),
                 "setfit_iterations": args.setfit_iterations,
                 "setfit_uncapped": args.setfit_uncapped,
+                "adaptext_set": args.adaptext_set if method == "adaptext" else [],
             }
             if method == "zeroshot":
                 spec["labels"] = data["labels"]

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
 from adaptext.modeling.hub import load_tokenizer
 from adaptext.strategies import train
-from adaptext.strategies.fewshot import contrastive_batches, default_steps, fit_head, group_keys
+from adaptext.strategies.fewshot import (
+    FINETUNE_FROM_LABELS,
+    contrastive_batches,
+    default_steps,
+    fit_head,
+    group_keys,
+    resolve_encoder,
+)
 from adaptext.training.callbacks import Callback
 from adaptext.training.objectives import contrastive_loss, pair_targets
 from adaptext.training.state import TrainResult
@@ -908,3 +916,143 @@ def test_fewshot_ood_without_held_out_texts_is_refused_before_training(tiny_mode
     with pytest.raises(ConfigError, match=r"held-out in-scope texts.*data.validation=FILE"):
         train(config)
     assert not (tmp_path / "run").exists()
+
+
+# the encoder's training: contrastive, fine-tuned from the frozen head (LP-FT), or frozen ---------------------------
+
+
+def untouched_head_probs(tiny_model_dir: Path, texts: list[str]) -> np.ndarray:
+    """The probabilities of logistic regression (C = the default) on the untouched, mean-pooled encoder's embeddings
+    of the 24 training rows: the floor a few-shot run starts from."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    base = build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL)
+    prepare_encoder(base)
+    base.eval()
+    train_rows = make_rows(24, seed=1)
+    targets = np.asarray([LABELS.index(r["label"]) for r in train_rows])
+    embeddings = embed(base, encode(tokenizer, [r["text"] for r in train_rows]), pad_token_id=0)
+    scale = np.median(np.linalg.norm(embeddings, axis=1))
+    clf = LogisticRegression(C=FewshotSection().head_c, max_iter=1000).fit(embeddings / scale, targets)
+    return clf.predict_proba(embed(base, encode(tokenizer, texts), pad_token_id=0) / scale)
+
+
+class ProbeAtStart(Callback):
+    """The model's probabilities on PROBE_TEXTS when training begins."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.probs: np.ndarray | None = None
+
+    def on_train_begin(self, state: Any, model: Any) -> None:
+        self.probs = Predictor(model, self.tokenizer, max_length=32).predict_proba(PROBE_TEXTS)
+
+
+def test_frozen_encoder_is_the_regression_on_the_untouched_encoder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = fewshot_config(tiny_model_dir, tmp_path, "fewshot.encoder=frozen", "fewshot.steps=auto")
+    config = config.model_copy(update={"fewshot": config.fewshot.model_copy(update={"learning_rate": "auto"})})
+    result = train(config)
+    assert result.global_step == 0
+    np.testing.assert_allclose(
+        Predictor.from_dir(result.run_dir).predict_proba(PROBE_TEXTS),
+        untouched_head_probs(tiny_model_dir, PROBE_TEXTS),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("setting", ["fewshot.steps=5", "fewshot.learning_rate=1e-3"])
+def test_frozen_encoder_refuses_training_settings(tiny_model_dir: Path, tmp_path: Path, setting: str) -> None:
+    config = load_config(None, [f"model.name={tiny_model_dir}", "strategy=fewshot", "fewshot.encoder=frozen", setting])
+    with pytest.raises(ConfigError, match=r"fewshot.encoder=frozen trains nothing"):
+        train(config)
+
+
+def test_finetune_encoder_starts_from_the_frozen_head_and_trains_end_to_end(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """LP-FT: the head fitted on the untouched encoder, then every weight trained with cross-entropy for 5 epochs;
+    with held-out validation where it scores no worse, the trained model is the one kept."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = fewshot_config(
+        tiny_model_dir, tmp_path, "fewshot.encoder=finetune", "fewshot.steps=auto", "fewshot.learning_rate=1e-3"
+    )
+    probe = ProbeAtStart(load_tokenizer(str(tiny_model_dir)))
+    result = train(config, callbacks=[probe])
+    assert probe.probs is not None
+    np.testing.assert_allclose(probe.probs, untouched_head_probs(tiny_model_dir, PROBE_TEXTS), atol=1e-5)
+    assert result.global_step == 5 * 2  # 5 epochs of 24 examples in batches of 16
+    losses = [r["loss"] for r in read_log(result.run_dir) if "loss" in r]
+    assert losses and all(math.isfinite(v) for v in losses)
+
+    saved = AutoModelForSequenceClassification.from_pretrained(result.model_dir).eval()
+    base = dict(build_model(str(tiny_model_dir), LABELS, SINGLE_LABEL).named_parameters())
+    encoder = [(n, p) for n, p in saved.named_parameters() if n.startswith("bert.encoder.") and n in base]
+    assert encoder and all(not torch.allclose(p, base[n]) for n, p in encoder)
+    validation = make_rows(30, seed=2)
+    untouched = untouched_head_probs(tiny_model_dir, [r["text"] for r in validation]).argmax(axis=1)
+    floor = np.mean(untouched == [LABELS.index(r["label"]) for r in validation])
+    assert result.metrics["accuracy"] >= floor  # kept because it scores no worse on validation
+
+
+@pytest.mark.parametrize("encoder", ["contrastive", "finetune"])
+def test_a_run_that_ends_below_the_untouched_encoder_falls_back_to_it(
+    tiny_model_dir: Path, tmp_path: Path, encoder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With held-out validation texts, a training that ruins the encoder (a learning rate of 1) leaves the model of
+    the untouched encoder and its head, never one below that floor."""
+    config = fewshot_config(
+        tiny_model_dir, tmp_path, f"fewshot.encoder={encoder}", "fewshot.steps=6", "fewshot.learning_rate=1.0"
+    )
+    with caplog.at_level("WARNING", logger="adaptext.strategies.fewshot"):
+        result = train(config)
+    assert "keeps the untouched encoder and its head" in caplog.text
+    np.testing.assert_allclose(
+        Predictor.from_dir(result.run_dir).predict_proba(PROBE_TEXTS),
+        untouched_head_probs(tiny_model_dir, PROBE_TEXTS),
+        atol=1e-5,
+    )
+
+
+def test_an_interrupted_finetune_encoder_run_resumes_exactly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    overrides = ("fewshot.encoder=finetune", "fewshot.steps=8", "train.checkpoint_steps=3")
+    straight = train(fewshot_config(tiny_model_dir, tmp_path, *overrides, f"output_dir={tmp_path / 'straight'}"))
+    config = fewshot_config(tiny_model_dir, tmp_path, *overrides, f"output_dir={tmp_path / 'resumed'}")
+    with pytest.raises(SimulatedCrashError):
+        train(config, on_step=stop_at(5))
+    resumed = train(config, resume=True)
+    assert resumed.global_step == straight.global_step == 8
+    expected = Predictor.from_dir(straight.run_dir).predict_logits(PROBE_TEXTS)
+    np.testing.assert_allclose(Predictor.from_dir(resumed.run_dir).predict_logits(PROBE_TEXTS), expected, atol=1e-5)
+
+
+def test_auto_encoder_fine_tunes_many_labels_and_trains_pairs_for_few(tiny_model_dir: Path) -> None:
+    config = load_config(None, [f"model.name={tiny_model_dir}", "strategy=fewshot"])
+    assert config.fewshot.encoder == "auto"
+    assert resolve_encoder(config, FINETUNE_FROM_LABELS - 1) == "contrastive"
+    assert resolve_encoder(config, FINETUNE_FROM_LABELS) == "finetune"
+    assert resolve_encoder(config, 150) == "finetune"
+    chosen = load_config(None, [f"model.name={tiny_model_dir}", "strategy=fewshot", "fewshot.encoder=contrastive"])
+    assert resolve_encoder(chosen, 150) == "contrastive"
+
+
+def test_the_pair_sampler_cost_is_linear_in_the_number_of_classes() -> None:
+    """SetFit enumerates the sample's pairs (quadratic in examples, so in classes at fixed N per class); here a step
+    draws one batch, so a run's sampling is one pass over the examples plus steps x batch draws, and every step
+    trains on the same number of pairs however many classes there are."""
+
+    def sample(classes: int) -> tuple[float, list[list[int]]]:
+        groups = [g for g in range(classes) for _ in range(8)]
+        best, batches = math.inf, []
+        for _ in range(3):
+            start = time.perf_counter()
+            batches = contrastive_batches(groups, batch_size=32, steps=200, per_class=4, seed=0)
+            best = min(best, time.perf_counter() - start)
+        return best, batches
+
+    small_time, small = sample(100)
+    large_time, large = sample(3000)  # 30 times the classes, 24,000 examples
+    assert [len(b) for b in small] == [len(b) for b in large] == [32] * 200
+    assert large_time < 30 * small_time, (small_time, large_time)  # linear bound; quadratic would be 900 times
+    # Every class is reached: 200 steps of 8 classes visit 1,600 of the 3,000 without repeating any.
+    classes_seen = [b // 8 for batch in large for b in batch]
+    assert len(set(classes_seen)) == 1600 and max(Counter(classes_seen).values()) == 4

@@ -234,13 +234,23 @@ class PeftSection(_Section):
 
 
 class FewshotSection(_Section):
+    encoder: Literal["auto", "contrastive", "finetune", "frozen"] = Field(
+        "auto",
+        description="How the encoder learns from the few examples. `contrastive`: SetFit's pairs, then the head fitted "
+        "on the trained encoder. `finetune`: the head fitted on the untouched encoder, then encoder and head trained "
+        "end to end with cross-entropy (LP-FT). `frozen`: the head on the untouched encoder only. `auto`: `finetune` "
+        "from 10 labels up, else `contrastive` (bench/fewshot.py, docs/fewshot.md).",
+    )
     steps: Int | Literal["auto"] = Field(
         "auto",
-        description="Contrastive training steps. `auto`: about 40 encodings per training example, 40 to 500 steps.",
+        description="Training steps of the encoder. `auto`: contrastive, about 40 encodings per training example, 40 "
+        "to 500 steps; finetune, 5 epochs.",
     )
-    batch_size: Int = Field(32, ge=2, description="Examples per contrastive step; every pair among them is trained on.")
+    batch_size: Int = Field(32, ge=2, description="Examples per training step (contrastive: every pair among them).")
     per_class: Int = Field(4, ge=1, description="Examples drawn from each class into a contrastive batch.")
-    learning_rate: Float = Field(2e-5, gt=0, description="Peak AdamW learning rate of the contrastive step.")
+    learning_rate: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
+        "auto", description="Peak AdamW learning rate. `auto`: 2e-5 contrastive, 5e-5 finetune."
+    )
     head_c: Float = Field(
         10.0,
         gt=0,

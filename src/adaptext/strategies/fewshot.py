@@ -31,18 +31,18 @@ from adaptext.core.config import ROBUST_KEYS, Config
 from adaptext.core.device import autocast_dtype, resolve_precision
 from adaptext.core.errors import ConfigError
 from adaptext.core.task import SINGLE_LABEL, task_of
-from adaptext.data.batching import Collator, Encoded, tokenize
+from adaptext.data.batching import Collator, Encoded, LengthGroupedBatches, tokenize
 from adaptext.data.examples import Splits, TextData
 from adaptext.data.io import label_descriptions
 from adaptext.data.labels import label_targets
 from adaptext.data.splits import load_splits
 from adaptext.evaluation.calibration import fit_temperature
-from adaptext.evaluation.metrics import EvalReport, check_metric_name, evaluate_data
+from adaptext.evaluation.metrics import EvalReport, check_metric_name, evaluate_data, is_improvement
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import embed, final_linear, prepare_encoder
 from adaptext.modeling.hub import load_tokenizer
-from adaptext.training.engine import TrainingJob, in_memory_predictor, run_training
+from adaptext.training.engine import BatchSampler, TrainingJob, in_memory_predictor, run_training
 from adaptext.training.lifecycle import save_model
 from adaptext.training.objectives import OBJECTIVES
 from adaptext.training.state import TrainingState
@@ -172,9 +172,9 @@ def default_steps(num_examples: int, batch_size: int) -> int:
     return int(min(500, max(40, math.ceil(40 * num_examples / per_step))))
 
 
-# The contrastive phase takes its length, batch size and learning rate from `fewshot.*`, and warms up over
-# CONTRASTIVE_WARMUP of its steps (SetFit's ratio); it has no validation of its own (see `_job`). These `train.*`
-# keys would change nothing, so setting one is refused.
+# The encoder's training takes its length, batch size and learning rate from `fewshot.*`, and warms up over WARMUP
+# of its steps (SetFit's ratio); it has no validation of its own (see `_job`). These `train.*` keys would change
+# nothing, so setting one is refused.
 IGNORED_TRAIN_KEYS = (
     "train.epochs",
     "train.max_steps",
@@ -184,7 +184,12 @@ IGNORED_TRAIN_KEYS = (
     "train.eval_steps",
     "train.early_stopping_patience",
 )
-CONTRASTIVE_WARMUP = 0.1
+WARMUP = 0.1
+CONTRASTIVE_LEARNING_RATE = 2e-5
+FINETUNE_LEARNING_RATE = 5e-5
+FINETUNE_EPOCHS = 5
+# `fewshot.encoder: auto` fine-tunes from this many labels up (docs/fewshot.md has the measurements).
+FINETUNE_FROM_LABELS = 10
 
 
 @dataclass
@@ -205,6 +210,11 @@ class Fewshot(Strategy):
     def check(self, config: Config) -> None:
         super().check(config)
         check_metric_name(config.train.metric_for_best, task_of(config))
+        fs = config.fewshot
+        if fs.encoder == "frozen":
+            for key, value in (("steps", fs.steps), ("learning_rate", fs.learning_rate)):
+                if value != "auto":
+                    raise ConfigError(f"fewshot.encoder=frozen trains nothing: fewshot.{key}={value} would not apply")
         if config.ood.method != "none" and config.data.validation is None and not self.holds_out_validation(config):
             raise ConfigError(
                 f"ood.method={config.ood.method} sets its threshold on held-out in-scope texts, and a few-shot run "
@@ -251,51 +261,93 @@ def _training_data(config: Config, splits: Splits, descriptions: dict[str, str])
     return data, np.concatenate([targets, label_targets(extra, splits.labels, task)])
 
 
-def _job(config: Config, prepared: FewshotPrepared, tokenizer: PreTrainedTokenizerBase) -> TrainingJob:
-    """The contrastive phase as an engine job, with head fitting and calibration as its last stage.
+def resolve_encoder(config: Config, num_labels: int) -> str:
+    """What `fewshot.encoder` means for a run with `num_labels` labels: `auto` fine-tunes from
+    FINETUNE_FROM_LABELS labels up and trains on pairs below (the measurements are in docs/fewshot.md)."""
+    encoder = config.fewshot.encoder
+    if encoder != "auto":
+        return encoder
+    return "finetune" if num_labels >= FINETUNE_FROM_LABELS else "contrastive"
 
-    The phase has no per-step validation: the model only classifies once the head is fitted on the final
-    embeddings, so the encoder of an intermediate step has no validation score to compare, and there is no best
-    step to keep. Validation scores the finished model once.
+
+def resolve_learning_rate(config: Config, encoder: str) -> float:
+    rate = config.fewshot.learning_rate
+    if rate != "auto":
+        return rate
+    return CONTRASTIVE_LEARNING_RATE if encoder == "contrastive" else FINETUNE_LEARNING_RATE
+
+
+def _job(config: Config, prepared: FewshotPrepared, tokenizer: PreTrainedTokenizerBase) -> TrainingJob:
+    """The encoder's training as an engine job, with the head and the checks against the untouched encoder as its
+    last stage (`HeadStage`).
+
+    Neither phase has per-step validation: a contrastive encoder only classifies once the head is fitted on its
+    final embeddings, and a handful of examples cannot choose a step. Validation scores the finished model once.
     """
     splits, fs, task = prepared.splits, config.fewshot, task_of(config)
     model = build_model(config.model.name, splits.labels, task)
     pooled = prepare_encoder(model)
     data, targets = _training_data(config, splits, prepared.descriptions)
+    encoder = resolve_encoder(config, len(splits.labels))
     pad_id = tokenizer.pad_token_id or 0
     features = tokenize(tokenizer, data.texts, data.pairs, config.data.max_length)
-    steps = default_steps(len(data), fs.batch_size) if fs.steps == "auto" else fs.steps
-    batches = steps * config.train.grad_accum_steps
+    encoded = Encoded(features=features, targets=targets.tolist())
     per_step = min(fs.batch_size, len(data))  # a batch cannot hold more examples than there are
+    if encoder == "contrastive":
+        steps = default_steps(len(data), fs.batch_size) if fs.steps == "auto" else fs.steps
+        batches: BatchSampler = ContrastiveBatches(
+            group_keys(targets), fs.batch_size, steps * config.train.grad_accum_steps, fs.per_class, config.seed
+        )
+        objective = OBJECTIVES.get("contrastive")(task)
+        epochs_per_pass = len(batches) * per_step / len(data)
+    else:
+        batches = LengthGroupedBatches(encoded.lengths, fs.batch_size, seed=config.seed)
+        passes = math.ceil(len(batches) / config.train.grad_accum_steps)
+        steps = (FINETUNE_EPOCHS * passes if fs.steps == "auto" else fs.steps) if encoder == "finetune" else 0
+        objective = OBJECTIVES.get("cross_entropy")(task)
+        epochs_per_pass = 1.0
+    learning_rate = resolve_learning_rate(config, encoder)
     logger.info(
-        "few-shot: %d examples, %d labels, %d contrastive steps of %d examples, %s embedding, precision %s",
+        "few-shot: %d examples, %d labels, encoder %s%s: %d steps of %d examples, learning rate %g, %s embedding, "
+        "precision %s",
         len(data),
         len(splits.labels),
+        encoder,
+        " (auto)" if fs.encoder == "auto" else "",
         steps,
         fs.batch_size,
+        learning_rate,
         "mean-pooled" if pooled else "[CLS]",
         prepared.precision,
     )
-    head = HeadStage(config, prepared, tokenizer, Encoded(features=features, targets=None), targets)
+    head = HeadStage(config, prepared, tokenizer, encoded, targets, encoder)
+    head.start(model)
     return TrainingJob(
         model=model,
-        dataset=Encoded(features=features, targets=targets.tolist()),
-        batches=ContrastiveBatches(group_keys(targets), fs.batch_size, batches, fs.per_class, config.seed),
+        dataset=encoded,
+        batches=batches,
         collate=Collator(pad_id, task),
-        objective=OBJECTIVES.get("contrastive")(task),
+        objective=objective,
         steps=steps,
-        learning_rate=fs.learning_rate,
-        warmup_ratio=CONTRASTIVE_WARMUP,
+        learning_rate=learning_rate,
+        warmup_ratio=WARMUP,
         precision=prepared.precision,
         finish=head.fit,
         save=head.save,
-        epochs_per_pass=batches * per_step / len(data),
+        epochs_per_pass=epochs_per_pass,
     )
 
 
 class HeadStage:
-    """The last stage of a few-shot run: the head fitted on the trained encoder's embeddings, calibrated, scored on
-    validation data; then the model folder saved with the head's temperature."""
+    """The first and last stages of a few-shot run around the encoder's training.
+
+    Before: the head fitted on the untouched encoder's embeddings (`finetune` starts from it, `frozen` is it), and,
+    when validation texts are held out, a copy of that model to fall back to. After: the head refitted on the
+    trained encoder (`contrastive`); the untouched encoder's head taken instead when it scores better on held-out
+    validation (so the run never ends below that floor); the temperature; the validation score; then the model
+    folder saved with the temperature. A resumed run rebuilds the untouched model the same way before the
+    checkpoint's weights are loaded, so it makes the same choice.
+    """
 
     def __init__(
         self,
@@ -304,23 +356,63 @@ class HeadStage:
         tokenizer: PreTrainedTokenizerBase,
         encoded: Encoded,
         targets: np.ndarray,
+        encoder: str,
     ) -> None:
         self.config, self.splits, self.precision = config, prepared.splits, prepared.precision
-        self.tokenizer, self.encoded, self.targets = tokenizer, encoded, targets
+        self.tokenizer, self.encoded, self.targets, self.encoder = tokenizer, encoded, targets, encoder
         self.temperature = 1.0
+        self.untouched: dict[str, torch.Tensor] | None = None
 
-    def fit(self, model: nn.Module) -> EvalReport:
-        config, fs = self.config, self.config.fewshot
+    def fit_head(self, model: nn.Module) -> None:
+        """The logistic-regression head on the model's present embeddings of the training examples."""
         pad_id = self.tokenizer.pad_token_id or 0
         dtype = autocast_dtype(self.precision)
         embeddings = embed(model, self.encoded, pad_token_id=pad_id, autocast_dtype=dtype)  # type: ignore[arg-type]
-        fit_head(model, embeddings, self.targets, fs.head_c, config.seed)  # type: ignore[arg-type]
+        fit_head(model, embeddings, self.targets, self.config.fewshot.head_c, self.config.seed)  # type: ignore[arg-type]
+
+    def start(self, model: nn.Module) -> None:
+        compare = self.encoder != "frozen" and self.splits.validation_held_out
+        if self.encoder == "contrastive" and not compare:
+            return  # its head is fitted after training, and there is nothing to compare with
+        self.fit_head(model)
+        if compare:
+            self.untouched = {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+    def fit(self, model: nn.Module) -> EvalReport:
+        config = self.config
+        if self.encoder == "contrastive":
+            self.fit_head(model)
         predictor = in_memory_predictor(model, self.tokenizer, config)
-        if fs.calibrate and self.splits.validation_held_out:
+        if self.untouched is not None:
+            self.keep_the_better(model, predictor)
+        if config.fewshot.calibrate and self.splits.validation_held_out:
             self.temperature = calibrate_head(model, predictor, self.splits.validation, self.splits.labels)  # type: ignore[arg-type]
-        elif fs.calibrate:
-            logger.info("few-shot: no held-out validation texts, so the head keeps the regression's own probabilities")
+        elif config.fewshot.calibrate:
+            logger.info("few-shot: no held-out validation texts, so the head keeps its own probabilities")
         return evaluate_data(predictor, self.splits.validation)
+
+    def keep_the_better(self, model: nn.Module, predictor: Predictor) -> None:
+        """Keep the trained model, or put the untouched encoder and its head back when they score better on the
+        held-out validation texts by `train.metric_for_best`."""
+        assert self.untouched is not None
+        metric = self.config.train.metric_for_best
+        trained = float(evaluate_data(predictor, self.splits.validation).metrics[metric])
+        kept = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        model.load_state_dict(self.untouched)
+        untouched = float(evaluate_data(predictor, self.splits.validation).metrics[metric])
+        if is_improvement(metric, untouched, trained):
+            logger.warning(
+                "few-shot: the head on the untouched encoder scores validation %s=%.4f, the %s-trained model %.4f: "
+                "the run keeps the untouched encoder and its head",
+                metric,
+                untouched,
+                self.encoder,
+                trained,
+            )
+            self.encoder = "frozen"
+        else:
+            model.load_state_dict(kept)
+            logger.info("few-shot: validation %s=%.4f trained, %.4f untouched encoder", metric, trained, untouched)
 
     def save(self, model: nn.Module, target: Path) -> None:
         extra = {"temperature": self.temperature}

@@ -87,7 +87,8 @@ def default_space(config: Config) -> dict[str, Param]:
     """The keys searched when `tune.space` says nothing, for the config's strategy (empty: none by default)."""
     if config.strategy == "fewshot":
         return {
-            "fewshot.learning_rate": _float(5e-6, 1e-4, log=True),
+            "fewshot.encoder": _categorical("contrastive", "finetune"),
+            "fewshot.learning_rate": _float(5e-6, 2e-4, log=True),
             "fewshot.batch_size": _categorical(16, 32, 64),
             "fewshot.per_class": _categorical(2, 4, 8),
             "fewshot.head_c": _float(0.01, 100.0, log=True),
