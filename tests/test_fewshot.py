@@ -1056,3 +1056,28 @@ def test_the_pair_sampler_cost_is_linear_in_the_number_of_classes() -> None:
     # Every class is reached: 200 steps of 8 classes visit 1,600 of the 3,000 without repeating any.
     classes_seen = [b // 8 for batch in large for b in batch]
     assert len(set(classes_seen)) == 1600 and max(Counter(classes_seen).values()) == 4
+
+
+def test_multi_label_finetune_encoder_trains_with_per_label_sigmoids(tiny_model_dir: Path, tmp_path: Path) -> None:
+    train_file = tmp_path / "train.csv"
+    pd.DataFrame(make_multi_label_rows(20, seed=1)).to_csv(train_file, index=False)
+    config = fewshot_config(
+        tiny_model_dir,
+        tmp_path,
+        f"data.train={train_file}",
+        "data.validation=null",
+        "data.multi_label=true",
+        "fewshot.encoder=finetune",
+        "fewshot.steps=auto",
+    )
+    probe = ProbeAtStart(load_tokenizer(str(tiny_model_dir)))
+    result = train(config, callbacks=[probe])
+    assert result.global_step == 5 * 2 and result.eval_split == "train"
+    losses = [r["loss"] for r in read_log(result.run_dir) if "loss" in r]
+    assert losses and all(math.isfinite(v) for v in losses)
+    predictor = Predictor.from_dir(result.run_dir)
+    assert predictor.multi_label
+    probs = predictor.predict_proba(PROBE_TEXTS)
+    assert probs.shape == (len(PROBE_TEXTS), len(LABELS))
+    assert probe.probs is not None and not np.allclose(probs, probe.probs, atol=1e-3)  # trained from the start head
+    assert not np.allclose(probs.sum(axis=1), 1.0, atol=1e-2)  # independent sigmoids, not a softmax

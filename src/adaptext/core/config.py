@@ -249,7 +249,7 @@ class FewshotSection(_Section):
     batch_size: Int = Field(32, ge=2, description="Examples per training step (contrastive: every pair among them).")
     per_class: Int = Field(4, ge=1, description="Examples drawn from each class into a contrastive batch.")
     learning_rate: Annotated[float, Field(gt=0), BeforeValidator(_coerce_float)] | Literal["auto"] = Field(
-        "auto", description="Peak AdamW learning rate. `auto`: 2e-5 contrastive, 5e-5 finetune."
+        "auto", description="Peak AdamW learning rate. `auto`: 2e-5 contrastive, 1e-4 finetune."
     )
     head_c: Float = Field(
         10.0,

@@ -186,7 +186,7 @@ IGNORED_TRAIN_KEYS = (
 )
 WARMUP = 0.1
 CONTRASTIVE_LEARNING_RATE = 2e-5
-FINETUNE_LEARNING_RATE = 5e-5
+FINETUNE_LEARNING_RATE = 1e-4
 FINETUNE_EPOCHS = 5
 # `fewshot.encoder: auto` fine-tunes from this many labels up (docs/fewshot.md has the measurements).
 FINETUNE_FROM_LABELS = 10
