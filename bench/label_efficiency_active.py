@@ -6,10 +6,11 @@
 
 For each data set and seed s: 8 labelled examples per class are drawn from the training file (pandas, seed s), and
 a pool of --pool-size other training texts (seed s) stands for the unlabelled data. Round 0 trains adaptext's
-few-shot strategy (`strategy: fewshot`, `fewshot.steps` = --steps contrastive steps, no calibration) on the labelled
-set. Then, for each selection strategy, 5 rounds: `adaptext.apps.select.select_pool` (the code behind
-`adaptext select`) picks --per-round texts of the pool file, whose label column holds the labels revealed so far;
-their labels are revealed from the data set, and the model is retrained from the bundled model on everything
+few-shot strategy (`strategy: fewshot`, `fewshot.encoder: contrastive` as when the results were measured,
+`fewshot.steps` = --steps contrastive steps, no calibration) on the labelled set. Then, for each selection strategy,
+5 rounds: `adaptext.apps.select.select_pool` (the code behind `adaptext select`) picks --per-round texts of the pool
+file, whose label column holds the labels revealed so far; their labels are revealed from the data set, and the
+model is retrained from the bundled model on everything
 labelled. Accuracy on the test set after each round (0..5).
 
 Test sets: SST-2 dev.csv (872 rows, all of them); BANKING77 has one file, so a stratified --test-size rows of it
@@ -111,6 +112,7 @@ def _train(
             f"data.validation={folder / 'labelled.csv'}",
             f"data.test={test_file}",
             f"data.max_length={args.max_length}",
+            "fewshot.encoder=contrastive",  # its step counts and results are the contrastive phase's
             f"fewshot.steps={args.steps or DEFAULT_STEPS[name]}",
             f"fewshot.head_c={args.head_c or DEFAULT_HEAD_C[name]}",
             "fewshot.calibrate=false",
