@@ -215,7 +215,7 @@ class Fewshot(Strategy):
             for key, value in (("steps", fs.steps), ("learning_rate", fs.learning_rate)):
                 if value != "auto":
                     raise ConfigError(f"fewshot.encoder=frozen trains nothing: fewshot.{key}={value} would not apply")
-        if config.ood.method != "none" and config.data.validation is None and not self.holds_out_validation(config):
+        if config.ood.method != "none" and not self.has_held_out_validation(config):
             raise ConfigError(
                 f"ood.method={config.ood.method} sets its threshold on held-out in-scope texts, and a few-shot run "
                 "trains on every example: give data.validation=FILE (or data.validation_fraction=0.2 to carve it off "

@@ -69,6 +69,11 @@ class Strategy(ABC):
         (False: the validation split is the training data itself, `Splits.validation_held_out` False)."""
         return True
 
+    def has_held_out_validation(self, config: Config) -> bool:
+        """Whether a run of `config` has validation texts it did not train on: a validation file, or a split carved
+        off the training file."""
+        return config.data.validation is not None or self.holds_out_validation(config)
+
     def check(self, config: Config) -> None:
         """Refuse a config this strategy cannot honour; the default refuses the keys it `ignores`, and regression
         unless the strategy supports it."""

@@ -152,7 +152,7 @@ def plan_study(config: Config, *, trials: int, timeout: float | None, storage: s
     strategy = STRATEGIES.get(config.strategy)
     probe = set_dotted(config.model_dump(mode="json"), "train.metric_for_best", metric)
     strategy().check(build_config(probe, "tune"))
-    if config.data.validation is None and not strategy().holds_out_validation(config):
+    if not strategy().has_held_out_validation(config):
         raise ConfigError(
             f"tuning scores every trial on held-out validation data, and strategy {config.strategy} holds none out "
             "by default (every example trains): set data.validation=FILE, or data.validation_fraction=0.2"
