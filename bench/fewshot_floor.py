@@ -9,8 +9,9 @@ evaluation set, `sample_per_class`), and:
              embeddings to unit median norm as SetFit's are), scored on the evaluation set; with the
              cross-validated accuracy of the same head on the sample (stratified, min(4, N) folds), the only
              score a true few-shot run could choose C by
-  trained    `strategy: fewshot` with its defaults (validation = the sample, as in bench/fewshot.py), then the same
-             heads on its trained encoder's embeddings; `default` is the saved model's own score
+  trained    `strategy: fewshot` with the contrastive recipe (`fewshot.encoder: contrastive`, whatever the number of
+             labels; validation = the sample, as in bench/fewshot.py), then the same heads on its trained encoder's
+             embeddings; `default` is the saved model's own score
   lpft       the frozen head with C = --lpft-c written into the model, then every weight fine-tuned end to end with
              cross-entropy (AdamW, --lpft-lr, 10% warm-up then linear decay, batch 32, bf16 autocast where the CPU
              has it), scored after each epoch in --lpft-report
@@ -165,6 +166,7 @@ def one(name: str, shots: int, seed: int, folder: Path) -> dict[str, Any]:
     run = folder / f"run-{name}-{shots}-{seed}"
     overrides = [
         "strategy=fewshot",
+        "fewshot.encoder=contrastive",  # the phase this script measures heads after
         "model.name=minilm",
         f"output_dir={run}",
         f"seed={seed}",

@@ -363,7 +363,7 @@ class HeadStage:
         self.temperature = 1.0
         self.untouched: dict[str, torch.Tensor] | None = None
 
-    def fit_head(self, model: nn.Module) -> None:
+    def fit_head_on_encoder(self, model: nn.Module) -> None:
         """The logistic-regression head on the model's present embeddings of the training examples."""
         pad_id = self.tokenizer.pad_token_id or 0
         dtype = autocast_dtype(self.precision)
@@ -374,14 +374,14 @@ class HeadStage:
         compare = self.encoder != "frozen" and self.splits.validation_held_out
         if self.encoder == "contrastive" and not compare:
             return  # its head is fitted after training, and there is nothing to compare with
-        self.fit_head(model)
+        self.fit_head_on_encoder(model)
         if compare:
             self.untouched = {name: value.detach().clone() for name, value in model.state_dict().items()}
 
     def fit(self, model: nn.Module) -> EvalReport:
         config = self.config
         if self.encoder == "contrastive":
-            self.fit_head(model)
+            self.fit_head_on_encoder(model)
         predictor = in_memory_predictor(model, self.tokenizer, config)
         if self.untouched is not None:
             self.keep_the_better(model, predictor)
@@ -409,7 +409,6 @@ class HeadStage:
                 self.encoder,
                 trained,
             )
-            self.encoder = "frozen"
         else:
             model.load_state_dict(kept)
             logger.info("few-shot: validation %s=%.4f trained, %.4f untouched encoder", metric, trained, untouched)
