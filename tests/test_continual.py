@@ -28,6 +28,7 @@ from adaptext.data.examples import TextData
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import build_model, grow_head
 from adaptext.modeling.embedding import final_linear
+from adaptext.modeling.lda import SHRINKAGES
 from adaptext.strategies import train
 
 OLD = ["billing", "shipping"]
@@ -363,6 +364,77 @@ def test_streaming_class_statistics_equal_one_fit_and_give_the_lda_head() -> Non
         ClassStatistics.empty(0, 5).update(x[:5], np.zeros(5, dtype=int), 2).head(0.1)
 
 
+def test_statistics_without_some_examples_equal_a_fit_on_the_rest() -> None:
+    from adaptext.modeling.lda import ClassStatistics
+
+    rng = np.random.default_rng(1)
+    x, targets = rng.normal(size=(40, 4)), np.repeat(np.arange(4), 10)
+    held = np.arange(40) % 3 == 0
+    whole = ClassStatistics.empty(0, 4).update(x, targets, 4)
+    without = whole - ClassStatistics.empty(0, 4).update(x[held], targets[held], 4)
+    rest = ClassStatistics.empty(0, 4).update(x[~held], targets[~held], 4)
+    for a, b in zip(without.arrays().values(), rest.arrays().values(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    np.testing.assert_allclose(without.head(0.1)[0], rest.head(0.1)[0], rtol=1e-7)
+
+
+def test_cross_validated_shrinkage_follows_what_the_data_can_estimate() -> None:
+    """Many examples of strongly correlated noise need the covariance itself (little shrinkage); few examples in many
+    dimensions cannot estimate it (much shrinkage)."""
+    from adaptext.modeling.lda import ClassStatistics, cross_validated_shrinkage
+
+    def chosen(x: np.ndarray, targets: np.ndarray, old: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+        classes = int(targets.max()) + 1
+        stats = ClassStatistics.empty(0, x.shape[1])
+        if old is not None:
+            stats = stats.update(*old, classes)
+        return cross_validated_shrinkage(stats.update(x, targets, classes), x, targets)
+
+    rng = np.random.default_rng(0)
+    # 4 classes apart only along 5 quiet directions; 15 loud ones, mixed into all 20, swamp them unless whitened
+    dim, classes = 20, 4
+    mixing = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    scale = np.r_[np.full(15, 30.0), np.full(5, 0.3)]
+    centres = np.zeros((classes, dim))
+    centres[:, 15:] = rng.normal(size=(classes, 5))
+    targets = np.repeat(np.arange(classes), 400)
+    x = (centres[targets] + rng.normal(size=(len(targets), dim)) * scale) @ mixing.T
+    assert chosen(x, targets) <= 1e-3
+    # 10 close classes of 10 examples in 40 isotropic dimensions: scored on the examples it was fitted on, the least
+    # shrinkage would win (98% against 97%); held out, the most does
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(10), 10)
+    x = rng.normal(size=(10, 40))[targets] * 0.3 + rng.normal(size=(100, 40))
+    assert chosen(x, targets) == max(SHRINKAGES)
+    # only the newest examples are held out: earlier classes stay in every fold's statistics
+    new = targets >= 5
+    assert chosen(x[new], targets[new], (x[~new], targets[~new])) == max(SHRINKAGES)
+    # a class of one example keeps it (nothing held out), and with nothing to hold out the largest is taken
+    assert chosen(x[::10], targets[::10]) == max(SHRINKAGES)
+
+
+def test_auto_shrinkage_sums_the_held_out_counts_of_every_increment(tmp_path: Path) -> None:
+    from adaptext.modeling.lda import ClassStatistics, best_shrinkage, held_out_correct
+
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(10), 10)
+    x = rng.normal(size=(10, 40))[targets] * 0.3 + rng.normal(size=(100, 40))
+    first, second = targets < 5, targets >= 5
+    one = ClassStatistics.empty(0, 40).update(x[first], targets[first], 5)
+    counts_one = held_out_correct(one, x[first], targets[first])
+    one = one.cross_validated(x[first], targets[first])
+    np.testing.assert_array_equal(one.held_out, counts_one)
+    two = one.update(x[second], targets[second], 10)
+    counts_two = held_out_correct(two, x[second], targets[second])
+    two = two.cross_validated(x[second], targets[second])
+    np.testing.assert_array_equal(two.held_out, counts_one + counts_two)
+    assert two.auto_shrinkage() == best_shrinkage(counts_one + counts_two)
+    two.save(tmp_path / "stats.safetensors")  # the tally travels with the statistics to the next increment
+    np.testing.assert_array_equal(ClassStatistics.load(tmp_path / "stats.safetensors").held_out, two.held_out)
+    with pytest.raises(ValueError, match="cross_validated"):
+        ClassStatistics.empty(2, 3).auto_shrinkage()
+
+
 def test_slda_plan_in_increments_gives_the_head_of_one_fit_on_all_data(
     tiny_model_dir: Path, task_files: dict[str, Path], tmp_path: Path, write_csv: Callable[..., Path]
 ) -> None:
@@ -405,6 +477,16 @@ def test_slda_plan_in_increments_gives_the_head_of_one_fit_on_all_data(
         torch.testing.assert_close(heads[0][key], heads[1][key], rtol=1e-4, atol=1e-4)
     metrics = json.loads((tmp_path / "steps" / "continual_metrics.json").read_text())
     assert metrics["matrix"][1][0] is not None
+
+
+def test_shrinkage_settings_take_a_share_or_auto() -> None:
+    assert load_config(None, []).continual.router_shrinkage == "auto"
+    for key in ("router_shrinkage", "slda_shrinkage"):
+        assert getattr(load_config(None, [f"continual.{key}=auto"]).continual, key) == "auto"
+        assert getattr(load_config(None, [f"continual.{key}=0.05"]).continual, key) == 0.05
+        for bad in ("1.5", "-0.1", "oas"):
+            with pytest.raises(ConfigError, match=key):
+                load_config(None, [f"continual.{key}={bad}"])
 
 
 def test_method_names_and_combinations_are_checked() -> None:
@@ -490,6 +572,8 @@ def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
     stats = Router.load(out / "continual" / ROUTER_STATS_FILE)
     layers = info["routed"]["layers"]
     assert layers == list(range(tiny.num_hidden_layers + 1))  # every hidden state: the tiny model's fit the limit
+    # `auto`: the shrinkage with the most held-out examples right over both tasks, recorded in the folder
+    assert stats.stats.held_out is not None and info["routed"]["shrinkage"] == stats.stats.auto_shrinkage()
     weights, bias = stats.stats.head(info["routed"]["shrinkage"])
     with torch.no_grad():
         x = layer_embedding(routed.model.experts[0], dict(batch), layers).double().numpy()

@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,20 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"  # in `continual/`: the base model and the increments so far
 EXTEND_METRICS = "extend_metrics.json"
+
+
+def shrinkage_for(
+    setting: float | str, stats: ClassStatistics, embeddings: np.ndarray, targets: np.ndarray
+) -> tuple[float, ClassStatistics]:
+    """The LDA shrinkage a task's head takes, and the statistics to keep: the configured value, or for `auto` the one
+    whose held-out accuracy, summed over this task's examples (`embeddings` of class ids `targets`, already in
+    `stats`) and every earlier task's, is best (`ClassStatistics.cross_validated`)."""
+    if setting != "auto":
+        return float(setting), stats
+    stats = stats.cross_validated(embeddings, targets)
+    chosen = stats.auto_shrinkage()
+    logger.info("continual: LDA shrinkage %g, cross-validated on the examples of every task so far", chosen)
+    return chosen, stats
 
 
 @dataclass
@@ -423,7 +437,9 @@ class Continue(Finetune):
             chosen = self.choose(model, tokenizer, config, prepared.slda_old, splits.labels, embedded["old"])
             prepared.memory = prepared.slda_old.subset(chosen)
             prepared.memory_tasks = [str(self.previous.model_dir if self.previous else "")] * len(chosen)
-        weights, bias = stats.head(config.continual.slda_shrinkage)
+        new_targets = label_targets(splits.train, splits.labels, task)
+        shrinkage, stats = shrinkage_for(config.continual.slda_shrinkage, stats, embedded["new"], new_targets)
+        weights, bias = stats.head(shrinkage)
         set_head(model, weights, bias)
         self.seconds["train_s"] = time.perf_counter() - started
         process = process_state()
@@ -473,6 +489,11 @@ class Continue(Finetune):
         embeddings = route_embeddings(model, train_set, layers, pad_token_id=tokenizer.pad_token_id or 0)
         targets = label_targets(splits.train, splits.labels, task)
         router = (router or Router.empty(embeddings.shape[1])).update(embeddings, len(earlier), targets)
+        settings = config.continual
+        shrinkage, stats = shrinkage_for(
+            settings.router_shrinkage, router.stats, embeddings, router.routes(len(earlier), targets)
+        )
+        router = replace(router, stats=stats)
         name = self.task_name or Path(str(config.data.train)).stem
         self.seconds["prepare_s"] = time.perf_counter() - started
         logger.info(
@@ -488,8 +509,7 @@ class Continue(Finetune):
             own = own.subset([i for i, label in enumerate(own.labels or []) if label in present])
         scored = own if own is not None and len(own) else splits.train
 
-        settings = config.continual
-        routing = Routing(experts=[], top_k=settings.adapter_top_k, layers=layers, shrinkage=settings.router_shrinkage)
+        routing = Routing(experts=[], top_k=settings.adapter_top_k, layers=layers, shrinkage=shrinkage)
 
         def save(trained: nn.Module, target: Path) -> None:
             head = router.head(routing.shrinkage)

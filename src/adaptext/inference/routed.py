@@ -107,6 +107,11 @@ class Router:
         stats = self.stats.update(embeddings, targets, len(route_task))
         return Router(stats, np.asarray(route_task, dtype=np.int64), np.asarray(route_label, dtype=np.int64))
 
+    def routes(self, task: int, labels: np.ndarray) -> np.ndarray:
+        """The route ids of task `task`'s label ids `labels`, all routed already."""
+        index = {(int(t), int(y)): r for r, (t, y) in enumerate(zip(self.route_task, self.route_label, strict=True))}
+        return np.array([index[(task, int(label))] for label in labels], dtype=np.int64)
+
     def head(self, shrinkage: float) -> RouterHead:
         weight, bias = self.stats.head(shrinkage)
         return RouterHead(weight, bias, self.route_task, self.route_label)

@@ -13,10 +13,12 @@ add up exactly, so an increment's head is the one a single fit on all data seen 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -24,6 +26,8 @@ from torch import nn
 from adaptext.modeling.embedding import final_linear
 
 LDA_FILE = "slda.safetensors"
+SHRINKAGES = (1e-4, 1e-3, 1e-2, 1e-1, 0.3)  # what `cross_validated_shrinkage` chooses among by default
+CV_FOLDS = 5
 
 
 @dataclass
@@ -33,6 +37,9 @@ class ClassStatistics:
     counts: np.ndarray  # (classes,)
     sums: np.ndarray  # (classes, dim)
     gram: np.ndarray  # (dim, dim)
+    # for a shrinkage of `auto`: per candidate of SHRINKAGES, the held-out examples its head got right, summed over
+    # the increments (`cross_validated`)
+    held_out: np.ndarray | None = None
 
     @classmethod
     def empty(cls, classes: int, dim: int) -> ClassStatistics:
@@ -45,25 +52,45 @@ class ClassStatistics:
         sums = np.concatenate([self.sums, np.zeros((classes - len(self.sums), x.shape[1]))])
         np.add.at(counts, targets, 1.0)
         np.add.at(sums, targets, x)
-        return ClassStatistics(counts, sums, self.gram + x.T @ x)
+        return ClassStatistics(counts, sums, self.gram + x.T @ x, self.held_out)
 
-    def head(self, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
-        """The LDA head (weights (classes, dim), bias (classes,)) of these statistics, equal priors."""
+    def cross_validated(self, embeddings: np.ndarray, targets: np.ndarray) -> ClassStatistics:
+        """These statistics, which include `embeddings` of class ids `targets`, with those examples' held-out counts
+        (`held_out_correct`) added to the tally; `auto_shrinkage` then reads the tally."""
+        correct = held_out_correct(self, embeddings, targets)
+        return replace(self, held_out=correct if self.held_out is None else self.held_out + correct)
+
+    def auto_shrinkage(self) -> float:
+        """The candidate shrinkage that has classified the most held-out examples right over all increments."""
+        if self.held_out is None:
+            raise ValueError("no held-out counts: call cross_validated first")
+        return best_shrinkage(self.held_out)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The class means (classes, dim) and the pooled within-class covariance (dim, dim)."""
         seen = self.counts > 0
         if not seen.all():
             raise ValueError(f"{int((~seen).sum())} class(es) have no examples")
         means = self.sums / self.counts[:, None]
         total, classes = self.counts.sum(), len(self.counts)
         within = self.gram - (means * self.counts[:, None]).T @ means
-        covariance = within / max(total - classes, 1.0)
-        dim = covariance.shape[0]
-        shrunk = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / dim * np.eye(dim)
-        weights = np.linalg.solve(shrunk, means.T).T  # (classes, dim)
-        bias = -0.5 * np.einsum("cd,cd->c", weights, means)
-        return weights, bias
+        return means, within / max(total - classes, 1.0)
+
+    def head(self, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+        """The LDA head (weights (classes, dim), bias (classes,)) of these statistics, equal priors."""
+        return lda_head(*self.moments(), shrinkage)
+
+    def __sub__(self, other: ClassStatistics) -> ClassStatistics:
+        """These statistics without `other`'s examples (which they must include; `other` may have fewer classes)."""
+        classes = len(other.counts)
+        counts, sums = self.counts.copy(), self.sums.copy()
+        counts[:classes] -= other.counts
+        sums[:classes] -= other.sums
+        return ClassStatistics(counts, sums, self.gram - other.gram, self.held_out)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"counts": self.counts, "sums": self.sums, "gram": self.gram}
+        tally = {} if self.held_out is None else {"held_out": self.held_out}
+        return {"counts": self.counts, "sums": self.sums, "gram": self.gram} | tally
 
     def save(self, path: Path) -> None:
         save_arrays(path, self.arrays())
@@ -75,7 +102,67 @@ class ClassStatistics:
     @classmethod
     def of(cls, arrays: dict[str, np.ndarray]) -> ClassStatistics:
         """The statistics among `arrays` (as `arrays()` names them)."""
-        return cls(arrays["counts"], arrays["sums"], arrays["gram"])
+        return cls(arrays["counts"], arrays["sums"], arrays["gram"], arrays.get("held_out"))
+
+
+def lda_head(means: np.ndarray, covariance: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """LDA weights (classes, dim) and bias (classes,) from class means and a covariance shrunk by `shrinkage`."""
+    dim = covariance.shape[0]
+    shrunk = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / dim * np.eye(dim)
+    weights = scipy.linalg.solve(shrunk, means.T, assume_a="pos").T  # Cholesky: half of a general solve's work
+    return weights, -0.5 * np.einsum("cd,cd->c", weights, means)
+
+
+def cross_validated_shrinkage(
+    stats: ClassStatistics,
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    candidates: Sequence[float] = SHRINKAGES,
+    folds: int = CV_FOLDS,
+) -> float:
+    """The shrinkage among `candidates` whose head classifies the newest examples best when they are held out
+    (`held_out_correct`); ties go to the larger shrinkage, and with nothing to hold out the largest is taken."""
+    return best_shrinkage(held_out_correct(stats, embeddings, targets, candidates, folds), candidates)
+
+
+def best_shrinkage(correct: np.ndarray, candidates: Sequence[float] = SHRINKAGES) -> float:
+    """The candidate with the most held-out examples right (`correct`, one count per candidate), ties to the larger."""
+    best = max(range(len(candidates)), key=lambda i: (correct[i], candidates[i]))
+    return float(candidates[best])
+
+
+def held_out_correct(
+    stats: ClassStatistics,
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    candidates: Sequence[float] = SHRINKAGES,
+    folds: int = CV_FOLDS,
+) -> np.ndarray:
+    """For each candidate shrinkage, how many of the newest examples its head gets right when they are held out.
+
+    `stats` already include `embeddings` (n, dim) of class ids `targets`. Those examples are cut into `folds` folds
+    (round robin within each class); for each fold the statistics without it give a head per candidate, scored on the
+    fold over all of the statistics' classes. Only the newest examples are held out because they are the only ones at
+    hand (earlier ones live on as sums), and the question is the one each increment asks: how much to trust a
+    covariance estimated from the examples seen so far. An example is held out only when its class keeps another."""
+    classes = len(stats.counts)
+    rank = np.zeros(len(targets), dtype=np.int64)
+    for c in np.unique(targets):
+        where = np.flatnonzero(targets == c)
+        rank[where] = np.arange(len(where))
+    fold = np.where(stats.counts[targets] >= 2, rank % folds, -1)
+    correct = np.zeros(len(candidates))
+    for f in range(folds):
+        held = fold == f
+        if not held.any():
+            continue
+        x = embeddings[held]
+        without = stats - ClassStatistics.empty(classes, embeddings.shape[1]).update(x, targets[held], classes)
+        means, covariance = without.moments()
+        for i, shrinkage in enumerate(candidates):
+            weights, bias = lda_head(means, covariance, shrinkage)
+            correct[i] += np.sum((x.astype(np.float64) @ weights.T + bias).argmax(1) == targets[held])
+    return correct
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
