@@ -28,22 +28,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from scipy.special import log_softmax, logsumexp
 from transformers import AutoModel, AutoTokenizer
 
+from adaptext.continual.metrics import summarise
 from adaptext.core.config import DataConfig
 from adaptext.data.io import load_examples, read_table
 from adaptext.data.splits import stratified_split
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.hub import resolve_model_name
-from adaptext.modeling.lda import ClassStatistics
+from adaptext.modeling.lda import (
+    SHRINKAGES as CV_CANDIDATES,
+)
+from adaptext.modeling.lda import (
+    ClassStatistics,
+    best_shrinkage,
+    held_out_correct,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "router_features.json"
 SPLIT_SEED = 1234
 LAYER_SETS = {"last": [6], "5": [5], "5-6": [5, 6], "4-6": [4, 5, 6], "3-6": [3, 4, 5, 6], "all (0-6)": list(range(7))}
 SHRINKAGES = (0.01, 0.1, 0.3)
-SIZE_SHRINKAGES: tuple[float | str, ...] = (1e-4, 1e-3, 0.01, 0.1, "oas")  # every layer, per-class sample sizes
+SIZE_SHRINKAGES: tuple[float | str, ...] = (1e-4, 1e-3, 0.01, 0.1, "oas", "cv")  # every layer, per-class sample sizes
+INCREMENTAL_TOP_K = (1, 2)  # --incremental: the experts that score each text
+# --incremental's router shrinkages: fixed values, OAS, and cross-validated at each task on its own examples (cv) or on
+# every task's so far (cv-sum: each task's held-out counts added up)
+INCREMENTAL_SHRINKAGES: tuple[float | str, ...] = (1e-4, 1e-3, 0.01, 0.1, "oas", "cv", "cv-sum")
 SIZES = (8, 20, 50, 0)  # examples per class drawn from the training texts (seed 0); 0: all of them
 
 
@@ -85,6 +98,9 @@ def lda_scores(
     train: np.ndarray, targets: np.ndarray, test: np.ndarray, classes: int, shrinkage: float | str
 ) -> np.ndarray:
     stats = ClassStatistics.empty(classes, train.shape[1]).update(train, targets, classes)
+    if shrinkage == "cv":
+        shrinkage = best_shrinkage(held_out_correct(stats, train, targets))
+        print(f"  cross-validated shrinkage: {shrinkage}", file=sys.stderr, flush=True)
     weights, bias = stats.head(oas_shrinkage(stats) if shrinkage == "oas" else float(shrinkage))
     return test.astype(np.float64) @ weights.T + bias
 
@@ -160,11 +176,122 @@ def combinations(
     return rows
 
 
+def incremental(
+    run: Path,
+    top_ks: tuple[int, ...],
+    shrinkages: tuple[float | str, ...],
+    cache: dict[str, np.ndarray],
+    cache_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """The accuracy matrix of a finished `adapters` plan, recomputed for other router settings.
+
+    The plan's own experts score every task's test texts once; then, task by task, the router's statistics grow by the
+    task's training texts and the router + expert product (`RoutedClassifier`'s rule) is scored on every task seen,
+    for each shrinkage and `top_k`. Row `shrinkage 0.01, top 2` is what the run itself did: its backward transfer is
+    printed beside the run's own for the check."""
+    plan = yaml.safe_load(run.with_suffix(".yaml").read_text(encoding="utf-8"))
+    tasks = [(read_table(Path(t["train"])), read_table(Path(t["test"]))) for t in plan["tasks"]]
+    info = json.loads((run / "model" / "adaptext.json").read_text(encoding="utf-8"))
+    missing = sorted({text for train, test in tasks for text in [*train["text"], *test["text"]]} - cache.keys())
+    if missing:
+        cache.update(zip(missing, hidden_means(missing).reshape(len(missing), -1), strict=True))
+        if cache_dir is not None:
+            np.save(cache_dir / "features.npy", np.stack(list(cache.values())))
+            (cache_dir / "texts.json").write_text(json.dumps(list(cache)), encoding="utf-8")
+    labels: list[str] = []
+    log_experts = []  # per task: (all test texts, the task's labels) log-probabilities of its expert
+    test_texts = [text for _, test in tasks for text in test["text"]]
+    for t, expert in enumerate(info["routed"]["experts"]):
+        predictor = Predictor.from_dir(run / "model" / expert["path"])
+        labels += predictor.labels
+        saved = cache_dir / f"{run.name}-expert{t}.npy" if cache_dir is not None else None
+        if saved is not None and saved.is_file():
+            log_experts.append(np.load(saved))
+        else:
+            log_experts.append(np.log(np.clip(predictor.predict_proba(test_texts), 1e-12, 1.0)))
+            if saved is not None:
+                np.save(saved, log_experts[-1])
+        print(f"\r  {run.name}: expert {t + 1}/{len(tasks)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    index = {name: i for i, name in enumerate(labels)}
+    owner = np.concatenate([np.full(e.shape[1], t) for t, e in enumerate(log_experts)])
+    log_e = np.concatenate(log_experts, 1)
+    x_test = np.stack([cache[text] for text in test_texts])
+    truth = np.array([index[y] for _, test in tasks for y in test["label"]])
+    test_task = np.concatenate([np.full(len(test), t) for t, (_, test) in enumerate(tasks)])
+    recorded = json.loads((run / "continual_metrics.json").read_text(encoding="utf-8"))
+    rows = []
+    for shrinkage in shrinkages:
+        matrices: dict[int, list[list[float | None]]] = {k: [] for k in top_ks}
+        final: dict[int, float] = {}
+        chosen: list[float] = []  # the shrinkage of each task's head
+        tally = np.zeros(len(CV_CANDIDATES))  # cv-sum: held-out examples right per candidate, summed over tasks
+        stats = ClassStatistics.empty(0, x_test.shape[1])
+        for i, (train, _) in enumerate(tasks):
+            x = np.stack([cache[text] for text in train["text"]])
+            targets = np.array([index[y] for y in train["label"]])
+            stats = stats.update(x, targets, int((owner <= i).sum()))
+            if shrinkage in ("cv", "cv-sum"):
+                counts = held_out_correct(stats, x, targets)
+                tally = counts if shrinkage == "cv" else tally + counts
+                chosen.append(best_shrinkage(tally))
+            else:
+                chosen.append(oas_shrinkage(stats) if shrinkage == "oas" else float(shrinkage))
+            weights, bias = stats.head(chosen[-1])
+            seen = test_task <= i
+            routes = log_softmax(x_test[seen].astype(np.float64) @ weights.T + bias, axis=1)
+            own = owner[owner <= i]
+            log_task = np.stack([logsumexp(routes[:, own == t], 1) for t in range(i + 1)], 1)
+            for k in top_ks:
+                top = np.argsort(-log_task, 1)[:, : min(k, i + 1)]
+                mask = np.full_like(log_task, -np.inf)
+                np.put_along_axis(mask, top, 0.0, 1)
+                hit = (routes + log_e[seen][:, owner <= i] + mask[:, own]).argmax(1) == truth[seen]
+                row = [float(np.mean(hit[test_task[seen] == j])) for j in range(i + 1)]
+                matrices[k].append(row + [None] * (len(tasks) - i - 1))
+                final[k] = float(np.mean(hit))  # over every test text once the last task is in
+        for k, matrix in matrices.items():
+            summary = summarise(matrix)
+            rows.append(
+                {
+                    "run": run.name,
+                    "shrinkage": shrinkage,
+                    "top_k": k,
+                    "final accuracy": round(100 * final[k], 2),
+                    "average accuracy": round(100 * summary["average_accuracy"], 2),
+                    "backward transfer": round(100 * summary["backward_transfer"], 2),
+                    "run's own backward transfer": round(100 * recorded["backward_transfer"], 2),
+                    "run's own final accuracy": round(100 * recorded["final_accuracy"], 2),
+                    "shrinkage by task": [float(f"{a:.3g}") for a in chosen],
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["clinc150", "banking77"])
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--routed", type=Path, default=None, help="a finished CLINC150 adapters plan (its run folder)")
+    parser.add_argument(
+        "--incremental",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="finished adapters plans (run folders, each beside its plan RUN.yaml): recompute their accuracy matrices "
+        "for other router settings, instead of the tables above",
+    )
+    parser.add_argument(
+        "--shrinkages",
+        nargs="+",
+        type=lambda v: v if v in ("oas", "cv", "cv-sum") else float(v),
+        default=None,
+        help="--incremental: the router shrinkages to compare (numbers, oas, cv, cv-sum)",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="--incremental: a folder keeping features and expert outputs"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--table-only", action="store_true", help="print the tables of --results and stop")
     args = parser.parse_args()
@@ -172,6 +299,23 @@ def main() -> None:
         print_tables(json.loads(args.results.read_text(encoding="utf-8")))
         return
     torch.manual_seed(0)
+    if args.incremental:
+        cache: dict[str, np.ndarray] = {}
+        if args.cache is not None:
+            args.cache.mkdir(parents=True, exist_ok=True)
+            if (args.cache / "texts.json").is_file():
+                texts = json.loads((args.cache / "texts.json").read_text(encoding="utf-8"))
+                cache.update(zip(texts, np.load(args.cache / "features.npy"), strict=True))
+        shrinkages = args.shrinkages or INCREMENTAL_SHRINKAGES
+        rows = [
+            row
+            for run in args.incremental
+            for row in incremental(run, INCREMENTAL_TOP_K, shrinkages, cache, args.cache)
+        ]
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps({"incremental": rows}, indent=1) + "\n", encoding="utf-8")
+        print(pd.DataFrame(rows).to_markdown(index=False))
+        return
     results: dict[str, Any] = {"layers": [], "sizes": [], "combinations": []}
     for name in args.datasets:
         train, test = load(name, args.data_root)

@@ -378,17 +378,17 @@ def test_statistics_without_some_examples_equal_a_fit_on_the_rest() -> None:
     np.testing.assert_allclose(without.head(0.1)[0], rest.head(0.1)[0], rtol=1e-7)
 
 
-def test_cross_validated_shrinkage_follows_what_the_data_can_estimate() -> None:
+def test_held_out_shrinkage_follows_what_the_data_can_estimate() -> None:
     """Many examples of strongly correlated noise need the covariance itself (little shrinkage); few examples in many
     dimensions cannot estimate it (much shrinkage)."""
-    from adaptext.modeling.lda import ClassStatistics, cross_validated_shrinkage
+    from adaptext.modeling.lda import ClassStatistics, best_shrinkage, held_out_correct
 
     def chosen(x: np.ndarray, targets: np.ndarray, old: tuple[np.ndarray, np.ndarray] | None = None) -> float:
         classes = int(targets.max()) + 1
         stats = ClassStatistics.empty(0, x.shape[1])
         if old is not None:
             stats = stats.update(*old, classes)
-        return cross_validated_shrinkage(stats.update(x, targets, classes), x, targets)
+        return best_shrinkage(held_out_correct(stats.update(x, targets, classes), x, targets))
 
     rng = np.random.default_rng(0)
     # 4 classes apart only along 5 quiet directions; 15 loud ones, mixed into all 20, swamp them unless whitened

@@ -26,7 +26,7 @@ from torch import nn
 from adaptext.modeling.embedding import final_linear
 
 LDA_FILE = "slda.safetensors"
-SHRINKAGES = (1e-4, 1e-3, 1e-2, 1e-1, 0.3)  # what `cross_validated_shrinkage` chooses among by default
+SHRINKAGES = (1e-4, 1e-3, 1e-2, 1e-1, 0.3)  # what a shrinkage of `auto` chooses among (`held_out_correct`)
 CV_FOLDS = 5
 
 
@@ -111,18 +111,6 @@ def lda_head(means: np.ndarray, covariance: np.ndarray, shrinkage: float) -> tup
     shrunk = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / dim * np.eye(dim)
     weights = scipy.linalg.solve(shrunk, means.T, assume_a="pos").T  # Cholesky: half of a general solve's work
     return weights, -0.5 * np.einsum("cd,cd->c", weights, means)
-
-
-def cross_validated_shrinkage(
-    stats: ClassStatistics,
-    embeddings: np.ndarray,
-    targets: np.ndarray,
-    candidates: Sequence[float] = SHRINKAGES,
-    folds: int = CV_FOLDS,
-) -> float:
-    """The shrinkage among `candidates` whose head classifies the newest examples best when they are held out
-    (`held_out_correct`); ties go to the larger shrinkage, and with nothing to hold out the largest is taken."""
-    return best_shrinkage(held_out_correct(stats, embeddings, targets, candidates, folds), candidates)
 
 
 def best_shrinkage(correct: np.ndarray, candidates: Sequence[float] = SHRINKAGES) -> float:
