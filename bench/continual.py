@@ -119,7 +119,7 @@ def run_one(dataset: str, method: str, order: int, args: argparse.Namespace) -> 
         "output_dir": str(args.workdir / f"{dataset}-{method}-o{order}"),
         "seed": 0,
         "base": base,
-        "continual": {"method": method, "memory_per_class": args.memory},
+        "continual": {"method": method, "memory_per_class": args.memory} | settings(args.set),
         "tasks": tasks,
     }
     plan_path = args.workdir / f"{dataset}-{method}-o{order}.yaml"
@@ -128,15 +128,32 @@ def run_one(dataset: str, method: str, order: int, args: argparse.Namespace) -> 
     command = [sys.executable, "-m", "adaptext", "-q", "continual", str(plan_path), "--overwrite"]
     subprocess.run(command, check=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     metrics = json.loads((Path(plan["output_dir"]) / "continual_metrics.json").read_text(encoding="utf-8"))
-    return {
-        "dataset": dataset,
-        "method": method,
-        "order": order,
-        "memory_per_class": args.memory,
-        "epochs": args.epochs,
-        "learning_rate": args.learning_rate or "auto",
-        "wall_s": round(time.perf_counter() - started, 1),
-    } | {k: metrics[k] for k in metrics if k not in ("tasks",)}
+    info = json.loads((Path(plan["output_dir"]) / "model" / "adaptext.json").read_text(encoding="utf-8"))
+    return (
+        {
+            "dataset": dataset,
+            "method": method,
+            "order": order,
+            "memory_per_class": args.memory,
+            "epochs": args.epochs,
+            "learning_rate": args.learning_rate or "auto",
+            "continual_set": sorted(args.set),
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        | ({"last_router_shrinkage": info["routed"]["shrinkage"]} if info.get("routed") else {})
+        | {k: metrics[k] for k in metrics if k not in ("tasks",)}
+    )
+
+
+def settings(pairs: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE ...` as `continual` section keys (values read as YAML)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"--set takes KEY=VALUE, not {pair!r}")
+        out[key.removeprefix("continual.")] = yaml.safe_load(value)
+    return out
 
 
 def concat_files(specs: list[dict[str, Any]], split: str, path: Path) -> Path:
@@ -265,7 +282,8 @@ def extend_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_key(result: dict[str, Any]) -> tuple[Any, ...]:
     """What makes a result: data set, method, order, memory, epochs and learning rate."""
     names = ("dataset", "method", "order", "memory_per_class", "epochs")
-    return (*(result[name] for name in names), result.get("learning_rate", "auto"))
+    extra = (result.get("learning_rate", "auto"), tuple(result.get("continual_set", [])))
+    return (*(result[name] for name in names), *extra)
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -275,12 +293,16 @@ def table(results: list[dict[str, Any]]) -> str:
     frame["train_s_per_task"] = frame["seconds"].map(lambda s: sum(t["train_s"] for t in s) / len(s))
     frame["learning_rate"] = frame["learning_rate"].fillna("auto").astype(str)
     rows = [
-        "| data set | method | learning rate | memory / class | orders | final accuracy | average accuracy | "
-        "backward transfer | forgetting | train s / task | s / task |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| data set | method | settings | learning rate | memory / class | orders | final accuracy | "
+        "average accuracy | backward transfer | forgetting | train s / task | s / task |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    keys = ["dataset", "method", "learning_rate", "memory_per_class"]
-    for (dataset, method, rate, memory), group in frame.groupby(keys, sort=False):
+    frame["settings"] = [
+        ", ".join(s) if isinstance(s, list) and s else "defaults"
+        for s in frame.get("continual_set", pd.Series([None] * len(frame)))
+    ]
+    keys = ["dataset", "method", "settings", "learning_rate", "memory_per_class"]
+    for (dataset, method, variant, rate, memory), group in frame.groupby(keys, sort=False):
 
         def cell(key: str, scale: float = 100.0, group: pd.DataFrame = group) -> str:
             values = group[key].dropna() * scale
@@ -290,7 +312,7 @@ def table(results: list[dict[str, Any]]) -> str:
             return f"{values.mean():.1f}{spread}"
 
         rows.append(
-            f"| {dataset} | {method} | {rate} | {memory} | {len(group)} | {cell('final_accuracy')} | "
+            f"| {dataset} | {method} | {variant} | {rate} | {memory} | {len(group)} | {cell('final_accuracy')} | "
             f"{cell('average_accuracy')} | "
             f"{cell('backward_transfer')} | {cell('forgetting')} | {cell('train_s_per_task', 1)} | "
             f"{cell('s_per_task', 1)} |"
@@ -306,6 +328,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--memory", type=int, default=2, help="continual.memory_per_class")
     parser.add_argument("--learning-rate", type=float, default=None, help="train.learning_rate (default: auto)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="continual section keys for a variant (e.g. router_shrinkage=0.01), kept in its records",
+    )
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/adaptext-continual"))
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -328,7 +357,10 @@ def main() -> None:
         for dataset in args.datasets:
             for order in range(args.orders):
                 for method in args.methods:
-                    key = (dataset, method, order, args.memory, args.epochs, args.learning_rate or "auto")
+                    key = (
+                        *(dataset, method, order, args.memory, args.epochs),
+                        *(args.learning_rate or "auto", tuple(sorted(args.set))),
+                    )
                     if any(run_key(r) == key for r in results):
                         continue
                     print(f"== {dataset} {method} order {order}", flush=True)
