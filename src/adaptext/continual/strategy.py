@@ -425,20 +425,21 @@ class Continue(Finetune):
             model = classifier(config, splits.labels, steps=1)
         stats = prepared.slda_stats
         embedded: dict[str, np.ndarray] = {}  # the encoder never changes here: herding reuses these
+        targets: dict[str, np.ndarray] = {}
         for name, data in (("old", prepared.slda_old), ("new", splits.train)):
             if data is None:
                 continue
             encoded = encode(tokenizer, data, splits.labels, config.data.max_length, task)
             embedded[name] = embed(model, encoded, pad_token_id=tokenizer.pad_token_id or 0)
             stats = stats or ClassStatistics.empty(0, embedded[name].shape[1])
-            stats = stats.update(embedded[name], label_targets(data, splits.labels, task), len(splits.labels))
+            targets[name] = label_targets(data, splits.labels, task)
+            stats = stats.update(embedded[name], targets[name], len(splits.labels))
         assert stats is not None
         if prepared.memory is None and prepared.slda_old is not None:  # the memory a later replay would need
             chosen = self.choose(model, tokenizer, config, prepared.slda_old, splits.labels, embedded["old"])
             prepared.memory = prepared.slda_old.subset(chosen)
             prepared.memory_tasks = [str(self.previous.model_dir if self.previous else "")] * len(chosen)
-        new_targets = label_targets(splits.train, splits.labels, task)
-        shrinkage, stats = shrinkage_for(config.continual.slda_shrinkage, stats, embedded["new"], new_targets)
+        shrinkage, stats = shrinkage_for(config.continual.slda_shrinkage, stats, embedded["new"], targets["new"])
         weights, bias = stats.head(shrinkage)
         set_head(model, weights, bias)
         self.seconds["train_s"] = time.perf_counter() - started

@@ -363,8 +363,9 @@ class ContinualSection(_Section):
     lwf_temperature: Float = Field(2.0, gt=0, description="Softmax temperature of LwF's distillation.")
     slda_shrinkage: Shrinkage = Field(
         0.1,
-        description="slda: share of the covariance replaced by a scaled identity (shrinkage), or `auto`: chosen at "
-        "each task among 1e-4, 1e-3, 0.01, 0.1 and 0.3 by 5-fold cross-validation on the task's training texts.",
+        description="slda: share of the covariance replaced by a scaled identity (shrinkage), or `auto`: at each "
+        "task, the one among 1e-4, 1e-3, 0.01, 0.1 and 0.3 whose head gets the most held-out training examples right "
+        "(5 folds of each task's texts, counts summed over every task so far).",
     )
     adapter_top_k: Int = Field(
         2,
@@ -375,8 +376,7 @@ class ContinualSection(_Section):
     router_shrinkage: Shrinkage = Field(
         "auto",
         description="adapters: share of the router's covariance replaced by a scaled identity (shrinkage), or `auto`: "
-        "chosen at each task among 1e-4, 1e-3, 0.01, 0.1 and 0.3 by 5-fold cross-validation on the task's training "
-        "texts (the value taken is in the model's `adaptext.json`).",
+        "as for `slda_shrinkage` (the value taken is in the model's `adaptext.json`).",
     )
     rebalance: bool = Field(
         True,

@@ -95,7 +95,7 @@ class Router:
         """This router with `embeddings` (n, features) of task `task` and label ids `labels` (n,) added; a (task,
         label) pair not seen before becomes a new route."""
         route_task, route_label = list(self.route_task), list(self.route_label)
-        index = {(int(t), int(y)): r for r, (t, y) in enumerate(zip(route_task, route_label, strict=True))}
+        index = self.route_index()
         targets = np.empty(len(labels), dtype=np.int64)
         for i, label in enumerate(labels):
             key = (task, int(label))
@@ -107,9 +107,13 @@ class Router:
         stats = self.stats.update(embeddings, targets, len(route_task))
         return Router(stats, np.asarray(route_task, dtype=np.int64), np.asarray(route_label, dtype=np.int64))
 
+    def route_index(self) -> dict[tuple[int, int], int]:
+        """Each route's id by its (task, label id)."""
+        return {(int(t), int(y)): r for r, (t, y) in enumerate(zip(self.route_task, self.route_label, strict=True))}
+
     def routes(self, task: int, labels: np.ndarray) -> np.ndarray:
         """The route ids of task `task`'s label ids `labels`, all routed already."""
-        index = {(int(t), int(y)): r for r, (t, y) in enumerate(zip(self.route_task, self.route_label, strict=True))}
+        index = self.route_index()
         return np.array([index[(task, int(label))] for label in labels], dtype=np.int64)
 
     def head(self, shrinkage: float) -> RouterHead:
