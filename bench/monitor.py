@@ -2,6 +2,7 @@
 
     python bench/monitor.py                      # everything: throughput, detection grid, dashboard screenshot
     python bench/monitor.py --skip-throughput    # detection and screenshot only
+    python bench/monitor.py --throughput-only    # throughput only (5 interleaved rounds), other results kept
     python bench/monitor.py --table-only         # the tables of bench/results/monitor.json
 
 Models: the bundled MiniLM fine-tuned on Financial PhraseBank with the defaults (`adaptext train`, cached under
@@ -107,7 +108,10 @@ def events_frame(texts: list[str], per_window: int) -> pd.DataFrame:
     return pd.DataFrame({"text": texts, "time": [pd.Timestamp(t, unit="s", tz="UTC").isoformat() for t in times]})
 
 
-def throughput(run: Path, pool: pd.DataFrame, n: int) -> list[dict[str, Any]]:
+def throughput(run: Path, pool: pd.DataFrame, n: int, repeats: int) -> dict[str, Any]:
+    """Ingest and classify-only rates of each model variant, measured `repeats` times in interleaved rounds (every
+    variant once per round, so a change of load on the shared machine touches all of them); the median is reported,
+    with every round's rate and the one-minute load average before it."""
     import torch
 
     from adaptext.apps.monitor import MonitorConfig, ingest, open_store
@@ -122,36 +126,46 @@ def throughput(run: Path, pool: pd.DataFrame, n: int) -> list[dict[str, Any]]:
     onnx = CACHE / f"{run.parent.name}-int8"
     if not (onnx / "model.onnx").is_file():
         adaptext("export", str(run), "--quantize", "int8", "--output", str(onnx), "--overwrite")
+    variants = {"fp32": (run, None), "bf16": (run, torch.bfloat16), "int8 onnx": (onnx, None)}
+    predictors = {}
+    for name, (folder_of_model, precision) in variants.items():
+        predictors[name] = Predictor.from_dir(folder_of_model)
+        predictors[name].autocast_dtype = precision
+        predictors[name].predict(texts[:64])  # warm-up
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for round_no in range(repeats):
+        for name, predictor in predictors.items():
+            load = os.getloadavg()[0]
+            started = time.perf_counter()
+            predictor.predict(texts)
+            classify = n / (time.perf_counter() - started)
+            database = folder / f"{name.replace(' ', '-')}.db"
+            for stale in folder.glob(f"{database.name}*"):
+                stale.unlink()
+            store = open_store(f"sqlite:///{database}")
+            result = ingest(predictor, store, path, MonitorConfig(label="negative"), progress=False)
+            rounds[name].append({"ingest": result.rate, "classify_only": classify, "load_1min": load})
+            print(json.dumps({"round": round_no, "model": name, **rounds[name][-1]}), flush=True)
     rows = []
-    for name, folder_of_model, precision in (
-        ("fp32", run, None),
-        ("bf16", run, torch.bfloat16),
-        ("int8 onnx", onnx, None),
-    ):
-        predictor = Predictor.from_dir(folder_of_model)
-        predictor.autocast_dtype = precision
-        predictor.predict(texts[:64])  # warm-up
-        started = time.perf_counter()
-        predictor.predict(texts)
-        classify = n / (time.perf_counter() - started)
-        database = folder / f"{name.replace(' ', '-')}.db"
-        for stale in folder.glob(f"{database.name}*"):
-            stale.unlink()
-        result = ingest(
-            predictor, open_store(f"sqlite:///{database}"), path, MonitorConfig(label="negative"), progress=False
-        )
+    for name, measured in rounds.items():
+        ingest_rates = [m["ingest"] for m in measured]
+        classify_rates = [m["classify_only"] for m in measured]
+        loads = [m["load_1min"] for m in measured]
         rows.append(
             {
                 "model": name,
                 "events": n,
-                "ingest_events_per_s": round(result.rate, 1),
-                "classify_only_events_per_s": round(classify, 1),
-                "ratio": round(result.rate / classify, 3),
+                "rounds": repeats,
+                "ingest_events_per_s_median": round(float(np.median(ingest_rates)), 1),
+                "ingest_min": round(min(ingest_rates), 1),
+                "ingest_max": round(max(ingest_rates), 1),
+                "classify_only_events_per_s_median": round(float(np.median(classify_rates)), 1),
+                "ratio_of_medians": round(float(np.median(ingest_rates) / np.median(classify_rates)), 3),
+                "load_1min_range": f"{min(loads):.2f}-{max(loads):.2f}",
                 "torch_threads": torch.get_num_threads(),
             }
         )
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+    return {"rows": rows, "rounds": rounds}
 
 
 def classify_pool(run: Path, pool: pd.DataFrame, name: str) -> np.ndarray:
@@ -278,7 +292,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def print_tables(results: dict[str, Any]) -> None:
     if results.get("throughput"):
         print("\nIngest throughput (Financial PhraseBank texts into SQLite, classification included)\n")
-        print(markdown(results["throughput"]))
+        block = results["throughput"]
+        print(markdown(block["rows"] if isinstance(block, dict) else block))
     for dataset, block in results.get("detection", {}).items():
         for per_window, rows in block["by_events_per_window"].items():
             print(
@@ -295,6 +310,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--sst2-pool", type=int, default=5000)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--throughput-only", action="store_true", help="measure throughput, keep the other results")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved throughput rounds (median reported)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     if args.table_only:
@@ -302,11 +319,17 @@ def main() -> None:
         return
     CACHE.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.throughput_only:
+        fpb = pd.read_csv(DATASETS / "financial_phrasebank" / "test.csv", keep_default_na=False)
+        results["throughput"] = throughput(fpb_run(), fpb, args.events, args.repeats)
+        results["throughput_command"] = " ".join(["python", "bench/monitor.py", *sys.argv[1:]])
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print_tables(results)
+        return
     data = pools(args.sst2_pool)
     if not args.skip_throughput:
-        results["throughput"] = throughput(
-            data["financial_phrasebank"][0], data["financial_phrasebank"][1], args.events
-        )
+        fpb_run_dir, fpb = data["financial_phrasebank"]
+        results["throughput"] = throughput(fpb_run_dir, fpb, args.events, args.repeats)
     results["detection"] = {}
     for dataset, (run, pool) in data.items():
         truth = (pool["label"] == "negative").to_numpy()

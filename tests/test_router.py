@@ -11,9 +11,10 @@ import pytest
 
 from adaptext.apps.router.config import load_route_config
 from adaptext.apps.router.evaluation import evaluate_routing
+from adaptext.apps.router.files import route_file
 from adaptext.apps.router.route import load_router
 from adaptext.cli import main
-from adaptext.core.errors import DataError
+from adaptext.core.errors import ConfigError, DataError
 from conftest import LABELS, make_rows, train_keyword_run
 
 
@@ -106,6 +107,50 @@ def test_the_suggested_threshold_is_the_lowest_that_keeps_wrong_answers_within_t
     # wrong answers are texts 0-9 at the lowest confidences: at most 3 of 30 may stay answered
     assert report.suggested["min_confidence"] == pytest.approx(np.floor(signals.confidence[7] * 1e4) / 1e4)
     assert report.suggested["wrong_answer_rate"] == pytest.approx(3 / 30)
+
+
+def test_an_out_of_scope_share_weighs_the_rates_and_moves_the_suggested_threshold(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    router = load_router(load_route_config(write_config(tmp_path, run_dir, tiny_model_dir)))
+    texts = [r["text"] for r in make_rows(30, seed=12)]
+    signals = router.signals_for(texts)
+    signals.confidence = np.linspace(0.35, 0.99, len(texts))
+    signals.intent = np.zeros(len(texts), dtype=int)  # every text predicted as billing
+    signals.out_of_scope = np.zeros(len(texts), dtype=bool)
+    gold = ["oos" if i < 10 else "billing" for i in range(len(texts))]  # the 10 least confident are out of scope
+    routes = router.decide(texts, signals)
+    own = evaluate_routing(router, signals, routes, gold, "oos", max_wrong_rate=0.1)
+    even = evaluate_routing(router, signals, routes, gold, "oos", max_wrong_rate=0.1, out_of_scope_share=0.5)
+    answered = np.array([r.action == "answer" for r in routes])
+    outside = np.arange(len(texts)) < 10
+    assert own.metrics["wrong_answer_rate"] == pytest.approx(answered[outside].sum() / 30)
+    # hand count at share 0.5: half the weight on the 10 out-of-scope rows, half on the 20 in-scope ones
+    assert even.metrics["wrong_answer_rate"] == pytest.approx(0.5 * answered[outside].sum() / 10)
+    assert even.metrics["automation_rate"] == pytest.approx(0.5 * answered[~outside].sum() / 20)
+    m = even.metrics
+    total = m["automation_rate"] + m["wrong_answer_rate"] + m["faq_rate"] + m["handoff_rate"]
+    assert total == pytest.approx(1.0) and m["out_of_scope_share"] == pytest.approx(0.5)
+    assert m["in_scope_automation"] == own.metrics["in_scope_automation"]  # a share of in-scope texts: unweighted
+    # within 10% wrong: the file's own mix allows 3 of its 10 out-of-scope rows answered, a 50% share only 2
+    assert own.suggested is not None and even.suggested is not None
+    assert own.suggested["min_confidence"] == pytest.approx(np.floor(signals.confidence[7] * 1e4) / 1e4)
+    assert even.suggested["min_confidence"] == pytest.approx(np.floor(signals.confidence[8] * 1e4) / 1e4)
+
+
+def test_an_out_of_scope_share_needs_both_kinds_of_rows_and_the_label(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, run_dir, tiny_model_dir)
+    config.write_text(config.read_text() + "  out_of_scope_share: 0.2\n")
+    pd.DataFrame(make_rows(12, seed=4)).to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "routed.csv"
+    with pytest.raises(DataError, match=r"in.csv: column 'label' has no 'oos' rows; evaluate.out_of_scope_share"):
+        route_file(load_route_config(config), tmp_path / "in.csv", out, evaluate=True)
+    assert not out.exists()  # refused before anything was written
+    config.write_text(config.read_text().replace("  ood_label: oos\n", ""))
+    with pytest.raises(ConfigError, match=r"out_of_scope_share needs evaluate\.ood_label"):
+        load_route_config(config)
 
 
 def test_serve_answers_post_route_as_the_router_does(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
             f"({100 * m['in_scope_automation']:.1f}% of in-scope), wrong answers {100 * m['wrong_answer_rate']:.1f}%, "
             f"FAQ {100 * m['faq_rate']:.1f}%, handoff {100 * m['handoff_rate']:.1f}% at min_confidence "
             f"{m['min_confidence']:.2f}"
+            + (
+                f" (rates over all texts for traffic with {100 * m['out_of_scope_share']:g}% out of scope)"
+                if m["out_of_scope_share_configured"]
+                else ""
+            )
         )
         best = result.report.suggested
         limit = 100 * result.report.max_wrong_rate

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adaptext.core.config import expand_user, load_yaml_model
 
@@ -74,6 +74,22 @@ class EvaluateSection(_Section):
         description="The largest share of wrong answers acceptable: the report names the lowest min_confidence "
         "that keeps to it.",
     )
+    out_of_scope_share: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="The share of out-of-scope texts expected in real traffic. When set, every rate over all texts "
+        "(automation, wrong answers, FAQ, handoff, and so the suggested threshold) counts the file's out-of-scope "
+        "rows as this share and its in-scope rows as the rest, instead of the file's own mix. A validation file "
+        "with few out-of-scope texts otherwise suggests a threshold that answers too many of them. Needs "
+        "`ood_label` and both kinds of rows in the file.",
+    )
+
+    @model_validator(mode="after")
+    def _share_needs_label(self) -> EvaluateSection:
+        if self.out_of_scope_share is not None and self.ood_label is None:
+            raise ValueError("evaluate.out_of_scope_share needs evaluate.ood_label, the label of out-of-scope rows")
+        return self
 
 
 class RouteConfig(_Section):

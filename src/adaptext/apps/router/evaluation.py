@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from adaptext.apps.router.route import Routed, Router, Signals
+from adaptext.core.errors import AdaptextError
 
 
 @dataclass
@@ -49,26 +50,43 @@ class RoutingReport:
         }
 
 
-def _rates(answered: np.ndarray, right: np.ndarray, in_scope: np.ndarray) -> dict[str, float]:
-    """Shares for the boolean (n,) arrays: answered by the router, right intent and in scope, in scope."""
-    n = max(len(answered), 1)
+def text_weights(in_scope: np.ndarray, out_of_scope_share: float | None) -> np.ndarray:
+    """(n,) weights summing to 1 that make a rate over all texts a weighted sum: 1/n each for the file's own mix;
+    with `out_of_scope_share` s, the out-of-scope rows share s equally and the in-scope rows share 1 - s."""
+    n = len(in_scope)
+    if out_of_scope_share is None:
+        return np.full(n, 1 / max(n, 1))
+    n_out = int((~in_scope).sum())
+    if n_out == 0 or n_out == n:
+        raise AdaptextError(
+            f"out_of_scope_share needs both in-scope and out-of-scope texts; this file has {n - n_out} and {n_out}"
+        )
+    return np.where(in_scope, (1 - out_of_scope_share) / (n - n_out), out_of_scope_share / n_out)
+
+
+def _rates(answered: np.ndarray, right: np.ndarray, in_scope: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    """Shares for the boolean (n,) arrays (answered by the router, right intent and in scope, in scope), the rates
+    over all texts weighted by `weights` (`text_weights`)."""
     correct = answered & right
     wrong = answered & ~right
     return {
-        "automation_rate": float(correct.sum() / n),
+        "automation_rate": float(weights[correct].sum()),
         "in_scope_automation": float(correct[in_scope].mean()) if in_scope.any() else 0.0,
-        "wrong_answer_rate": float(wrong.sum() / n),
-        "not_answered_rate": float((~answered).sum() / n),
+        "wrong_answer_rate": float(weights[wrong].sum()),
+        "not_answered_rate": float(weights[~answered].sum()),
         "out_of_scope_contained": float((~answered)[~in_scope].mean()) if (~in_scope).any() else 1.0,
     }
 
 
-def _curve(router: Router, signals: Signals, right: np.ndarray, in_scope: np.ndarray) -> list[dict[str, float]]:
+def _curve(
+    router: Router, signals: Signals, right: np.ndarray, in_scope: np.ndarray, weights: np.ndarray
+) -> list[dict[str, float]]:
     """Rates at every threshold where something changes: 0 and each distinct confidence, rounded down to 1e-4 (so
     that the text at a threshold is still answered there)."""
     thresholds = np.unique(np.concatenate([[0.0], np.floor(signals.confidence * 1e4) / 1e4, [1.0]]))
     return [
-        {"min_confidence": float(t), **_rates(router.answered(signals, float(t)), right, in_scope)} for t in thresholds
+        {"min_confidence": float(t), **_rates(router.answered(signals, float(t)), right, in_scope, weights)}
+        for t in thresholds
     ]
 
 
@@ -79,32 +97,38 @@ def evaluate_routing(
     gold: Sequence[str],
     ood_label: str | None,
     max_wrong_rate: float,
+    out_of_scope_share: float | None = None,
 ) -> RoutingReport:
-    """Score `routes` (decided from `signals`) against the true intents `gold` (`ood_label` marks out-of-scope)."""
+    """Score `routes` (decided from `signals`) against the true intents `gold` (`ood_label` marks out-of-scope);
+    with `out_of_scope_share`, the rates over all texts are those of traffic with that share of out-of-scope texts."""
     labels = router.predictor.labels
     gold_array = np.asarray(gold, dtype=object)
     in_scope = gold_array != ood_label if ood_label is not None else np.ones(len(gold), dtype=bool)
     predicted = np.asarray([labels[i] for i in signals.intent], dtype=object)
     right = in_scope & (predicted == gold_array)
-    answered = np.array([route.action == "answer" for route in routes], dtype=bool)
-    actions: Counter[str] = Counter(route.action for route in routes)
-    n = max(len(routes), 1)
+    action = np.array([route.action for route in routes], dtype=object)
+    answered = action == "answer"
+    actions: Counter[str] = Counter(action.tolist())
+    weights = text_weights(in_scope, out_of_scope_share)
     metrics: dict[str, Any] = {
         "n": len(routes),
         "n_in_scope": int(in_scope.sum()),
         "n_out_of_scope": int((~in_scope).sum()),
+        # the mix every rate over all texts is of: the file's own, or the configured one
+        "out_of_scope_share": float(weights[~in_scope].sum()),
+        "out_of_scope_share_configured": out_of_scope_share is not None,
         "min_confidence": router.rule.min_confidence,
         "detector": router.predictor.detector.method if router.detector_used and router.predictor.detector else None,
-        **_rates(answered, right, in_scope),
-        "faq_rate": actions.get("faq", 0) / n,
-        "handoff_rate": actions.get("handoff", 0) / n,
+        **_rates(answered, right, in_scope, weights),
+        "faq_rate": float(weights[action == "faq"].sum()),
+        "handoff_rate": float(weights[action == "handoff"].sum()),
         "in_scope_accuracy": float(right[in_scope].mean()) if in_scope.any() else 0.0,
     }
-    curve = _curve(router, signals, right, in_scope)
+    curve = _curve(router, signals, right, in_scope, weights)
     without = None
     if router.detector_used:
         plain = Signals(signals.intent, signals.confidence, np.zeros(len(gold), dtype=bool), None)
-        without = _curve(router, plain, right, in_scope)
+        without = _curve(router, plain, right, in_scope, weights)
     within = [point for point in curve if point["wrong_answer_rate"] <= max_wrong_rate]
     suggested = min(within, key=lambda point: point["min_confidence"]) if within else None
     return RoutingReport(metrics, curve, without, suggested, max_wrong_rate, dict(actions))
@@ -157,7 +181,11 @@ def plot_routing(report: RoutingReport, path: Path) -> None:
         right.plot(thresholds, [100 * p[key] for p in report.curve], color=color, label=name)
     right.axvline(m["min_confidence"], color="tab:red", linewidth=0.8, linestyle="--")
     right.set_xlabel("min_confidence")
-    right.set_ylabel("% of all texts")
+    right.set_ylabel(
+        "% of all texts"
+        if not m["out_of_scope_share_configured"]
+        else f"% of traffic with {100 * m['out_of_scope_share']:g}% out of scope"
+    )
     right.set_title(f"Rates against the threshold ({m['n']} texts)")
     right.grid(alpha=0.3)
     right.legend(fontsize=8)

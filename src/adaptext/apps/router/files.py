@@ -63,6 +63,14 @@ def _gold(config: RouteConfig, router: Router, path: Path, frame: pd.DataFrame) 
         if label not in known and label != ood_label:
             hint = "" if ood_label else "; if it marks out-of-scope texts, set evaluate.ood_label in the router config"
             raise DataError(f"{path}: row {row}: column {column!r}: {label!r} is not one of the model's intents{hint}")
+    if config.evaluate.out_of_scope_share is not None:
+        outside = sum(label == ood_label for label in gold)
+        if outside in (0, len(gold)):
+            kind = f"no {ood_label!r} rows" if outside == 0 else f"only {ood_label!r} rows"
+            raise DataError(
+                f"{path}: column {column!r} has {kind}; evaluate.out_of_scope_share weighs the out-of-scope rows "
+                "against the in-scope ones, so the file needs both (or drop the setting)"
+            )
     return gold
 
 
@@ -103,7 +111,13 @@ def route_file(
     result = RouteFileResult(rows=len(routes), actions=actions)
     if gold is not None:
         report = evaluate_routing(
-            router, signals, routes, gold, config.evaluate.ood_label, config.evaluate.max_wrong_rate
+            router,
+            signals,
+            routes,
+            gold,
+            config.evaluate.ood_label,
+            config.evaluate.max_wrong_rate,
+            config.evaluate.out_of_scope_share,
         )
         result.report = report
         result.report_json, result.curve_png = evaluation_paths(output)
