@@ -153,6 +153,31 @@ def test_an_out_of_scope_share_needs_both_kinds_of_rows_and_the_label(
         load_route_config(config)
 
 
+def test_a_model_class_without_an_answer_can_stand_for_out_of_scope(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # a model trained with out-of-scope examples as a class: here "technical", which the answers file leaves out
+    config = write_config(tmp_path, run_dir, tiny_model_dir, min_confidence=0.0)
+    config.write_text(config.read_text().replace("ood_label: oos", "ood_label: technical"))
+    pd.DataFrame(make_rows(30, seed=8)).to_csv(tmp_path / "in.csv", index=False)
+    result = route_file(load_route_config(config), tmp_path / "in.csv", tmp_path / "out.csv", evaluate=True)
+    routed = pd.read_csv(tmp_path / "out.csv")
+    assert result.report is not None
+    m = result.report.metrics
+    outside = routed["label"] == "technical"
+    answered = routed["action"] == "answer"
+    assert not answered[routed["intent"] == "technical"].any()  # predicted as the class: never answered
+    assert m["n_out_of_scope"] == outside.sum() > 0
+    assert m["wrong_answer_rate"] == pytest.approx(
+        (answered & (outside | (routed["intent"] != routed["label"]))).mean()
+    )
+    assert m["out_of_scope_contained"] == pytest.approx((~answered[outside]).mean())
+    # a class that has an answer cannot be the out-of-scope label
+    config.write_text(config.read_text().replace("ood_label: technical", "ood_label: billing"))
+    with pytest.raises(DataError, match=r"'billing' is one of the model's intents and .*answers.csv answers it"):
+        route_file(load_route_config(config), tmp_path / "in.csv", tmp_path / "out2.csv", evaluate=True)
+
+
 def test_serve_answers_post_route_as_the_router_does(run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 

@@ -51,14 +51,21 @@ def check_route_outputs(
 
 
 def _gold(config: RouteConfig, router: Router, path: Path, frame: pd.DataFrame) -> list[str]:
-    """The true intents of a labelled file; a label neither the model's nor `evaluate.ood_label` is an error."""
+    """The true intents of a labelled file; a label neither the model's nor `evaluate.ood_label` is an error.
+
+    `evaluate.ood_label` may be one of the model's classes (a model trained with out-of-scope examples as a class)
+    when the answers file gives it no answer: a text predicted as it is then never answered, so it stands for out of
+    scope on both sides."""
     column = config.evaluate.label_column
     require_columns(path, frame, [column])
     gold = [value.strip() for value in text_values(path, frame, column)]
     known = set(router.predictor.labels)
     ood_label = config.evaluate.ood_label
-    if ood_label is not None and ood_label in known:
-        raise DataError(f"evaluate.ood_label {ood_label!r} is one of the model's intents; name the out-of-scope label")
+    if ood_label is not None and ood_label in router.answers:
+        raise DataError(
+            f"evaluate.ood_label {ood_label!r} is one of the model's intents and {config.answers} answers it; name "
+            "the out-of-scope label, or remove its answer if the model learned out-of-scope texts as that class"
+        )
     for row, label in enumerate(gold, start=1):
         if label not in known and label != ood_label:
             hint = "" if ood_label else "; if it marks out-of-scope texts, set evaluate.ood_label in the router config"
