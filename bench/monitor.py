@@ -126,9 +126,16 @@ def throughput(run: Path, pool: pd.DataFrame, n: int, repeats: int) -> dict[str,
     onnx = CACHE / f"{run.parent.name}-int8"
     if not (onnx / "model.onnx").is_file():
         adaptext("export", str(run), "--quantize", "int8", "--output", str(onnx), "--overwrite")
-    variants = {"fp32": (run, None), "bf16": (run, torch.bfloat16), "int8 onnx": (onnx, None)}
+    default = MonitorConfig(label="negative")
+    # (model folder, autocast dtype, ingest batch size): the default batch, and bf16 at the old default of 256
+    variants = {
+        "fp32": (run, None, default.batch_size),
+        "bf16": (run, torch.bfloat16, default.batch_size),
+        "bf16, batch 256": (run, torch.bfloat16, 256),
+        "int8 onnx": (onnx, None, default.batch_size),
+    }
     predictors = {}
-    for name, (folder_of_model, precision) in variants.items():
+    for name, (folder_of_model, precision, _) in variants.items():
         predictors[name] = Predictor.from_dir(folder_of_model)
         predictors[name].autocast_dtype = precision
         predictors[name].predict(texts[:64])  # warm-up
@@ -139,11 +146,12 @@ def throughput(run: Path, pool: pd.DataFrame, n: int, repeats: int) -> dict[str,
             started = time.perf_counter()
             predictor.predict(texts)
             classify = n / (time.perf_counter() - started)
-            database = folder / f"{name.replace(' ', '-')}.db"
+            database = folder / f"{name.replace(' ', '-').replace(',', '')}.db"
             for stale in folder.glob(f"{database.name}*"):
                 stale.unlink()
             store = open_store(f"sqlite:///{database}")
-            result = ingest(predictor, store, path, MonitorConfig(label="negative"), progress=False)
+            config = default.model_copy(update={"batch_size": variants[name][2]})
+            result = ingest(predictor, store, path, config, progress=False)
             rounds[name].append({"ingest": result.rate, "classify_only": classify, "load_1min": load})
             print(json.dumps({"round": round_no, "model": name, **rounds[name][-1]}), flush=True)
     rows = []
@@ -155,6 +163,7 @@ def throughput(run: Path, pool: pd.DataFrame, n: int, repeats: int) -> dict[str,
             {
                 "model": name,
                 "events": n,
+                "batch_size": variants[name][2],
                 "rounds": repeats,
                 "ingest_events_per_s_median": round(float(np.median(ingest_rates)), 1),
                 "ingest_min": round(min(ingest_rates), 1),

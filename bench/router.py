@@ -212,9 +212,14 @@ def main() -> None:
         print(table(json.loads(out.read_text())))
         return
     RESULTS.mkdir(exist_ok=True)
-    results: dict[str, Any] = {"command": " ".join(["python", "bench/router.py", *sys.argv[1:]]), "tasks": {}}
+    # the other tasks' records are kept: a run of some tasks replaces only theirs
+    results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    results.setdefault("tasks", {})
+    results.pop("command", None)
     for task in args.tasks.split(","):
-        results["tasks"][task] = run_task(task, args)
+        results["tasks"][task] = run_task(task, args) | {
+            "command": " ".join(["python", "bench/router.py", *sys.argv[1:]])
+        }
         out.write_text(json.dumps(results, indent=2) + "\n")
         print(table({"tasks": {task: results["tasks"][task]}}), flush=True)
     print(table(results))
