@@ -170,9 +170,10 @@ def main() -> None:
     parser.add_argument("--easy", type=int, default=5, help="candidates from other intents per test query")
     parser.add_argument("--work", type=Path, default=Path("/tmp/adaptext-bench-rank"))
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default bench/results/rank.json)")
     args = parser.parse_args()
     if args.table_only:
-        print(table(json.loads(RESULTS.read_text(encoding="utf-8"))))
+        print(table(json.loads(args.out.read_text(encoding="utf-8"))))
         return
 
     from adaptext.evaluation.ranking import ranking_metrics
@@ -215,8 +216,8 @@ def main() -> None:
     results["methods"]["fine-tuned cross-encoder"] = tuned
     baseline = results["methods"]["untuned embedding cosine"]
     results["ndcg_gain_points"] = round(100 * (tuned["ndcg@10"] - baseline["ndcg@10"]), 2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table(results))
 
 
