@@ -116,7 +116,9 @@ def build_task(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 test_rows.append({"query_id": f"q{q}", "item_id": f"i{item}", "query": texts[q], "item": texts[item],
                                   "label": label})  # fmt: skip
     train_rows = []
-    queries = rng.choice([r for name in names for r in train_pool[name]], size=args.train_queries, replace=False)
+    pool = [r for name in names for r in train_pool[name]]
+    size = len(pool) if args.train_queries == "all" else args.train_queries
+    queries = rng.choice(pool, size=size, replace=False)
     for q in (int(r) for r in queries):
         name = intents[q]
         items = [(r, 1) for r in draw(train_pool, [name], 2, {q})]
@@ -163,7 +165,12 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-queries", type=int, default=600, help="training queries (5 pairs each)")
+    parser.add_argument(
+        "--train-queries",
+        type=lambda value: value if value == "all" else int(value),
+        default=600,
+        help="training queries (5 pairs each); all: every training-pool text is a query once",
+    )
     parser.add_argument("--test-queries", type=int, default=4, help="test queries per intent")
     parser.add_argument("--positives", type=int, default=5, help="relevant candidates per test query")
     parser.add_argument("--hard", type=int, default=10, help="candidates from the 3 nearest intents per test query")
