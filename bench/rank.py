@@ -1,6 +1,6 @@
 """Text-pair ranking on BANKING77: a fine-tuned cross-encoder against the untuned sentence-embedding similarity.
 
-    python bench/rank.py                      # 600 training queries x 5 pairs, 4 test queries per intent
+    python bench/rank.py                      # every training-pool text a query x 5 pairs, 4 test queries per intent
     python bench/rank.py --table-only         # the table of bench/results/rank.json
 
 The pair task: every BANKING77 text is a query or an item; an item is relevant to a query when both have the same
@@ -168,8 +168,8 @@ def main() -> None:
     parser.add_argument(
         "--train-queries",
         type=lambda value: value if value == "all" else int(value),
-        default=600,
-        help="training queries (5 pairs each); all: every training-pool text is a query once",
+        default="all",
+        help="training queries (5 pairs each); all (the default): every training-pool text is a query once",
     )
     parser.add_argument("--test-queries", type=int, default=4, help="test queries per intent")
     parser.add_argument("--positives", type=int, default=5, help="relevant candidates per test query")
