@@ -5,7 +5,8 @@ knn out-of-scope detector) routes the task's validation file with `adaptext rout
 `min_confidence` that keeps the validation wrong answers within `--max-wrong` is then applied to the test file.
 The wrong-answer rate over all texts depends on how many texts are out of scope, so the choice is made on the
 validation file's own mix and again with its rates weighted to each of `--out-of-scope-shares` (the router's
-`evaluate.out_of_scope_share`), which a user sets to the share expected in real traffic. The test file is also
+`evaluate.out_of_scope_share`), which a user sets to the share expected in real traffic; each choice is made on the
+validation rates themselves and on their 95% upper bound (`evaluate.wrong_rate_confidence`). The test file is also
 routed at the configured `--min-confidence` (with `adaptext route --evaluate`'s code, which draws the curve), and
 the test file's own lowest threshold is reported as what choosing on test would give (an oracle, not a method).
 
@@ -27,6 +28,7 @@ answered, over all texts of the file. Writes bench/results/router.json and a cur
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -93,9 +95,15 @@ def at_threshold(router: Router, threshold: float) -> Router:
 
 
 def evaluate(
-    router: Router, texts: list[str], gold: list[str], signals: Signals, max_wrong: float, share: float | None = None
+    router: Router,
+    texts: list[str],
+    gold: list[str],
+    signals: Signals,
+    max_wrong: float,
+    share: float | None = None,
+    level: float | None = None,
 ) -> RoutingReport:
-    return evaluate_routing(router, signals, router.decide(texts, signals), gold, OOS, max_wrong, share)
+    return evaluate_routing(router, signals, router.decide(texts, signals), gold, OOS, max_wrong, share, level)
 
 
 def train_with_oos_class(data: Path, folder: Path) -> None:
@@ -136,9 +144,16 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     # the shares to weigh validation to: the fixed grid, and the test file's own (as if traffic's were known)
     shares = sorted({*args.out_of_scope_shares, round(test_gold.count(OOS) / len(test_gold), 4)})
     choices: list[dict[str, Any]] = []
-    for share in [None, *(shares if OOS in valid_gold else [])]:
-        chosen = evaluate(router, valid_texts, valid_gold, valid_signals, args.max_wrong, share).suggested
-        row: dict[str, Any] = {"out_of_scope_share": share, "validation_at_chosen": chosen, "test": None}
+    for share, level in itertools.product(
+        [None, *(shares if OOS in valid_gold else [])], [None, *args.wrong_rate_confidence]
+    ):
+        chosen = evaluate(router, valid_texts, valid_gold, valid_signals, args.max_wrong, share, level).suggested
+        row: dict[str, Any] = {
+            "out_of_scope_share": share,
+            "wrong_rate_confidence": level,
+            "validation_at_chosen": chosen,
+            "test": None,
+        }
         if chosen is not None:
             tested = evaluate(
                 at_threshold(router, chosen["min_confidence"]), test_texts, test_gold, test_signals, args.max_wrong
@@ -173,7 +188,9 @@ def table(results: dict[str, Any]) -> str:
             mix = "its own mix" if share is None else f"weighted to {100 * share:g}% out of scope"
             if share is not None and abs(share - record["test"]["n_out_of_scope"] / record["test"]["n"]) < 1e-4:
                 mix += ", the test file's share"
-            rows.append((f"chosen on validation ({mix}, ≤ {limit} wrong there)", choice["test"]))
+            level = choice.get("wrong_rate_confidence")
+            bound = "" if level is None else f" with {100 * level:g}% confidence"
+            rows.append((f"chosen on validation ({mix}, ≤ {limit} wrong{bound})", choice["test"]))
         rows.append(("oracle: lowest on test", record["oracle_lowest_on_test"]))
         for name, row in rows:
             if row is None:
@@ -198,6 +215,13 @@ def main() -> None:
     parser.add_argument("--min-confidence", type=float, default=0.5)
     parser.add_argument("--min-similarity", type=float, default=0.7)
     parser.add_argument("--max-wrong", type=float, default=0.02)
+    parser.add_argument(
+        "--wrong-rate-confidence",
+        type=float,
+        nargs="*",
+        default=[0.95],
+        help="also choose by the wrong-answer rate's upper bound at these levels (evaluate.wrong_rate_confidence)",
+    )
     parser.add_argument(
         "--out-of-scope-shares",
         type=float,

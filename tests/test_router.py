@@ -138,6 +138,30 @@ def test_an_out_of_scope_share_weighs_the_rates_and_moves_the_suggested_threshol
     assert even.suggested["min_confidence"] == pytest.approx(np.floor(signals.confidence[8] * 1e4) / 1e4)
 
 
+def test_a_wrong_rate_confidence_suggests_the_lowest_threshold_whose_upper_bound_keeps_the_limit(
+    run_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    router = load_router(load_route_config(write_config(tmp_path, run_dir, tiny_model_dir)))
+    texts = [r["text"] for r in make_rows(30, seed=13)]
+    signals = router.signals_for(texts)
+    signals.confidence = np.linspace(0.35, 0.99, len(texts))
+    signals.intent = np.zeros(len(texts), dtype=int)  # every text predicted as billing
+    signals.out_of_scope = np.zeros(len(texts), dtype=bool)
+    gold = ["shipping" if i < 10 else "billing" for i in range(len(texts))]  # the 10 least confident are wrong
+    routes = router.decide(texts, signals)
+    plain = evaluate_routing(router, signals, routes, gold, None, max_wrong_rate=0.2)
+    bounded = evaluate_routing(router, signals, routes, gold, None, max_wrong_rate=0.2, wrong_rate_confidence=0.95)
+    assert plain.suggested is not None and bounded.suggested is not None
+    # within 20% on the file: 6 of the 30 may be wrong; with 95% confidence only 1 (the bound of 1/30 is 0.172,
+    # of 2/30 0.221), so the bounded suggestion answers from the 10th text on
+    assert plain.suggested["min_confidence"] == pytest.approx(np.floor(signals.confidence[4] * 1e4) / 1e4)
+    assert bounded.suggested["min_confidence"] == pytest.approx(np.floor(signals.confidence[9] * 1e4) / 1e4)
+    # with no wrong answer among n texts the one-sided bound is 1 - alpha ** (1 / n), alpha = (1 - 0.95) / 2
+    none_wrong = next(p for p in bounded.curve if p["min_confidence"] > signals.confidence[9])
+    assert none_wrong["wrong_answer_rate"] == 0
+    assert none_wrong["wrong_answer_upper_bound"] == pytest.approx(1 - 0.025 ** (1 / 30))
+
+
 def test_an_out_of_scope_share_needs_both_kinds_of_rows_and_the_label(
     run_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -59,12 +59,15 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         best = result.report.suggested
-        limit = 100 * result.report.max_wrong_rate
+        limit = f"{100 * result.report.max_wrong_rate:g}%"
+        level = m["wrong_rate_confidence"]
+        if level is not None:
+            limit += f" with {100 * level:g}% confidence"
         if best is None:
-            print(f"no min_confidence keeps wrong answers within {limit:g}%")
+            print(f"no min_confidence keeps wrong answers within {limit}")
         else:
             print(
-                f"lowest min_confidence with wrong answers within {limit:g}%: {best['min_confidence']:.4f} "
+                f"lowest min_confidence with wrong answers within {limit}: {best['min_confidence']:.4f} "
                 f"(answers {100 * best['in_scope_automation']:.1f}% of in-scope texts correctly)"
             )
         print(f"report: {result.report_json}; curve: {result.curve_png}")

@@ -85,6 +85,16 @@ class EvaluateSection(_Section):
         "`ood_label` and both kinds of rows in the file.",
     )
 
+    wrong_rate_confidence: float | None = Field(
+        None,
+        gt=0.5,
+        lt=1,
+        description="When set (e.g. 0.95), the suggested threshold is the lowest whose wrong-answer rate stays within "
+        "max_wrong_rate with this confidence, not just on this file: a one-sided Clopper-Pearson upper bound for the "
+        "in-scope rows and one for the out-of-scope rows (half the risk each), mixed by the out-of-scope share. A "
+        "file with few rows, or few out-of-scope rows, then suggests a safer threshold.",
+    )
+
     @model_validator(mode="after")
     def _share_needs_label(self) -> EvaluateSection:
         if self.out_of_scope_share is not None and self.ood_label is None:

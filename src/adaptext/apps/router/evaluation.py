@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy.stats import beta
 
 from adaptext.apps.router.route import Routed, Router, Signals
 from adaptext.core.errors import AdaptextError
@@ -64,28 +65,56 @@ def text_weights(in_scope: np.ndarray, out_of_scope_share: float | None) -> np.n
     return np.where(in_scope, (1 - out_of_scope_share) / (n - n_out), out_of_scope_share / n_out)
 
 
-def _rates(answered: np.ndarray, right: np.ndarray, in_scope: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+def upper_bound(count: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson upper bound of a rate seen as `count` of `n`, at `confidence` (1 for n = 0)."""
+    if count >= n:
+        return 1.0
+    return float(beta.ppf(confidence, count + 1, n - count))
+
+
+def wrong_rate_bound(wrong: np.ndarray, in_scope: np.ndarray, share: float, confidence: float) -> float:
+    """An upper bound, at `confidence`, of the wrong-answer rate of traffic with `share` out of scope: a bound for
+    the in-scope rows and one for the out-of-scope rows, each at half the risk (so both hold together), mixed."""
+    level = (1 + confidence) / 2
+    bound = (1 - share) * upper_bound(int((wrong & in_scope).sum()), int(in_scope.sum()), level)
+    if share > 0:
+        bound += share * upper_bound(int((wrong & ~in_scope).sum()), int((~in_scope).sum()), level)
+    return bound
+
+
+def _rates(
+    answered: np.ndarray, right: np.ndarray, in_scope: np.ndarray, weights: np.ndarray, confidence: float | None
+) -> dict[str, float]:
     """Shares for the boolean (n,) arrays (answered by the router, right intent and in scope, in scope), the rates
-    over all texts weighted by `weights` (`text_weights`)."""
+    over all texts weighted by `weights` (`text_weights`); with `confidence`, the wrong-answer rate's upper bound."""
     correct = answered & right
     wrong = answered & ~right
-    return {
+    rates = {
         "automation_rate": float(weights[correct].sum()),
         "in_scope_automation": float(correct[in_scope].mean()) if in_scope.any() else 0.0,
         "wrong_answer_rate": float(weights[wrong].sum()),
         "not_answered_rate": float(weights[~answered].sum()),
         "out_of_scope_contained": float((~answered)[~in_scope].mean()) if (~in_scope).any() else 1.0,
     }
+    if confidence is not None:
+        share = float(weights[~in_scope].sum())
+        rates["wrong_answer_upper_bound"] = wrong_rate_bound(wrong, in_scope, share, confidence)
+    return rates
 
 
 def _curve(
-    router: Router, signals: Signals, right: np.ndarray, in_scope: np.ndarray, weights: np.ndarray
+    router: Router,
+    signals: Signals,
+    right: np.ndarray,
+    in_scope: np.ndarray,
+    weights: np.ndarray,
+    confidence: float | None,
 ) -> list[dict[str, float]]:
     """Rates at every threshold where something changes: 0 and each distinct confidence, rounded down to 1e-4 (so
     that the text at a threshold is still answered there)."""
     thresholds = np.unique(np.concatenate([[0.0], np.floor(signals.confidence * 1e4) / 1e4, [1.0]]))
     return [
-        {"min_confidence": float(t), **_rates(router.answered(signals, float(t)), right, in_scope, weights)}
+        {"min_confidence": float(t), **_rates(router.answered(signals, float(t)), right, in_scope, weights, confidence)}
         for t in thresholds
     ]
 
@@ -98,9 +127,11 @@ def evaluate_routing(
     ood_label: str | None,
     max_wrong_rate: float,
     out_of_scope_share: float | None = None,
+    wrong_rate_confidence: float | None = None,
 ) -> RoutingReport:
     """Score `routes` (decided from `signals`) against the true intents `gold` (`ood_label` marks out-of-scope);
-    with `out_of_scope_share`, the rates over all texts are those of traffic with that share of out-of-scope texts."""
+    with `out_of_scope_share`, the rates over all texts are those of traffic with that share of out-of-scope texts;
+    with `wrong_rate_confidence`, the suggested threshold keeps the wrong-answer rate's upper bound within the limit."""
     labels = router.predictor.labels
     gold_array = np.asarray(gold, dtype=object)
     in_scope = gold_array != ood_label if ood_label is not None else np.ones(len(gold), dtype=bool)
@@ -119,17 +150,19 @@ def evaluate_routing(
         "out_of_scope_share_configured": out_of_scope_share is not None,
         "min_confidence": router.rule.min_confidence,
         "detector": router.predictor.detector.method if router.detector_used and router.predictor.detector else None,
-        **_rates(answered, right, in_scope, weights),
+        **_rates(answered, right, in_scope, weights, wrong_rate_confidence),
         "faq_rate": float(weights[action == "faq"].sum()),
         "handoff_rate": float(weights[action == "handoff"].sum()),
         "in_scope_accuracy": float(right[in_scope].mean()) if in_scope.any() else 0.0,
     }
-    curve = _curve(router, signals, right, in_scope, weights)
+    metrics["wrong_rate_confidence"] = wrong_rate_confidence
+    curve = _curve(router, signals, right, in_scope, weights, wrong_rate_confidence)
     without = None
     if router.detector_used:
         plain = Signals(signals.intent, signals.confidence, np.zeros(len(gold), dtype=bool), None)
-        without = _curve(router, plain, right, in_scope, weights)
-    within = [point for point in curve if point["wrong_answer_rate"] <= max_wrong_rate]
+        without = _curve(router, plain, right, in_scope, weights, wrong_rate_confidence)
+    key = "wrong_answer_rate" if wrong_rate_confidence is None else "wrong_answer_upper_bound"
+    within = [point for point in curve if point[key] <= max_wrong_rate]
     suggested = min(within, key=lambda point: point["min_confidence"]) if within else None
     return RoutingReport(metrics, curve, without, suggested, max_wrong_rate, dict(actions))
 
@@ -164,7 +197,9 @@ def plot_routing(report: RoutingReport, path: Path) -> None:
             color="tab:green",
             marker="D",
             zorder=3,
-            label=f"lowest threshold with ≤ {100 * report.max_wrong_rate:g}% wrong ({s['min_confidence']:.2f})",
+            label=f"lowest threshold with ≤ {100 * report.max_wrong_rate:g}% wrong"
+            + ("" if m["wrong_rate_confidence"] is None else f" at {100 * m['wrong_rate_confidence']:g}% confidence")
+            + f" ({s['min_confidence']:.2f})",
         )
     left.axvline(100 * report.max_wrong_rate, color="tab:green", linewidth=0.8, linestyle=":")
     left.set_xlabel("wrong answers (% of all texts)")

@@ -125,6 +125,7 @@ def route_file(
             config.evaluate.ood_label,
             config.evaluate.max_wrong_rate,
             config.evaluate.out_of_scope_share,
+            config.evaluate.wrong_rate_confidence,
         )
         result.report = report
         result.report_json, result.curve_png = evaluation_paths(output)
