@@ -12,7 +12,7 @@ import pytest
 from adaptext.apps.router.config import load_route_config
 from adaptext.apps.router.evaluation import evaluate_routing
 from adaptext.apps.router.files import route_file
-from adaptext.apps.router.route import load_router
+from adaptext.apps.router.route import Router, Signals, load_router
 from adaptext.cli import main
 from adaptext.core.errors import ConfigError, DataError
 from conftest import LABELS, make_rows, train_keyword_run
@@ -109,15 +109,21 @@ def test_the_suggested_threshold_is_the_lowest_that_keeps_wrong_answers_within_t
     assert report.suggested["wrong_answer_rate"] == pytest.approx(3 / 30)
 
 
+def planted_signals(router: Router, seed: int) -> tuple[list[str], Signals]:
+    """30 texts, all predicted as billing, in scope by the detector, confidences rising from 0.35 to 0.99."""
+    texts = [r["text"] for r in make_rows(30, seed=seed)]
+    signals = router.signals_for(texts)
+    signals.confidence = np.linspace(0.35, 0.99, len(texts))
+    signals.intent = np.zeros(len(texts), dtype=int)
+    signals.out_of_scope = np.zeros(len(texts), dtype=bool)
+    return texts, signals
+
+
 def test_an_out_of_scope_share_weighs_the_rates_and_moves_the_suggested_threshold(
     run_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     router = load_router(load_route_config(write_config(tmp_path, run_dir, tiny_model_dir)))
-    texts = [r["text"] for r in make_rows(30, seed=12)]
-    signals = router.signals_for(texts)
-    signals.confidence = np.linspace(0.35, 0.99, len(texts))
-    signals.intent = np.zeros(len(texts), dtype=int)  # every text predicted as billing
-    signals.out_of_scope = np.zeros(len(texts), dtype=bool)
+    texts, signals = planted_signals(router, seed=12)
     gold = ["oos" if i < 10 else "billing" for i in range(len(texts))]  # the 10 least confident are out of scope
     routes = router.decide(texts, signals)
     own = evaluate_routing(router, signals, routes, gold, "oos", max_wrong_rate=0.1)
@@ -142,11 +148,7 @@ def test_a_wrong_rate_confidence_suggests_the_lowest_threshold_whose_upper_bound
     run_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     router = load_router(load_route_config(write_config(tmp_path, run_dir, tiny_model_dir)))
-    texts = [r["text"] for r in make_rows(30, seed=13)]
-    signals = router.signals_for(texts)
-    signals.confidence = np.linspace(0.35, 0.99, len(texts))
-    signals.intent = np.zeros(len(texts), dtype=int)  # every text predicted as billing
-    signals.out_of_scope = np.zeros(len(texts), dtype=bool)
+    texts, signals = planted_signals(router, seed=13)
     gold = ["shipping" if i < 10 else "billing" for i in range(len(texts))]  # the 10 least confident are wrong
     routes = router.decide(texts, signals)
     plain = evaluate_routing(router, signals, routes, gold, None, max_wrong_rate=0.2)
