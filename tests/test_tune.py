@@ -22,6 +22,7 @@ from adaptext.core.errors import AdaptextError, ConfigError
 from adaptext.training.state import TrainingState
 from adaptext.tuning import tune
 from adaptext.tuning.pruning import REPORTS, TrialPruning
+from adaptext.tuning.space import build_space, suggest
 
 FAST = ("train.max_steps=4", "tune.pruner=none")
 
@@ -156,6 +157,56 @@ def test_a_bad_search_space_is_a_one_line_error_before_any_trial(
         tune(config, trials=1)
     assert "\n" not in str(error.value)
     assert not root.exists()
+
+
+def test_a_conditional_key_is_drawn_only_in_trials_that_meet_its_condition(
+    tiny_config: Callable[..., Config],
+) -> None:
+    space = build_space(tiny_config("strategy=fewshot"))
+    assert space.searched["fewshot.per_class"].when == {"fewshot.encoder": ["contrastive"]}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [suggest(study.ask(), space) for _ in range(40)]
+    encoders = {params["fewshot.encoder"] for params in drawn}
+    assert encoders == {"contrastive", "finetune"}
+    for params in drawn:
+        assert ("fewshot.per_class" in params) == (params["fewshot.encoder"] == "contrastive"), params
+
+    # Configured: finetune never meets the condition (the key is not searched), contrastive always does.
+    finetune = build_space(tiny_config("strategy=fewshot", "fewshot.encoder=finetune"))
+    assert "fewshot.per_class" not in finetune.searched and finetune.unused == ("fewshot.per_class",)
+    assert "not searched (their `when` is never met) fewshot.per_class" in finetune.describe()
+    contrastive = build_space(tiny_config("strategy=fewshot", "fewshot.encoder=contrastive"))
+    assert all("fewshot.per_class" in suggest(study.ask(), contrastive) for _ in range(5))
+    # A pinned value counts as configured; a user's own entry may carry a condition.
+    pinned = build_space(
+        tiny_config(
+            "strategy=fewshot",
+            "tune.space={fewshot.encoder: {type: fixed, value: finetune}, "
+            "fewshot.head_c: {type: float, low: 0.1, high: 1, when: {fewshot.encoder: [finetune]}}}",
+        )
+    )
+    fresh = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert pinned.unused == ("fewshot.per_class",) and "fewshot.head_c" in suggest(fresh.ask(), pinned)
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ("{train.epochs: {type: int, low: 1, high: 2, when: {train.nope: [1]}}}", "when names train.nope: unknown"),
+        (
+            "{train.warmup_ratio: {type: float, low: 0, high: 0.1, when: {train.epochs: [1]}}, "
+            "train.epochs: {type: int, low: 1, high: 2}}",
+            "when names train.epochs, which is searched after it",
+        ),
+        ("{train.epochs: {type: fixed, value: 1, when: {train.batch_size: [8]}}}", "a fixed entry is always pinned"),
+        ("{train.epochs: {type: int, low: 1, high: 2, when: {}}}", "when needs at least one key"),
+    ],
+)
+def test_a_bad_condition_is_refused_before_any_trial(
+    tiny_config: Callable[..., Config], entries: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_space(tiny_config(f"tune.space={entries}"))
 
 
 def test_a_fewshot_study_without_held_out_validation_is_refused(

@@ -2,13 +2,15 @@
 
 A space maps dotted config keys to `Param`s. The defaults depend on the strategy (and on the peft method); a key the
 base config (or a `key=value` override) sets explicitly is fixed at that value and not searched. `tune.space`
-entries replace or extend the defaults, and `type: fixed` pins a key to `value`. Every key is checked against the
-config model, with every value it may take, before any trial runs.
+entries replace or extend the defaults, and `type: fixed` pins a key to `value`. An entry with `when` is drawn only
+in trials where other keys take the listed values (`fewshot.per_class` only shapes contrastive batches, so it is
+drawn only when `fewshot.encoder` is `contrastive`). Every key is checked against the config model, with every
+value it may take, before any trial runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -37,6 +39,9 @@ class Param(BaseModel):
     step: float | None = None
     choices: list[Choice] | None = None
     value: Any = None
+    # Drawn only when each named key takes one of its listed values (drawn earlier in the trial, pinned, or as
+    # configured); otherwise the key keeps its configured value.
+    when: dict[str, list[Choice]] | None = None
 
     def candidates(self) -> list[Any]:
         """The values to check against the config model: the bounds, every choice, or the fixed value."""
@@ -64,6 +69,10 @@ class Param(BaseModel):
             return "type categorical needs a non-empty list of choices"
         if self.type == "fixed" and "value" not in self.model_fields_set:
             return "type fixed needs a value"
+        if self.when is not None and self.type == "fixed":
+            return "a fixed entry is always pinned: remove when"
+        if self.when is not None and (not self.when or not all(self.when.values())):
+            return "when needs at least one key, each with a non-empty list of values"
         return None
 
 
@@ -90,7 +99,10 @@ def default_space(config: Config) -> dict[str, Param]:
             "fewshot.encoder": _categorical("contrastive", "finetune"),
             "fewshot.learning_rate": _float(5e-6, 2e-4, log=True),
             "fewshot.batch_size": _categorical(16, 32, 64),
-            "fewshot.per_class": _categorical(2, 4, 8),
+            # Only contrastive batches are drawn per class.
+            "fewshot.per_class": Param(
+                type="categorical", choices=[2, 4, 8], when={"fewshot.encoder": ["contrastive"]}
+            ),
             "fewshot.head_c": _float(0.01, 100.0, log=True),
         }
     if config.strategy not in ("finetune", "prompt"):
@@ -137,6 +149,13 @@ class Space:
     searched: dict[str, Param]
     fixed: dict[str, Any]
     kept: tuple[str, ...]  # default keys not searched because the config sets them
+    unused: tuple[str, ...] = ()  # keys whose `when` the configured or pinned values never meet
+    # The configured or pinned value of every key a searched entry's `when` names that is not searched itself.
+    given: dict[str, Any] = field(default_factory=dict)
+
+    def applies(self, param: Param, drawn: dict[str, Any]) -> bool:
+        """Whether `param` is drawn in a trial that has drawn `drawn` so far."""
+        return all((drawn[k] if k in drawn else self.given[k]) in values for k, values in (param.when or {}).items())
 
     def describe(self) -> str:
         parts = [f"searching {', '.join(self.searched) or 'nothing'}"]
@@ -144,6 +163,8 @@ class Space:
             parts.append("pinned " + ", ".join(f"{k}={v!r}" for k, v in self.fixed.items()))
         if self.kept:
             parts.append(f"kept as configured {', '.join(self.kept)}")
+        if self.unused:
+            parts.append(f"not searched (their `when` is never met) {', '.join(self.unused)}")
         return "; ".join(parts)
 
 
@@ -167,13 +188,53 @@ def build_space(config: Config) -> Space:
         check_key(config, key, param, ignored)
     searched = {k: p for k, p in entries.items() if p.type != "fixed"}
     fixed = {k: p.value for k, p in entries.items() if p.type == "fixed"}
+    given = resolve_conditions(config, searched, fixed)
+    unused = tuple(k for k, p in searched.items() if not _may_apply(p, searched, given))
+    searched = {k: p for k, p in searched.items() if k not in unused}
     if not searched:
         raise ConfigError(
             f"tune.space: nothing to search for strategy {config.strategy}"
             + (f" (the config sets {', '.join(kept)})" if kept else "")
             + "; add entries such as `train.learning_rate: {type: float, low: 1e-5, high: 5e-4, log: true}`"
         )
-    return Space(searched=searched, fixed=fixed, kept=tuple(kept))
+    return Space(searched=searched, fixed=fixed, kept=tuple(kept), unused=unused, given=given)
+
+
+def resolve_conditions(config: Config, searched: dict[str, Param], fixed: dict[str, Any]) -> dict[str, Any]:
+    """The value of every key a `when` names that no earlier searched entry draws: pinned, else as configured.
+
+    Refuses a `when` that names an unknown key or a key searched after it (trials draw keys in order).
+    """
+    given: dict[str, Any] = {}
+    tree = config.model_dump(mode="json")
+    order = list(searched)
+    for key, param in searched.items():
+        for name in param.when or {}:
+            if name in searched:
+                if order.index(name) > order.index(key):
+                    raise ConfigError(f"tune.space.{key}: when names {name}, which is searched after it; list it first")
+            elif name in fixed:
+                given[name] = fixed[name]
+            else:
+                node: Any = tree
+                for part in name.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        raise ConfigError(f"tune.space.{key}: when names {name}: unknown key")
+                    node = node[part]
+                given[name] = node
+    return given
+
+
+def _may_apply(param: Param, searched: dict[str, Param], given: dict[str, Any]) -> bool:
+    """Whether some trial can meet `param.when`: each named key is searched over a listed value, or given one."""
+    for name, values in (param.when or {}).items():
+        if name in searched:
+            choices = searched[name].choices
+            if choices is not None and not any(choice in values for choice in choices):
+                return False
+        elif given[name] not in values:
+            return False
+    return True
 
 
 def parse_param(key: str, raw: Any) -> Param:
@@ -235,6 +296,8 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
     """Draw one value per searched key from an optuna `trial` (the key is the parameter's name)."""
     params: dict[str, Any] = {}
     for key, p in space.searched.items():
+        if not space.applies(p, params):
+            continue  # the key keeps its configured value in this trial
         if p.type == "categorical":
             params[key] = trial.suggest_categorical(key, p.choices)
         elif p.type == "int":
