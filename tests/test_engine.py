@@ -208,3 +208,55 @@ def test_a_stopped_run_closes_its_tensorboard_writer(
         train(tiny_config("train.max_steps=4"), on_step=crash)
     [board] = boards
     assert board.writer.all_writers is None  # closed: SummaryWriter.close() drops its file writers and thread
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux and glibc")
+def test_freed_heap_pages_go_back_to_the_system_after_training() -> None:
+    import ctypes
+    import os
+
+    from adaptext.core.device import release_freed_memory
+
+    def resident_mb() -> float:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    # 128 MB in 16 KB blocks (far below glibc's mmap threshold: from the heap), each touched, then a small block
+    # above them that keeps the heap from shrinking when they are freed: what a training run leaves behind.
+    blocks = [libc.malloc(16 * 1024) for _ in range(8192)]
+    for block in blocks:
+        ctypes.memset(block, 1, 16 * 1024)
+    pin = libc.malloc(256)
+    for block in blocks:
+        libc.free(block)
+    held = resident_mb()
+    release_freed_memory()
+    assert held - resident_mb() > 64, "freed heap pages stayed resident"
+    libc.free(pin)
+
+
+def test_training_memory_is_released_before_the_final_evaluation(
+    tiny_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adaptext.training.lifecycle as lifecycle
+
+    calls: list[str] = []
+    release, finish = lifecycle.release_freed_memory, lifecycle.finish
+
+    def spy_release() -> None:
+        calls.append("release")
+        release()
+
+    def spy_finish(*args: Any, **kwargs: Any) -> Any:
+        calls.append("finish")
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "release_freed_memory", spy_release)
+    monkeypatch.setattr(lifecycle, "finish", spy_finish)
+    train(tiny_config("train.max_steps=2"))
+    # Once after training, once after the post-hoc steps' model copies (inside the final evaluation).
+    assert calls == ["release", "finish", "release"]

@@ -162,6 +162,36 @@ def test_integrated_gradients_add_up_to_the_log_odds_difference_from_the_baselin
     assert words_of(TEXTS[1])[int(np.argmax(per_word[1]))] in {"parcel", "arrive"}
 
 
+def test_integrated_gradients_bound_the_tokens_of_each_pass_on_a_cpu_without_changing_the_result(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import captum.attr
+
+    import adaptext.explain.methods as methods
+
+    passes: list[tuple[int, int, int]] = []  # (texts, padded length, sequences per pass)
+    attribute = captum.attr.LayerIntegratedGradients.attribute
+
+    def spy(self: object, inputs: torch.Tensor, *args: object, **kwargs: object) -> object:
+        passes.append((inputs.shape[0], inputs.shape[1], int(kwargs["internal_batch_size"])))  # type: ignore[call-overload]
+        return attribute(self, inputs, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(captum.attr.LayerIntegratedGradients, "attribute", spy)
+    targets = [int(i) for i in predictor.predict_proba(TEXTS).argmax(1)]
+    spans = [word_spans(t) for t in TEXTS]
+    ig = IntegratedGradients(steps=16, texts_per_batch=2)
+    monkeypatch.setattr(methods, "CPU_TOKENS_PER_PASS", 10**9)
+    whole = ig.attribute(predictor, TEXTS, spans, targets)
+    assert all(sequences == max(16, predictor.batch_size) for _, _, sequences in passes)
+    passes.clear()
+    monkeypatch.setattr(methods, "CPU_TOKENS_PER_PASS", 64)
+    bounded = ig.attribute(predictor, TEXTS, spans, targets)
+    for texts, length, sequences in passes:
+        assert sequences == max(texts, 64 // length) and sequences < 16  # captum: one step of every text at least
+    for a, b in zip(whole, bounded, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_integrated_gradients_work_on_an_adapter(runs: dict[str, Path]) -> None:
     lora = Predictor.from_dir(runs["lora"])
     tokens, delta = IntegratedGradients().attribute_tokens(lora, TEXTS[:2], [0, 1])

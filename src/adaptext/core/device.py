@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 from pathlib import Path
 
@@ -86,3 +89,20 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc's `malloc_trim`; a no-op
+    elsewhere).
+
+    Called once after training: the training copies are freed by then, but glibc keeps their pages, and the run's
+    post-hoc steps (calibration, evaluation, explained errors) would otherwise raise the process's peak above
+    training's own (docs/benchmarks.md, "Training memory"). Costs milliseconds.
+    """
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if trim is not None:
+        trim(0)

@@ -128,6 +128,12 @@ class Occlusion(AttributionMethod):
         return out
 
 
+# Tokens per forward and backward pass of integrated gradients on a CPU. Every pass keeps its activations for the
+# backward pass (about 0.1 MB a token for MiniLM in fp32): 64 sequences of 60 tokens raised a training run's peak
+# memory by 300 MB after training, above training's own peak (docs/benchmarks.md, "Training memory").
+CPU_TOKENS_PER_PASS = 2048
+
+
 class IntegratedGradients(AttributionMethod):
     def __init__(self, steps: int = 32, texts_per_batch: int = 8) -> None:
         self.steps = steps
@@ -217,13 +223,20 @@ class IntegratedGradients(AttributionMethod):
                 additional_forward_args=extra,
                 target=torch.as_tensor(list(targets), device=device),
                 n_steps=self.steps,
-                # As many sequences per forward and backward pass as the predictor batches (memory on a GPU).
-                internal_batch_size=max(self.steps, predictor.batch_size),
+                internal_batch_size=self.sequences_per_pass(predictor, len(texts), ids.shape[1], device),
                 return_convergence_delta=True,
             )
         per_token = (attributions.sum(-1) * mask).detach().float().cpu().numpy()
         result = [(per_token[i], owners[i]) for i in range(len(texts))]
         return result, delta.detach().float().cpu().numpy()
+
+    def sequences_per_pass(self, predictor: Predictor, texts: int, length: int, device: torch.device) -> int:
+        """Interpolated sequences per forward and backward pass: as many as the predictor batches, and on a CPU at
+        most `CPU_TOKENS_PER_PASS` tokens; captum takes at least one step of every text per pass."""
+        sequences = max(self.steps, predictor.batch_size)
+        if device.type == "cpu":
+            sequences = min(sequences, CPU_TOKENS_PER_PASS // max(length, 1))
+        return max(sequences, texts)
 
 
 class Shap(AttributionMethod):

@@ -7,7 +7,6 @@ record, the strategy's `fit`, then the final evaluation of the saved model, the 
 
 from __future__ import annotations
 
-import gc
 import logging
 import resource
 import time
@@ -20,7 +19,7 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.config import Config
-from adaptext.core.device import check_launch, default_device, process_state
+from adaptext.core.device import check_launch, default_device, process_state, release_freed_memory
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo
 from adaptext.core.run import (
@@ -79,10 +78,11 @@ def run_strategy(
         run = Run(config, paths, resume=resume, callbacks=hooks.callbacks)
         state = strategy.fit(prepared, run) if pool is None else self_train(strategy, prepared, run, pool)
         state.train_seconds = time.perf_counter() - started
-        # The training copies (model, gradients, optimizer state) are gone with fit's frame; collect them before
-        # the final evaluation loads the saved model, so the run's peak memory is that of training alone.
+        # The training copies (model, gradients, optimizer state) are gone with fit's frame; collect them and give
+        # their pages back before the final evaluation loads the saved model, so the run's peak memory is that of
+        # training alone.
         del prepared
-        gc.collect()
+        release_freed_memory()
         result = finish(
             config,
             paths,
@@ -162,6 +162,7 @@ def finish(
     process = process_state()
     if process.is_main_process:
         after_training(config, paths.model, splits)
+        release_freed_memory()  # the model copies of calibration and the detector are freed: give their pages back
     process.wait_for_everyone()
     predictor = Predictor.from_dir(paths.model, batch_size=eval_batch_size(config.train))
     data = splits.evaluation
