@@ -31,12 +31,14 @@ Sections (`--only train,predict,memory,tune,tracking`):
             then `adaptext predict` CSV -> CSV on `--memory-rows` (default 100,000 and 1,000,000) short texts.
             Target: peak RSS flat in the file size.
   tune      `adaptext tune` on SST-2 (`--tune-train-size`, default 4,000 examples; dev as validation;
-            max_length 64; metric accuracy), `--trials` (default 20) with `tune.pruner=median` and as many with
-            `tune.pruner=none`, same seed and space: the default space with `train.epochs` limited to 1..3
-            (`--tune-max-epochs`) to fit a small machine. Reports best dev accuracy, optimizer steps trained
-            (tune.json: the compute), wall time, and pruned / unpruned compute and the difference of the bests.
-            A study is resumable: with `--work-dir` and `--tune-resume`, the same command continues the
-            studies already in it (up to `--trials`; the wall time is then this invocation's only).
+            max_length 64; metric accuracy), `--trials` (default 20) with each of `--pruners` (default
+            `median`; `hyperband` too) and as many with `tune.pruner=none`, same seed and space: the default
+            space with `train.epochs` limited to 1..3 (`--tune-max-epochs`) to fit a small machine. Reports
+            best dev accuracy, examples trained (each trial's optimizer steps times its batch size: the
+            compute; batch sizes differ between trials), optimizer steps (tune.json), wall time, and for each
+            pruner pruned / unpruned compute and the difference of the bests. A study is resumable: with `--work-dir`
+            and `--tune-resume`, the same command continues the studies already in it (up to `--trials`; the
+            wall time is then this invocation's only).
   tracking  the same short fine-tune (`--tracking-train-size`, default 1,000 examples, 1 epoch) with
             `tracking.backend=none`, `tensorboard` and `mlflow` (MLFLOW_TRACKING_URI a SQLite store in the work
             dir, `tracking.log_model=true`), the order alternating over `--repeats` (default 3). Reports the
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import resource
@@ -493,7 +496,7 @@ def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], 
     data = sst2(args, folder / "data", args.tune_train_size, args.dev_size)
     space = {"train.epochs": {"type": "int", "low": 1, "high": args.tune_max_epochs}}
     rows = []
-    for pruner in ("median", "none"):
+    for pruner in [*args.pruners, "none"]:
         output = folder / pruner
         config = run_config(args, output, data)
         del config["train"]  # batch size and epochs are searched
@@ -510,27 +513,33 @@ def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], 
             "best_value": summary["best_value"],
             "best_params": summary["best_params"],
             "steps_trained": summary["steps_trained"],
+            "examples_trained": examples_trained(output / "trials.csv"),
             "trials": summary["trials"],
         }
         rows.append(result)
         progress("tune", f"{pruner}: {result['wall_s']:.1f} s, best {summary['best_value']}, {summary['trials']}")
-    pruned, full = rows
-    compute = pruned["steps_trained"] / full["steps_trained"] if full["steps_trained"] else None
-    gap = (
-        100 * (pruned["best_value"] - full["best_value"])
-        if pruned["best_value"] is not None and full["best_value"] is not None
-        else None
-    )
+    full = rows[-1]
+    against = {}
+    for pruned in rows[:-1]:
+        compute = pruned["examples_trained"] / full["examples_trained"] if full["examples_trained"] else None
+        steps = pruned["steps_trained"] / full["steps_trained"] if full["steps_trained"] else None
+        gap = (
+            100 * (pruned["best_value"] - full["best_value"])
+            if pruned["best_value"] is not None and full["best_value"] is not None
+            else None
+        )
+        against[pruned["contender"]] = {"compute_ratio": compute, "steps_ratio": steps, "best_gap_points": gap}
     text = (
         f"### tune: {args.trials} trials per pruner on {args.tune_train_size} SST-2 examples, dev "
         f"{args.dev_size or 'all'}, max_length {args.max_length}, seed {args.seed}; default space with "
         f"train.epochs limited to 1..{args.tune_max_epochs} (to fit the machine)\n\n"
         + table(
-            ["pruner", "best dev accuracy", "steps trained", "wall s", "trials"],
+            ["pruner", "best dev accuracy", "examples trained", "steps trained", "wall s", "trials"],
             [
                 [
                     r["contender"],
                     fmt(r["best_value"], ".4f"),
+                    str(r["examples_trained"]),
                     str(r["steps_trained"]),
                     fmt(r["wall_s"]),
                     ", ".join(f"{n} {s}" for s, n in sorted(r["trials"].items())),
@@ -538,10 +547,23 @@ def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], 
                 for r in rows
             ],
         )
-        + f"\n\npruned / unpruned compute: {fmt(compute, '.2f')}; best (pruned - unpruned): {fmt(gap, '+.2f')} points"
-        f"\n\nThe studies are resumable: rerun with the same --work-dir and --tune-resume to continue them."
+        + "".join(
+            f"\n\n{name}: pruned / unpruned compute (examples trained) {fmt(v['compute_ratio'], '.2f')}, optimizer "
+            f"steps {fmt(v['steps_ratio'], '.2f')}; best (pruned - unpruned) {fmt(v['best_gap_points'], '+.2f')} points"
+            for name, v in against.items()
+        )
+        + "\n\nThe studies are resumable: rerun with the same --work-dir and --tune-resume to continue them."
     )
-    return {"rows": rows, "compute_ratio": compute, "best_gap_points": gap}, text
+    return {"rows": rows, "against_none": against}, text
+
+
+def examples_trained(trials_csv: Path) -> int:
+    """Training examples over every trial of a study: each trial's optimizer steps times its batch size.
+
+    The compute of a study whose trials differ in batch size: a step of 64 examples costs four steps of 16.
+    """
+    with trials_csv.open(encoding="utf-8") as handle:
+        return sum(int(row["steps"] or 0) * int(row["train.batch_size"]) for row in csv.DictReader(handle))
 
 
 def section_tracking(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], str]:
@@ -605,6 +627,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tune-train-size", type=int, default=4000)
     parser.add_argument("--tune-max-epochs", type=int, default=3)
     parser.add_argument("--trials", type=int, default=20, help="trials per study (one with pruning, one without)")
+    parser.add_argument(
+        "--pruners",
+        nargs="+",
+        choices=["median", "hyperband"],
+        default=["median"],
+        help="pruned studies of the tune section, each compared with one study without pruning",
+    )
     parser.add_argument("--tune-resume", action="store_true", help="continue the studies in --work-dir")
     parser.add_argument("--tracking-train-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the tracking section")
