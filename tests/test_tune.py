@@ -187,6 +187,16 @@ def test_a_conditional_key_is_drawn_only_in_trials_that_meet_its_condition(
     )
     fresh = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     assert pinned.unused == ("fewshot.per_class",) and "fewshot.head_c" in suggest(fresh.ask(), pinned)
+    # A condition on a conditional key: where per_class is not drawn it has its configured value (4).
+    chained = build_space(
+        tiny_config(
+            "strategy=fewshot",
+            "tune.space={fewshot.head_c: {type: float, low: 0.1, high: 1, when: {fewshot.per_class: [4]}}}",
+        )
+    )
+    other = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for params in (suggest(other.ask(), chained) for _ in range(40)):
+        assert ("fewshot.head_c" in params) == (params.get("fewshot.per_class", 4) == 4), params
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,7 @@ class Space:
     fixed: dict[str, Any]
     kept: tuple[str, ...]  # default keys not searched because the config sets them
     unused: tuple[str, ...] = ()  # keys whose `when` the configured or pinned values never meet
-    # The configured or pinned value of every key a searched entry's `when` names that is not searched itself.
+    # The pinned or configured value of every key a searched entry's `when` names, for trials that do not draw it.
     given: dict[str, Any] = field(default_factory=dict)
 
     def applies(self, param: Param, drawn: dict[str, Any]) -> bool:
@@ -201,7 +201,8 @@ def build_space(config: Config) -> Space:
 
 
 def resolve_conditions(config: Config, searched: dict[str, Param], fixed: dict[str, Any]) -> dict[str, Any]:
-    """The value of every key a `when` names that no earlier searched entry draws: pinned, else as configured.
+    """The value every key a `when` names has in a trial that does not draw it: pinned, else as configured (a
+    searched key may itself be conditional, and then keeps its configured value in some trials).
 
     Refuses a `when` that names an unknown key or a key searched after it (trials draw keys in order).
     """
@@ -210,10 +211,9 @@ def resolve_conditions(config: Config, searched: dict[str, Param], fixed: dict[s
     order = list(searched)
     for key, param in searched.items():
         for name in param.when or {}:
-            if name in searched:
-                if order.index(name) > order.index(key):
-                    raise ConfigError(f"tune.space.{key}: when names {name}, which is searched after it; list it first")
-            elif name in fixed:
+            if name in searched and order.index(name) > order.index(key):
+                raise ConfigError(f"tune.space.{key}: when names {name}, which is searched after it; list it first")
+            if name in fixed:
                 given[name] = fixed[name]
             else:
                 node: Any = tree
