@@ -1,6 +1,7 @@
 """Where a training run's peak memory falls: resident size sampled through one `adaptext` run, by phase.
 
     python bench/memory_timeline.py train --json bench/results/memory_timeline.json
+    python bench/memory_timeline.py train --freeze-embeddings     # the same job with train.freeze_embeddings=true
     python bench/memory_timeline.py explain RUN_DIR --tokens 1024 2048 0 --repeats 2
 
 `train` runs `bench/train_speed.py`'s adaptext job (SST-2, 4,000 training sentences, dev as validation, 1 epoch,
@@ -90,7 +91,7 @@ def run_train(args: argparse.Namespace) -> None:
     )
     data = train_speed._load(job)
     with Sampler() as sampler:
-        result = train_speed._run_adaptext(job, data)
+        result = train_speed._run_adaptext(job, data, frozen=args.freeze_embeddings)
     rows = phases(sampler.samples)
     for row in rows:
         if row["peak_mb"] >= 0.9 * sampler.peak or row is rows[0] or "training:" in row["phase"]:
@@ -149,6 +150,7 @@ def main() -> None:
     train = sub.add_parser("train")
     train.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/sst2"))
     train.add_argument("--json")
+    train.add_argument("--freeze-embeddings", action="store_true", help="train.freeze_embeddings=true")
     explain = sub.add_parser("explain")
     explain.add_argument("run_dir")
     explain.add_argument("--tokens", type=int, nargs="+", default=[1024, 2048, 0])

@@ -12,6 +12,7 @@ A seed sets the training subset, the initialisation of the head and the shufflin
 
 Contenders:
   adaptext        adaptext.train with its defaults for precision and batching
+  adaptext_frozen the same with train.freeze_embeddings=true (the word-embedding matrix is not trained)
   trainer_fp32    transformers.Trainer + DataCollatorWithPadding (the documented recipe), fp32
   trainer_bf16    the same Trainer with bf16=True
   pad128_loop     the tutorial recipe: pad every text to 128 tokens, batch 16, AdamW, a plain loop
@@ -32,7 +33,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONTENDERS = ["adaptext", "trainer_fp32", "trainer_bf16", "pad128_loop"]
+CONTENDERS = ["adaptext", "adaptext_frozen", "trainer_fp32", "trainer_bf16", "pad128_loop"]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sst2"
 
 
@@ -49,7 +50,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _run_adaptext(args: argparse.Namespace, data: tuple[list[str], ...]) -> dict[str, Any]:
+def _run_adaptext(args: argparse.Namespace, data: tuple[list[str], ...], *, frozen: bool = False) -> dict[str, Any]:
     import pandas as pd
 
     from adaptext.core.config import load_config
@@ -71,6 +72,7 @@ def _run_adaptext(args: argparse.Namespace, data: tuple[list[str], ...]) -> dict
                 f"train.learning_rate={args.learning_rate}",
                 f"seed={args.seed}",
                 "train.metric_for_best=accuracy",
+                f"train.freeze_embeddings={str(frozen).lower()}",
             ],
         )
         start = time.perf_counter()
@@ -196,8 +198,8 @@ def _run_pad128(args: argparse.Namespace, data: tuple[list[str], ...]) -> dict[s
 
 def worker(args: argparse.Namespace) -> None:
     data = _load(args)
-    if args.worker == "adaptext":
-        result = _run_adaptext(args, data)
+    if args.worker in ("adaptext", "adaptext_frozen"):
+        result = _run_adaptext(args, data, frozen=args.worker == "adaptext_frozen")
     elif args.worker == "pad128_loop":
         result = _run_pad128(args, data)
     else:

@@ -151,7 +151,12 @@ def test_unknown_strategy_fails_at_config_load_naming_the_registered_ones(centro
 
 @pytest.mark.parametrize(
     ("strategy", "key"),
-    [("zeroshot", "train.eval_steps=5"), ("fewshot", "train.class_weights=auto"), ("centroid", "train.eval_steps=5")],
+    [
+        ("zeroshot", "train.eval_steps=5"),
+        ("fewshot", "train.class_weights=auto"),
+        ("centroid", "train.eval_steps=5"),
+        *((name, "train.freeze_embeddings=true") for name in ("fewshot", "zeroshot", "prompt")),
+    ],
 )
 def test_check_refuses_keys_the_strategy_ignores(
     centroid: type[Strategy], tiny_config: Callable[..., Config], strategy: str, key: str

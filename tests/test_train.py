@@ -654,6 +654,24 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_model_dir: Path, multi_l
     assert all(torch.isfinite(p.grad).all() for _, p in trainable if p.grad is not None)
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_embeddings_keeps_the_word_embeddings_as_pretrained(
+    tiny_config: Callable[..., Config], tiny_model_dir: Path, freeze: bool
+) -> None:
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    result = train(tiny_config(*LEARNABLE, f"train.freeze_embeddings={str(freeze).lower()}"))
+    pretrained = AutoModel.from_pretrained(tiny_model_dir)
+    saved = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+    before, after = pretrained.get_input_embeddings().weight, saved.get_input_embeddings().weight
+    assert torch.equal(before, after) is freeze
+    trained_layer = saved.base_model.encoder.layer[0].attention.self.query.weight
+    assert not torch.equal(pretrained.encoder.layer[0].attention.self.query.weight, trained_layer)
+    trainable = result.stats["trainable_parameters"]
+    assert trainable == result.stats["total_parameters"] - (before.numel() if freeze else 0)
+    assert result.metrics["accuracy"] > 0.7  # the keyword task is learned (chance: 1/3)
+
+
 # the real bundled model ---------------------------------------------------------------------
 
 

@@ -175,6 +175,12 @@ class TrainConfig(_Section):
     warmup_ratio: Float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up linearly.")
     grad_accum_steps: Int = Field(1, ge=1, description="Forward passes per optimizer step.")
     max_grad_norm: Float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables it.")
+    freeze_embeddings: bool = Field(
+        False,
+        description="Full fine-tuning (strategy finetune, peft.method none) keeps the word-embedding matrix as "
+        "pretrained: no gradients or optimizer moments for it, so less memory and time per step. See "
+        "docs/benchmarks.md for its accuracy across data sets.",
+    )
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto",
         description="Mixed precision: `auto` picks bf16 (fp16 on GPUs without bf16) on a GPU, bf16 on a CPU with "

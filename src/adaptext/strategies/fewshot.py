@@ -183,6 +183,7 @@ IGNORED_TRAIN_KEYS = (
     "train.class_weights",
     "train.eval_steps",
     "train.early_stopping_patience",
+    "train.freeze_embeddings",
 )
 WARMUP = 0.1
 CONTRASTIVE_LEARNING_RATE = 2e-5

@@ -143,6 +143,8 @@ def classifier(config: Config, labels: list[str], steps: int) -> PreTrainedModel
     model = build_model(config.model.name, labels, task_of(config), pooling)
     if method != "none":
         model = wrap_model(config.peft, model, total_steps=steps, max_length=config.data.max_length)
+    elif config.train.freeze_embeddings:
+        freeze_word_embeddings(model)
     trainable, total = count_parameters(model)
     logger.info(
         "model: %s%s, head on the %s, %d of %d parameters trainable (%.2f%%)",
@@ -154,3 +156,15 @@ def classifier(config: Config, labels: list[str], steps: int) -> PreTrainedModel
         100 * trainable / total,
     )
     return model
+
+
+def freeze_word_embeddings(model: PreTrainedModel) -> None:
+    """Keep `model`'s word-embedding matrix as it is (`train.freeze_embeddings`).
+
+    Only the rows of a batch's tokens would get a gradient, yet the gradient and AdamW's two moments are full
+    matrices: for MiniLM that is 11.7M of its 22.7M parameters, about 140 MB of training memory.
+    """
+    embeddings = model.get_input_embeddings()
+    if embeddings is None or not hasattr(embeddings, "weight"):
+        raise ConfigError(f"train.freeze_embeddings: {type(model).__name__} has no word-embedding matrix to freeze")
+    embeddings.weight.requires_grad_(False)

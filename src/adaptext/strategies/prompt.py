@@ -42,7 +42,9 @@ class Prompt(Strategy):
 
     name = "prompt"
     resumable = True
-    ignores = ()  # PET trains on the engine like fine-tuning: every `train.*` key applies
+    # PET trains on the engine like fine-tuning: every other `train.*` key applies. Its masked LM's output layer
+    # shares the word-embedding matrix, so freezing that matrix would freeze the verbalizer's scores as well.
+    ignores = ("train.freeze_embeddings",)
 
     def check(self, config: Config) -> None:
         super().check(config)

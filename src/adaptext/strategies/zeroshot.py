@@ -78,6 +78,7 @@ class Zeroshot(Strategy):
         "train.num_workers",
         "train.swa_start",
         "train.swa_every",
+        "train.freeze_embeddings",
         *ROBUST_KEYS,
     )
 

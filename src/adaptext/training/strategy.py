@@ -111,7 +111,8 @@ def refuse_ignored(config: Config, keys: Sequence[str], strategy: str) -> None:
         for part in key.split("."):
             value = value[part]
         if value != default_value(key):
-            changed.append(f"{key}={value}")
+            written = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+            changed.append(f"{key}={written}")  # as the config file or the command line would say it
     if changed:
         raise ConfigError(
             f"strategy {strategy} does not use {', '.join(changed)}; remove "
