@@ -130,8 +130,9 @@ class Occlusion(AttributionMethod):
 
 # Tokens per forward and backward pass of integrated gradients on a CPU. Every pass keeps its activations for the
 # backward pass (about 0.1 MB a token for MiniLM in fp32): 64 sequences of 60 tokens raised a training run's peak
-# memory by 300 MB after training, above training's own peak (docs/benchmarks.md, "Training memory").
-CPU_TOKENS_PER_PASS = 2048
+# memory by 300 MB after training, above training's own peak. 1,024 tokens raise it by about 160 MB, half what
+# 2,048 do, in the same time (docs/benchmarks.md, "Training memory").
+CPU_TOKENS_PER_PASS = 1024
 
 
 class IntegratedGradients(AttributionMethod):
