@@ -56,12 +56,20 @@ def unlabelled_for(dataset: str, data_root: Path, work: Path, rows: int) -> Path
     return path
 
 
-def speed(predictor: Any, texts: list[str], single: int) -> dict[str, float]:
-    """Texts/s batched (the predictor's batch size) and one text per call (the first `single` texts)."""
-    predictor.predict(texts[:64])  # warm-up
-    started = time.perf_counter()
-    predictor.predict(texts)
-    batched = len(texts) / (time.perf_counter() - started)
+def speed(predictor: Any, texts: list[str], single: int, seconds: float = 5.0) -> dict[str, float]:
+    """Texts/s batched (the predictor's batch size) and one text per call (the first `single` texts).
+
+    Batched: all texts predicted again and again until `seconds` have passed (at least twice), the total over the
+    total time. One pass of a fast model takes a tenth of a second, and one of Python's full garbage collections
+    (a few hundred ms with torch and transformers loaded, every dozen passes or so) would decide a single timing;
+    over many passes they count as often as they happen in a long prediction job.
+    """
+    predictor.predict(texts)  # warm-up: every batch shape once
+    started, passes = time.perf_counter(), 0
+    while passes < 2 or time.perf_counter() - started < seconds:
+        predictor.predict(texts)
+        passes += 1
+    batched = passes * len(texts) / (time.perf_counter() - started)
     started = time.perf_counter()
     for text in texts[:single]:
         predictor.predict([text])

@@ -102,6 +102,24 @@ def test_prediction_fields(predictor: Predictor) -> None:
     ]
 
 
+def test_decide_ranks_ties_by_label_order_for_single_and_multi_label(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptext.core.task import MULTI_LABEL
+
+    probs = np.array([[0.2, 0.4, 0.4], [0.5, 0.2, 0.3], [0.1, 0.1, 0.1]], dtype=np.float32)
+    single = predictor.decide(probs)
+    assert [p.label for p in single] == [LABELS[1], LABELS[0], LABELS[0]]  # a tie goes to the first label
+    assert [p.labels for p in single] == [[LABELS[1]], [LABELS[0]], [LABELS[0]]]
+    assert [p.score for p in single] == [float(np.float32(0.4)), 0.5, float(np.float32(0.1))]
+    assert single[1].scores == dict(zip(LABELS, probs[1].tolist(), strict=True))
+    monkeypatch.setattr(predictor, "task", MULTI_LABEL)
+    monkeypatch.setattr(predictor, "threshold", 0.25)
+    multi = predictor.decide(probs)
+    assert [p.labels for p in multi] == [[LABELS[1], LABELS[2]], [LABELS[0], LABELS[2]], []]  # best first
+    assert [p.label for p in multi] == [LABELS[1], LABELS[0], LABELS[0]]
+
+
 def test_probabilities_are_the_softmax_of_the_logits(predictor: Predictor) -> None:
     logits = torch.from_numpy(predictor.predict_logits(TEXTS))
     probs = torch.from_numpy(predictor.predict_proba(TEXTS))

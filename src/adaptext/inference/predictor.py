@@ -29,7 +29,7 @@ from adaptext.modeling.adapters import (
 )
 
 
-@dataclass
+@dataclass(slots=True)  # no per-instance dict: a large batch makes one of these per text
 class Prediction:
     """One text's prediction.
 
@@ -176,7 +176,8 @@ class Predictor:
             if self.autocast_dtype is not None
             else nullcontext()
         )
-        self.model.eval()
+        if getattr(self.model, "training", True):  # eval() walks every module, a cost one-text calls notice
+            self.model.eval()
         batches = range(0, n, self.batch_size)
         try:
             for start in progress_bar(batches, show=progress, desc="predict", unit="batch"):
@@ -304,15 +305,23 @@ class Predictor:
             return [
                 Prediction(label=name, score=float(row[0]), labels=[], scores={name: float(row[0])}) for row in probs
             ]
+        # Whole-matrix numpy, then plain Python values per text: with many labels (77 intents) and a fast model (a
+        # static student) building the predictions cost more than the model (bench/distill.py).
+        if self.task.multi_label:
+            ranked = np.argsort(-probs, axis=1, kind="stable")
+            decided = self.task.decide(probs, self.threshold)
+            tops = ranked[:, 0].tolist()
+            chosen = [order[keep[order]].tolist() for order, keep in zip(ranked, decided, strict=True)]  # best first
+        else:  # the one label decided is the top one
+            tops = probs.argmax(axis=1).tolist()
+            chosen = [[top] for top in tops]
         results = []
-        for i, (row, decided) in enumerate(zip(probs, self.task.decide(probs, self.threshold), strict=True)):
-            ranked = np.argsort(-row, kind="stable")
-            top = int(ranked[0])
+        for i, row in enumerate(probs.tolist()):
             prediction = Prediction(
-                label=self.labels[top],
-                score=float(row[top]),
-                labels=[self.labels[j] for j in ranked if decided[j]],  # best first
-                scores={name: float(p) for name, p in zip(self.labels, row, strict=True)},
+                label=self.labels[tops[i]],
+                score=row[tops[i]],
+                labels=[self.labels[j] for j in chosen[i]],
+                scores=dict(zip(self.labels, row, strict=True)),
             )
             if shares is not None and outside is not None and self.detector is not None:
                 prediction.ood_score = float(shares[i])
