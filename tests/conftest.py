@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -132,6 +133,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def collectable_heap() -> Iterator[None]:
+    # `predict` and `serve` exempt every object alive once their model is loaded from garbage collection (their
+    # process ends with them); a test that runs them in this process gives the exemption back.
+    yield
+    gc.unfreeze()
 
 
 def write_splits(folder: Path, train: int = 120, validation: int = 30, test: int = 30) -> dict[str, Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
 import json
 import os
@@ -246,6 +247,18 @@ def test_predict_command(
     assert frame["label"].tolist() == [p.label for p in expected]
     assert frame["score"].tolist() == pytest.approx([p.score for p in expected], abs=1e-6)
     assert set(frame["label"]) <= set(LABELS)
+
+
+def test_predict_command_exempts_the_loaded_objects_from_collection(
+    cli_run: dict[str, Any], input_file: Path, tmp_path: Path
+) -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    assert (
+        main(["-q", "predict", str(cli_run["run"]), "--input", str(input_file), "--output", str(tmp_path / "o.csv")])
+        == 0
+    )
+    assert gc.get_freeze_count() > 0  # the model and libraries are no longer walked by every full collection
 
 
 def test_predict_command_with_sliding_window(cli_run: dict[str, Any], input_file: Path, tmp_path: Path) -> None:

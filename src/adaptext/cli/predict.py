@@ -95,10 +95,12 @@ def _predict(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             **options,
         )
+    from adaptext.core.device import freeze_loaded_objects
     from adaptext.inference.files import predict_file
     from adaptext.inference.predictor import Predictor
 
     predictor = Predictor.from_dir(expand(args.model), batch_size=args.batch_size)
+    freeze_loaded_objects()  # this process predicts until it ends
     saved = predictor.info
     return predict_file(
         predictor,

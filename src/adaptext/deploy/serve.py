@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adaptext import __version__
 from adaptext.apps.router.config import RouteConfig
 from adaptext.apps.router.route import Router, load_router
+from adaptext.core.device import freeze_loaded_objects
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
 from adaptext.deploy.explain_api import add_explain_routes
@@ -753,6 +754,7 @@ def run_server(
         docs = "docs at /docs, loading their assets from a CDN" if options.docs else "OpenAPI schema at /openapi.json"
         logger.info("serving %s on http://%s:%d (%s)", ", ".join(models), host, port, docs)
         server = build_server(app, options)
+        freeze_loaded_objects()  # the models stay loaded until the server stops
         server.run(sockets=[sock])
 
 
