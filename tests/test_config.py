@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from adaptext.core.config import CONFIG_FORMAT_VERSION, Config, build_config, config_to_yaml, load_config
+from adaptext.core.config import (
+    CONFIG_FORMAT_VERSION,
+    Config,
+    build_config,
+    config_changes,
+    config_to_yaml,
+    load_config,
+)
 from adaptext.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,3 +371,17 @@ def test_a_config_outside_a_run_folder_keeps_its_output_dir(tmp_path: Path) -> N
     (tmp_path / "configs").mkdir()
     plain = write_yaml(tmp_path / "configs", f"output_dir: {elsewhere}\n")
     assert load_config(plain).output_dir == elsewhere
+
+
+def test_config_changes_name_each_changed_key_and_skip_the_allowed_ones() -> None:
+    saved = build_config({"train": {"epochs": 2, "class_weights": {"neg": 1.0, "pos": 2.0}}})
+    given = build_config({"train": {"epochs": 3, "class_weights": {"neg": 1.0, "pos": 3.0}, "learning_rate": 1e-3}})
+    assert config_changes(saved, saved) == []
+    changed = config_changes(saved, given)
+    assert changed[0] == "train.class_weights.pos: 2.0 -> 3.0"
+    assert "train.epochs: 2.0 -> 3.0" in changed  # epochs may be fractional
+    assert any(line.startswith("train.learning_rate: ") for line in changed)
+    assert len(changed) == 3
+    assert config_changes(saved, given, frozenset({"train.epochs", "train.learning_rate"})) == [
+        "train.class_weights.pos: 2.0 -> 3.0"
+    ]

@@ -874,3 +874,21 @@ def default_value(dotted: str) -> Any:
     for part in dotted.split("."):
         value = value[part]
     return value
+
+
+def config_changes(saved: Config, given: Config, allowed: frozenset[str] = frozenset()) -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs between two configs, except the `allowed` keys;
+    sorted by key. Sections are compared key by key, so `train.class_weights.neg` names the one weight that moved."""
+    old, new = _flat_values(saved.model_dump(mode="json")), _flat_values(given.model_dump(mode="json"))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in allowed)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+
+
+def _flat_values(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat_values(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -16,6 +16,7 @@ from typing import Any
 
 from adaptext.core.config import (
     Config,
+    config_changes,
     config_to_yaml,
     load_config,
 )
@@ -186,23 +187,11 @@ def remove_run(paths: RunPaths) -> None:
 def _check_same_config(saved: Config, given: Config) -> None:
     # Resuming with other settings would silently mix two runs; only the run length may change. The run folder
     # itself is the one holding the checkpoint, wherever it now lies: a moved folder (`mv runs/a runs/b`) resumes.
-    old = _flatten(saved.model_dump(mode="json"))
-    new = _flatten(given.model_dump(mode="json"))
-    allowed = {"output_dir", "train.epochs", "train.max_steps", "train.early_stopping_patience"}
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in allowed)
+    allowed = frozenset({"output_dir", "train.epochs", "train.max_steps", "train.early_stopping_patience"})
+    changed = config_changes(saved, given, allowed)
     if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        details = "; ".join(changed)
         raise AdaptextError(f"--resume with a different config ({details}); resume with the run's own config.yaml")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "class_weights":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _git_revision() -> str | None:

@@ -27,7 +27,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from adaptext.core.config import Config, build_config, config_to_yaml, load_config
+from adaptext.core.config import Config, build_config, config_changes, config_to_yaml, load_config
 from adaptext.core.errors import AdaptextError, ConfigError
 from adaptext.core.outputs import MARKER, check_output_dir, folder_kind, write_marker
 from adaptext.core.run import run_inputs, write_json
@@ -193,24 +193,13 @@ def prepare_tune_dir(config: Config, root: Path, *, overwrite: bool) -> None:
 
 def check_same_study(saved: Config, given: Config, root: Path) -> None:
     """Refuse to continue a study with another config: its trials would not be comparable."""
-    old, new = _flatten(saved.model_dump(mode="json")), _flatten(given.model_dump(mode="json"))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k != "output_dir")
+    changed = config_changes(saved, given, frozenset({"output_dir"}))
     if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        details = "; ".join(changed[:5])
         raise AdaptextError(
             f"{root}: holds a study of another config ({details}); use --overwrite to start over, "
             "or set output_dir to another folder"
         )
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
