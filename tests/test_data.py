@@ -7,11 +7,14 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from adaptext.core.config import Config, DataConfig, load_config
 from adaptext.core.errors import DataError
+from adaptext.data.batching import Encoded, map_batches
 from adaptext.data.examples import TextData
 from adaptext.data.io import load_examples, read_table
 from adaptext.data.splits import load_splits, stratified_split
@@ -710,3 +713,21 @@ def test_data_paths_with_a_tilde_mean_the_home_folder(
     assert len(read_table(Path("~/train.csv"))) == 30
     splits = load_splits(splits_config("data.train=~/train.csv"))
     assert splits.train.source == str(tmp_path / "train.csv")
+
+
+def test_map_batches_returns_rows_in_example_order_from_longest_first_batches() -> None:
+    ids = [[5] * n for n in (2, 5, 1, 4, 3)]
+    encoded = Encoded(features={"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
+    widths: list[int] = []
+
+    def lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        assert set(batch) == {"input_ids", "attention_mask"}
+        widths.append(batch["input_ids"].shape[1])
+        return batch["attention_mask"].sum(1, keepdim=True).repeat(1, 2)  # (batch, 2): each example's length
+
+    out = map_batches(encoded, lengths, pad_token_id=0, device=torch.device("cpu"), batch_size=2)
+    assert out.dtype == np.float32
+    assert out[:, 0].tolist() == [2, 5, 1, 4, 3]
+    assert widths == [5, 3, 1]  # (5, 4), (3, 2), (1): the longest batch first, each padded to its own longest
+    with pytest.raises(ValueError, match="no examples"):
+        map_batches(Encoded(features={"input_ids": []}), lengths, pad_token_id=0, device=torch.device("cpu"))

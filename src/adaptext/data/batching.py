@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
@@ -167,6 +168,36 @@ class Collator:
             dtype = torch.float32 if self.task.multi_label or self.task.regression else torch.long
             batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=dtype)
         return batch
+
+
+def map_batches(
+    encoded: Encoded,
+    fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    *,
+    pad_token_id: int,
+    device: torch.device,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """`fn`'s output (batch, width) for every example of `encoded`, in example order, as float32 (examples, width).
+
+    `fn` takes a padded batch of token ids on `device` (no labels). Batches go longest first, so each pads little
+    and a memory problem shows up at once."""
+    if len(encoded) == 0:
+        raise ValueError("no examples to run")
+    collate = Collator(pad_token_id)
+    lengths = encoded.lengths
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        items = [{k: v[i] for k, v in encoded.features.items()} | {"index": i} for i in idx]
+        batch = {k: v.to(device) for k, v in collate(items).items() if k != "index"}
+        values = fn(batch).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(order), values.shape[1]), dtype=np.float32)
+        out[idx] = values
+    assert out is not None
+    return out
 
 
 def _find(sequence: list[int], part: list[int], start: int = 0) -> int:

@@ -31,7 +31,7 @@ from torch.nn import functional
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from adaptext.core.task import Task
-from adaptext.data.batching import Collator, Encoded
+from adaptext.data.batching import Encoded, map_batches
 from adaptext.modeling.build import answer_config
 from adaptext.modeling.lda import ClassStatistics, load_arrays, save_arrays
 
@@ -146,22 +146,18 @@ def route_embeddings(
     expert: Any, encoded: Encoded, layers: Sequence[int], *, pad_token_id: int, batch_size: int = 64
 ) -> np.ndarray:
     """`layer_embedding` of every example of `encoded`, in example order, as float32 (eval mode)."""
-    collate = Collator(pad_token_id)
-    device = next(expert.parameters()).device
     was_training = expert.training
     expert.eval()
-    parts = []
     try:
-        for start in range(0, len(encoded), batch_size):
-            items = [
-                {k: v[i] for k, v in encoded.features.items()} | {"index": i}
-                for i in range(start, min(start + batch_size, len(encoded)))
-            ]
-            batch = {k: v.to(device) for k, v in collate(items).items() if k not in ("index", "labels")}
-            parts.append(layer_embedding(expert, batch, layers).cpu().numpy())
+        return map_batches(
+            encoded,
+            lambda batch: layer_embedding(expert, batch, layers),
+            pad_token_id=pad_token_id,
+            device=next(expert.parameters()).device,
+            batch_size=batch_size,
+        )
     finally:
         expert.train(was_training)
-    return np.concatenate(parts).astype(np.float32)
 
 
 class RoutedClassifier(nn.Module):

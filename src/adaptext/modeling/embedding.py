@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaptext.data.batching import Collator, Encoded, tokenize
+from adaptext.data.batching import Encoded, map_batches, tokenize
 from adaptext.data.examples import TextData
 from adaptext.modeling.pooling import add_mean_pooling, mean_pooling_supported
 
@@ -62,28 +62,19 @@ def embed(
 ) -> np.ndarray:
     """The final layer's input for every example (eval mode), in example order, as float32."""
     device = torch.device(model.device)
-    collate = Collator(pad_token_id)
-    lengths = encoded.lengths
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     tap = EmbeddingTap(model)
     model.eval()
-    out: np.ndarray | None = None
+
+    def final_input(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with autocast(device, autocast_dtype):
+            model(**batch)
+        assert tap.value is not None
+        return tap.value
+
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            items = [{k: v[i] for k, v in encoded.features.items()} | {"index": i} for i in idx]
-            batch = {k: v.to(device) for k, v in collate(items).items() if k != "index"}
-            with autocast(device, autocast_dtype):
-                model(**batch)
-            assert tap.value is not None
-            values = tap.value.float().cpu().numpy()
-            if out is None:
-                out = np.zeros((len(order), values.shape[1]), dtype=np.float32)
-            out[idx] = values
+        return map_batches(encoded, final_input, pad_token_id=pad_token_id, device=device, batch_size=batch_size)
     finally:
         tap.close()
-    assert out is not None
-    return out
 
 
 def prepare_encoder(model: PreTrainedModel) -> bool:
