@@ -995,6 +995,37 @@ def test_finetune_encoder_starts_from_the_frozen_head_and_trains_end_to_end(
 
 
 @pytest.mark.parametrize("encoder", ["contrastive", "finetune"])
+def test_a_calibrated_run_reads_its_validation_texts_twice_and_reports_the_saved_models_metrics(
+    tiny_model_dir: Path, tmp_path: Path, encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trained and the untouched model are each scored once on validation; the better one's logits then serve
+    the temperature and the run's last validation record, which matches the saved model's own evaluation."""
+    config = fewshot_config(tiny_model_dir, tmp_path, f"fewshot.encoder={encoder}", "fewshot.calibrate=true")
+    validation = pd.read_csv(tmp_path / "validation.csv")
+    passes = []
+    original = Predictor.predict_logits
+
+    def counted(self: Predictor, texts: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        if list(texts) == list(validation["text"]):
+            passes.append(len(texts))
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_logits", counted)
+    result = train(config)
+    assert len(passes) == 3  # the trained model, the untouched one, and the saved model's final evaluation
+    monkeypatch.undo()
+    saved = Predictor.from_dir(result.run_dir)
+    assert json.loads((result.model_dir / "adaptext.json").read_text(encoding="utf-8"))["temperature"] != 1.0
+    probs = saved.predict_proba(list(validation["text"]))
+    targets = np.asarray([LABELS.index(v) for v in validation["label"]])
+    last = [r for r in read_log(result.run_dir) if "eval_accuracy" in r][-1]
+    assert last["eval_accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == targets)))
+    loss = float(-np.log(probs[np.arange(len(targets)), targets]).mean())
+    assert last["eval_loss"] == pytest.approx(loss, rel=1e-4)
+    assert result.metrics["loss"] == pytest.approx(loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("encoder", ["contrastive", "finetune"])
 def test_a_run_that_ends_below_the_untouched_encoder_falls_back_to_it(
     tiny_model_dir: Path, tmp_path: Path, encoder: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaptext.core.config import ROBUST_KEYS, Config
 from adaptext.core.device import autocast_dtype, resolve_precision
 from adaptext.core.errors import ConfigError
-from adaptext.core.task import SINGLE_LABEL, task_of
+from adaptext.core.task import SINGLE_LABEL, Task, task_of
 from adaptext.data.batching import Collator, Encoded, LengthGroupedBatches, tokenize
 from adaptext.data.examples import Splits, TextData
 from adaptext.data.io import label_descriptions
@@ -384,23 +384,34 @@ class HeadStage:
         if self.encoder == "contrastive":
             self.fit_head_on_encoder(model)
         predictor = in_memory_predictor(model, self.tokenizer, config)
-        if self.untouched is not None:
-            self.keep_the_better(model, predictor)
+        validation = self.splits.validation
+        # The validation logits of the model as it now is, once computed: each step below reuses them.
+        logits = self.keep_the_better(model, predictor) if self.untouched is not None else None
         if config.fewshot.calibrate and self.splits.validation_held_out:
-            self.temperature = calibrate_head(model, predictor, self.splits.validation, self.splits.labels)  # type: ignore[arg-type]
+            if logits is None:
+                logits = predictor.predict_logits(validation.texts, validation.pairs)
+            self.temperature = calibrate_head(model, logits, validation, self.splits.labels, predictor.task)  # type: ignore[arg-type]
+            logits = logits / self.temperature  # what the head, divided by it, now gives
         elif config.fewshot.calibrate:
             logger.info("few-shot: no held-out validation texts, so the head keeps its own probabilities")
-        return evaluate_data(predictor, self.splits.validation)
+        probs = None if logits is None else predictor.task.scores(logits)
+        return evaluate_data(predictor, validation, probs)
 
-    def keep_the_better(self, model: nn.Module, predictor: Predictor) -> None:
+    def keep_the_better(self, model: nn.Module, predictor: Predictor) -> np.ndarray:
         """Keep the trained model, or put the untouched encoder and its head back when they score better on the
-        held-out validation texts by `train.metric_for_best`."""
+        held-out validation texts by `train.metric_for_best`. Returns the kept model's validation logits."""
         assert self.untouched is not None
         metric = self.config.train.metric_for_best
-        trained = float(evaluate_data(predictor, self.splits.validation).metrics[metric])
+        data = self.splits.validation
+
+        def scored() -> tuple[np.ndarray, float]:
+            logits = predictor.predict_logits(data.texts, data.pairs)
+            return logits, float(evaluate_data(predictor, data, predictor.task.scores(logits)).metrics[metric])
+
+        trained_logits, trained = scored()
         kept = {name: value.detach().clone() for name, value in model.state_dict().items()}
         model.load_state_dict(self.untouched)
-        untouched = float(evaluate_data(predictor, self.splits.validation).metrics[metric])
+        untouched_logits, untouched = scored()
         if is_improvement(metric, untouched, trained):
             logger.warning(
                 "few-shot: the head on the untouched encoder scores validation %s=%.4f, the %s-trained model %.4f: "
@@ -410,22 +421,22 @@ class HeadStage:
                 self.encoder,
                 trained,
             )
-        else:
-            model.load_state_dict(kept)
-            logger.info("few-shot: validation %s=%.4f trained, %.4f untouched encoder", metric, trained, untouched)
+            return untouched_logits
+        model.load_state_dict(kept)
+        logger.info("few-shot: validation %s=%.4f trained, %.4f untouched encoder", metric, trained, untouched)
+        return trained_logits
 
     def save(self, model: nn.Module, target: Path) -> None:
         extra = {"temperature": self.temperature}
         save_model(model, self.tokenizer, self.config, target, extra)  # type: ignore[arg-type]
 
 
-def calibrate_head(model: PreTrainedModel, predictor: Predictor, data: TextData, labels: list[str]) -> float:
-    """Temperature-scale the head on labelled `data` (single-label only): divide its weights and bias by the
-    temperature that minimises the negative log-likelihood. Returns the temperature (1.0 when not applicable)."""
-
-    if predictor.multi_label or data.labels is None or len(data) == 0:
+def calibrate_head(model: PreTrainedModel, logits: np.ndarray, data: TextData, labels: list[str], task: Task) -> float:
+    """Temperature-scale the head on labelled `data`, whose logits (n, num_labels) the model gives: divide its
+    weights and bias by the temperature that minimises the negative log-likelihood (single-label only). Returns the
+    temperature (1.0 when not applicable)."""
+    if task.multi_label or data.labels is None or len(data) == 0:
         return 1.0
-    logits = predictor.predict_logits(data.texts, data.pairs)
     temperature = fit_temperature(logits, label_targets(data, labels, SINGLE_LABEL), low=1e-2, high=1e2)
     layer = final_linear(model)
     with torch.no_grad():
