@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from adaptext.cli import main
 from adaptext.inference.files import partial_paths, predict_file
 from adaptext.inference.predictor import Predictor
+from adaptext.inference.ray_engine import PredictBatch
 from conftest import make_rows
 from test_predict_stream import SimulatedCrashError, crashing, read_output, save_classifier
 
@@ -87,3 +89,16 @@ def test_ray_engine_resumes_a_local_run_multi_label(
         predict_file(crashing(predictor, after=2), source, remote, chunk_size=50)
     assert predict_file_ray(model_dirs["multi"], source, remote, num_workers=2, chunk_size=50, resume=True) == 200
     assert_same_predictions(read_output(remote), read_output(local), lists=True)  # 100 rows local, 100 from Ray
+
+
+def test_a_ray_worker_exempts_its_loaded_model_from_garbage_collection(model_dirs: dict[str, Path]) -> None:
+    """The actor class, built in this process as a worker builds it: after loading, the model and libraries are
+    frozen out of the collector (`gc.freeze`), and it still predicts."""
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    settings = {"batch_size": 8, "source": "rows.csv", "text_columns": ["text"], "options": {}}
+    settings |= {"label_delimiter": "|", "as_lists": False}
+    worker = PredictBatch(str(model_dirs["single"]), settings, ["id", "text"], threads=1)
+    assert gc.get_freeze_count() > 0
+    frame = worker(pd.DataFrame(rows(4))[["id", "text"]])
+    assert len(frame) == 4 and frame["label"].notna().all()

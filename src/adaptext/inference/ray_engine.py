@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from adaptext.core.console import progress_bar
+from adaptext.core.device import freeze_loaded_objects
 from adaptext.core.errors import AdaptextError, require_extra
 from adaptext.core.outputs import expand
 from adaptext.data.io import file_format, text_values
@@ -54,6 +55,7 @@ class PredictBatch:
         self.predictor = Predictor.from_dir(model_dir, device="cpu", batch_size=settings["batch_size"])
         self.settings = settings
         self.columns = columns
+        freeze_loaded_objects()  # the worker process holds this one model until the pool ends, as `predict` does
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         s = self.settings
