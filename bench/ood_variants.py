@@ -60,7 +60,8 @@ def features(run: Path, files: dict[str, Path]) -> tuple[Any, dict[str, dict[str
         logits, probs, head = predictor.predict_with_features(data.texts)
         encoded = Encoded(features=tokenize(predictor.tokenizer, data.texts, None, predictor.max_length))
         with torch.inference_mode():
-            means = map_batches(encoded, state_means, pad_token_id=0, device=torch.device("cpu"), batch_size=128)
+            pad = predictor.tokenizer.pad_token_id or 0
+            means = map_batches(encoded, state_means, pad_token_id=pad, device=torch.device("cpu"), batch_size=128)
         width = head.shape[1] if head is not None else means.shape[1]
         out[name] = {"logits": logits, "probs": probs, "head": head, "layers": means.reshape(len(means), -1, width)}
         print(f"  {name}: {len(data)} texts embedded", file=sys.stderr, flush=True)
