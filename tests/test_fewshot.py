@@ -995,7 +995,7 @@ def test_finetune_encoder_starts_from_the_frozen_head_and_trains_end_to_end(
 
 
 @pytest.mark.parametrize("encoder", ["contrastive", "finetune"])
-def test_a_calibrated_run_reads_its_validation_texts_twice_and_reports_the_saved_models_metrics(
+def test_a_calibrated_run_scores_each_model_once_on_validation_and_logs_the_saved_models_metrics(
     tiny_model_dir: Path, tmp_path: Path, encoder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The trained and the untouched model are each scored once on validation; the better one's logits then serve
