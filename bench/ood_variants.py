@@ -40,31 +40,44 @@ Scores = tuple[np.ndarray, np.ndarray]  # (validation scores, test scores), high
 
 
 def features(run: Path, files: dict[str, Path]) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """The run's predictor, and per split its logits, probabilities, head input and every hidden state's token mean
-    (texts, states, width)."""
+    """The run's predictor, and per split, from one pass over its texts: logits, probabilities, the head input and
+    every hidden state's token mean (texts, states, width)."""
     from adaptext.core.config import DataConfig
     from adaptext.data.batching import Encoded, map_batches, tokenize
     from adaptext.data.io import load_examples
+    from adaptext.inference.ood import FeatureTap
     from adaptext.inference.predictor import Predictor
 
     predictor = Predictor.from_dir(run, batch_size=128)
     splits = {name: load_examples(path, DataConfig()) for name, path in files.items()}
+    layer = predictor.feature_layer()
+    if layer is None:
+        raise SystemExit(f"{run}: the model has no output layer whose input could be read")
+    tap = FeatureTap(layer)
 
-    def state_means(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        states = predictor.model(**batch, output_hidden_states=True).hidden_states
+    def outputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        result = predictor.model(**batch, output_hidden_states=True)
         mask = batch["attention_mask"].unsqueeze(-1).float()
-        return torch.cat([(h * mask).sum(1) / mask.sum(1) for h in states], 1)  # (batch, states * width)
+        means = [(h * mask).sum(1) / mask.sum(1) for h in result.hidden_states]
+        head = torch.from_numpy(tap.pop())
+        return torch.cat([*means, head, result.logits.float()], 1)  # (batch, states * width + hidden + labels)
 
     out = {}
+    pad = predictor.tokenizer.pad_token_id or 0
+    classes, hidden = len(predictor.labels), layer.in_features
     for name, data in splits.items():
-        logits, probs, head = predictor.predict_with_features(data.texts)
         encoded = Encoded(features=tokenize(predictor.tokenizer, data.texts, None, predictor.max_length))
         with torch.inference_mode():
-            pad = predictor.tokenizer.pad_token_id or 0
-            means = map_batches(encoded, state_means, pad_token_id=pad, device=torch.device("cpu"), batch_size=128)
-        width = head.shape[1] if head is not None else means.shape[1]
-        out[name] = {"logits": logits, "probs": probs, "head": head, "layers": means.reshape(len(means), -1, width)}
+            rows = map_batches(encoded, outputs, pad_token_id=pad, device=torch.device("cpu"), batch_size=128)
+        means, head, logits = np.split(rows, [rows.shape[1] - hidden - classes, rows.shape[1] - classes], axis=1)
+        out[name] = {
+            "logits": logits,
+            "probs": predictor.task.scores(logits / predictor.temperature),
+            "head": head,
+            "layers": means.reshape(len(means), -1, hidden),
+        }
         print(f"  {name}: {len(data)} texts embedded", file=sys.stderr, flush=True)
+    tap.close()
     return predictor, out, splits
 
 
