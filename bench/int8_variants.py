@@ -12,9 +12,14 @@ best round). Variants:
   dynamic, head fp32      the same with the head (dense layer and classifier) left in fp32: `adaptext export`'s
                           first recipe
   + Q/K/V fp32            also the attention's query, key and value products in fp32
-  + feed-forward fp32     also both feed-forward products in fp32 (`adaptext export`'s second recipe)
+  + feed-forward fp32     also both feed-forward products in fp32 (`adaptext export`'s second recipe until
+                          2026-12-02; it now searches for the fewest products that pass, docs/deploy.md)
   + feed-forward out fp32 only the second feed-forward product (its input is the GELU output) in fp32
   + first/last fp32       also every product of the first and the last encoder layer in fp32
+  + first two fp32        also every product of the first two encoder layers in fp32
+  static (min-max)        onnxruntime static int8 (QDQ, per-channel weights, uint8 activations with fixed scales
+                          calibrated on other validation texts: min-max), head in fp32
+  static (percentile)     the same with scales from the 99.999th percentile of the calibration activations
   smoothquant             SmoothQuant (alpha 0.5: activation outliers moved into the weights, calibrated on
                           other validation texts), then dynamic with the head in fp32
   per-row activations     int8 weights per output channel and activations quantized per token (one scale per
@@ -146,7 +151,14 @@ def smoothed(model: Any, predictor: Any, texts: list[str], alpha: float) -> Any:
 def measure(run: Path, sample: int, repeats: int) -> dict[str, Any]:
     import numpy as np
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from adaptext.core.info import ModelInfo, find_model_dir
@@ -178,13 +190,52 @@ def measure(run: Path, sample: int, repeats: int) -> dict[str, Any]:
     body = [name for name, kind in kinds_of.items() if kind != "head"]
     per_layer = 6
     edge_layers = set(body[:per_layer] + body[-per_layer:])  # the first and the last encoder layer's products
+    first_two = set(body[: 2 * per_layer])
 
-    def kinds(*wanted: str, edges: bool = False) -> list[str]:
-        return head_split + [n for n in body if kinds_of[n] in wanted or (edges and n in edge_layers)]
+    def kinds(*wanted: str, edges: bool = False, first: bool = False) -> list[str]:
+        return head_split + [
+            n for n in body if kinds_of[n] in wanted or (edges and n in edge_layers) or (first and n in first_two)
+        ]
 
     def dynamic(source: Path, exclude: list[str]) -> Callable[[Path], None]:
         return lambda target: quantize_dynamic(
             str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude
+        )
+
+    class Calibration(CalibrationDataReader):  # type: ignore[misc]
+        """The calibration texts in full batches of 32, all padded to one length: the histogram calibration stacks
+        every batch's activations into one array."""
+
+        def __init__(self) -> None:
+            tokenizer, names = predictor.tokenizer, predictor.tokenizer.model_input_names
+            length = min(predictor.max_length, max(len(ids) for ids in tokenizer(calibration)["input_ids"]))
+            batches = []
+            for start in range(0, max(len(calibration) - 31, 1), 32):
+                encoded = tokenizer(
+                    calibration[start : start + 32],
+                    padding="max_length",
+                    truncation=True,
+                    max_length=length,
+                    return_tensors="np",
+                )
+                batches.append({n: encoded[n].astype(np.int64) for n in names if n in encoded})
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.batches, None)
+
+    def static(method: Any) -> Callable[[Path], None]:
+        return lambda target: quantize_static(
+            str(fp32),
+            str(target),
+            Calibration(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=head_split,
+            calibrate_method=method,
         )
 
     def rows(target: Path) -> None:
@@ -207,6 +258,9 @@ def measure(run: Path, sample: int, repeats: int) -> dict[str, Any]:
         "+ feed-forward fp32": dynamic(fp32, kinds("feed_forward_in", "feed_forward_out")),
         "+ feed-forward out fp32": dynamic(fp32, kinds("feed_forward_out")),
         "+ first/last fp32": dynamic(fp32, kinds(edges=True)),
+        "+ first two fp32": dynamic(fp32, kinds(first=True)),
+        "static (min-max)": static(CalibrationMethod.MinMax),
+        "static (percentile)": static(CalibrationMethod.Percentile),
         "smoothquant": dynamic(smooth, smooth_head + [f"{n}_MatMul" for n in smooth_head]),
         "per-row activations": rows,
         "weight-only 8-bit": weight_only,

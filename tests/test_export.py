@@ -509,40 +509,96 @@ def test_int8_below_99_percent_agreement_fails_with_the_numbers(
     no_leftovers(output)
 
 
-def test_int8_that_fails_with_the_head_in_fp32_keeps_the_feed_forward_in_fp32_too(
+def test_int8_that_fails_with_the_head_in_fp32_keeps_the_fewest_sensitive_products_in_fp32(
     runs: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Three planted sensitive products (both layers' value products and the first query product): while any of
+    them is quantized the int8 logits move and one label flips. The search ranks them first, finds that keeping
+    all three passes and two do not, and writes the model that keeps exactly them."""
     import onnx
 
-    recipes: list[tuple[str, ...]] = []
+    kept_calls: list[list[str]] = []
+    sensitive: list[str] = []
     quantize = export_module._quantize_int8
 
-    def recorded(source: Path, target: Path, fp32_kinds: tuple[str, ...] = ()) -> list[str]:
-        recipes.append(fp32_kinds)
-        return quantize(source, target, fp32_kinds)
+    def recorded(source: Path, target: Path, fp32_products: Any = ()) -> list[str]:
+        if not sensitive:
+            kinds = export_module.product_kinds(onnx.load(str(source)))
+            sensitive.extend(name for name, kind in kinds.items() if kind == "value")
+            sensitive.append(next(name for name, kind in kinds.items() if kind == "query"))
+        kept_calls.append(list(fp32_products))
+        return quantize(source, target, fp32_products)
 
-    def flip_first_of_the_first_recipe(logits: torch.Tensor) -> torch.Tensor:
-        if len(recipes) > 1:
+    def sensitive_products_quantized(logits: torch.Tensor) -> torch.Tensor:
+        quantized = [name for name in sensitive if name not in kept_calls[-1]]
+        if not quantized:
             return logits
         logits = logits.clone()
-        logits[0] = logits[0].roll(1)
+        logits[:, 0] += len(quantized)  # the mean |logit difference| grows with each one quantized
+        logits[0] = logits[0].roll(1)  # and one label of 30 changes: 96.67% agreement
         return logits
 
     monkeypatch.setattr(export_module, "_quantize_int8", recorded)
-    perturb_logits(monkeypatch, flip_first_of_the_first_recipe)
+    perturb_logits(monkeypatch, sensitive_products_quantized)
     output = tmp_path / "out"
     code, _, error = run_cli(capsys, "export", str(runs("full").run_dir), "--quantize", "int8", "--output", str(output))
     assert code == 0, error
-    assert recipes == list(export_module.INT8_RECIPES[:2]) and recipes[1] == ("feed_forward_in", "feed_forward_out")
-    check = metadata(output)["export_check"]
-    assert check["label_agreement"] >= 0.99
-    graph = onnx.load(str(output / "model.onnx")).graph
     layers = 2  # the tiny model's
-    assert len(check["fp32_nodes"]) == 2 + 2 * layers  # the head, and both feed-forward products of each layer
+    products = 6 * layers
+    # The tiny model's validation has no rows beside the check's 30: the search chooses on those too.
+    assert kept_calls[:2] == [[], []]  # the head alone: judged, then its error on the choosing examples
+    assert all(len(kept) == 1 for kept in kept_calls[2 : 2 + products])  # each product alone, to rank them
+    searched = [len(kept) for kept in kept_calls[2 + products :]]
+    assert searched == [6, 3, 1, 2, 3]  # bisection; the passing prefix is written again after the failing 2
+    assert set(kept_calls[-1]) == set(sensitive) and len(sensitive) == 3
+    check = metadata(output)["export_check"]
+    assert check["label_agreement"] >= 0.99 and len(check["fp32_nodes"]) == 2 + 3  # the head and the three
+    graph = onnx.load(str(output / "model.onnx")).graph
     floats = {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")}
     assert all(name in floats or f"{name}_MatMul" in floats for name in check["fp32_nodes"])
-    # the attention's four products of each layer are quantized
-    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == 4 * layers
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == products - 3
+
+
+def test_the_int8_form_chosen_on_other_examples_is_judged_by_the_check_and_the_search_goes_on_when_it_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Eight products of equal size, p0 the most sensitive: the choosing examples pass once p0 and p1 stay in fp32,
+    the check's examples need p2 as well. The chosen form (two) fails the check, so the bisection goes on above it,
+    judged by the check, and ends at three, the form left at the target."""
+    names = [f"p{i}" for i in range(8)]
+    written: list[list[str]] = []
+
+    def quantize(source: Path, target: Path, fp32_products: Any = ()) -> list[str]:
+        written.append(list(fp32_products))
+        return ["head", *fp32_products]
+
+    def checker(needed: int) -> Callable[[list[str]], export_module.ExportCheck]:
+        def check(kept: list[str]) -> export_module.ExportCheck:
+            quantized = [i for i, name in enumerate(names) if name not in written[-1]]  # the model at the target
+            agreement = 1.0 if all(i >= needed for i in quantized) else 0.95
+            return export_module.ExportCheck(
+                quantize="int8",
+                n_examples=100,
+                max_abs_diff=1.0,
+                mean_abs_diff=float(sum(len(names) - i for i in quantized)),
+                label_agreement=agreement,
+                accuracy_torch=0.9,
+                accuracy_export=0.9,
+                size_torch_mb=1.0,
+                size_export_mb=1.0,
+                torch_texts_per_s=1.0,
+                export_texts_per_s=1.0,
+                fp32_nodes=kept,
+            )
+
+        return check
+
+    monkeypatch.setattr(export_module, "_product_sizes", lambda source: dict.fromkeys(names, 1))
+    monkeypatch.setattr(export_module, "_quantize_int8", quantize)
+    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker(3), checker(2))
+    assert check.passed and check.fp32_nodes == ["head", "p0", "p1", "p2"]
+    assert written[-1] == ["p0", "p1", "p2"]
+    assert [len(kept) for kept in written[2 + len(names) :]] == [4, 2, 1, 2, 5, 3]
 
 
 def test_product_kinds_name_each_encoder_product_and_the_head(exports: Any) -> None:

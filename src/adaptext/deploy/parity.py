@@ -19,6 +19,7 @@ class MergeCheck:
 
     n_examples: int
     max_abs_diff: float
+    mean_abs_diff: float
     label_agreement: float
     tolerance: float
 
@@ -49,15 +50,26 @@ def match_rate(predicted: np.ndarray, expected: np.ndarray) -> float:
 def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, task: Task) -> MergeCheck:
     """How `other` logits compare with the `reference` logits of the same texts, for `task`."""
     agree = match_rate(decisions(other, task), decisions(reference, task))
-    diff = float(np.abs(reference - other).max()) if reference.size else 0.0
+    differences = np.abs(reference - other)
+    diff, mean = (float(differences.max()), float(differences.mean())) if reference.size else (0.0, 0.0)
     # Relative to the logits' size: float32 keeps ~7 digits, so logits in the hundreds (a zero-shot scorer at a low
     # temperature) differ by more than 1e-4 between two correct runtimes.
     scale = max(1.0, float(np.abs(reference).max())) if reference.size else 1.0
-    return MergeCheck(n_examples=len(reference), max_abs_diff=diff, label_agreement=agree, tolerance=tolerance * scale)
+    return MergeCheck(
+        n_examples=len(reference),
+        max_abs_diff=diff,
+        mean_abs_diff=mean,
+        label_agreement=agree,
+        tolerance=tolerance * scale,
+    )
 
 
-def parity_examples(path: Path, model_dir: Path, data: str | Path | None, info: ModelInfo, sample: int) -> TextData:
-    """Up to `sample` examples evenly spread over `data` (labelled or not) or over the run's validation split."""
+def parity_examples(
+    path: Path, model_dir: Path, data: str | Path | None, info: ModelInfo, sample: int, *, rest: bool = False
+) -> TextData:
+    """Up to `sample` examples evenly spread over `data` (labelled or not) or over the run's validation split; with
+    `rest`, up to `sample` examples evenly spread over the rows that sample leaves out (none if it takes them all),
+    to choose with while the sample itself judges."""
     if sample < 1:
         raise AdaptextError(f"--sample must be at least 1, got {sample}")
     from adaptext.core.config import DataConfig, load_config
@@ -84,11 +96,21 @@ def parity_examples(path: Path, model_dir: Path, data: str | Path | None, info: 
             raise AdaptextError(f"cannot read the run's validation data ({error}); give --data FILE") from None
     if len(examples) == 0:
         raise AdaptextError("no examples to check on")
-    idx = np.unique(np.linspace(0, len(examples) - 1, num=min(sample, len(examples))).astype(int)).tolist()
+    idx = _evenly_spread(len(examples), sample)
+    if rest:
+        left = sorted(set(range(len(examples))) - set(idx))
+        idx = [left[i] for i in _evenly_spread(len(left), sample)]
     return TextData(
         texts=[examples.texts[i] for i in idx],
         source=examples.source,
         pairs=[examples.pairs[i] for i in idx] if examples.pairs is not None else None,
-        labels=[examples.labels[i] for i in idx] if examples.labels is not None else None,
+        labels=[examples.labels[i] for i in idx] if examples.labels is not None else None,  # type: ignore[arg-type]
         rows=[examples.rows[i] for i in idx] if examples.rows else [],
     )
+
+
+def _evenly_spread(n: int, sample: int) -> list[int]:
+    """Up to `sample` indices of `range(n)`, evenly spread, the first and the last included."""
+    if n == 0:
+        return []
+    return np.unique(np.linspace(0, n - 1, num=min(sample, n)).astype(int)).tolist()
