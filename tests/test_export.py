@@ -770,3 +770,25 @@ def test_the_logit_tolerance_is_relative_to_large_logits() -> None:
     check = compare_logits(large, large + 3e-3, 1e-4, SINGLE_LABEL)
     assert check.tolerance == pytest.approx(1e-4 * 200) and check.passed
     assert not compare_logits(large, large + 0.05, 1e-4, SINGLE_LABEL).passed
+
+
+def test_the_rows_an_int8_export_chooses_on_are_evenly_spread_and_never_the_checks(runs: Any, tmp_path: Path) -> None:
+    from adaptext.core.info import ModelInfo, find_model_dir
+    from adaptext.deploy.parity import parity_examples
+
+    run_dir = runs("full").run_dir
+    model_dir = find_model_dir(run_dir)
+    info = ModelInfo.read(model_dir)
+    file = tmp_path / "check.csv"
+    pd.DataFrame({"text": [f"text number {i}" for i in range(100)], "label": ["pos", "neg"] * 50}).to_csv(
+        file, index=False
+    )
+    check = parity_examples(run_dir, model_dir, file, info, 30)
+    rest = parity_examples(run_dir, model_dir, file, info, 30, rest=True)
+    assert len(check) == 30 and len(rest) == 30
+    assert not set(check.texts) & set(rest.texts)
+    numbers = [int(text.split()[-1]) for text in rest.texts]
+    assert numbers == sorted(numbers) and numbers[0] <= 2 and numbers[-1] >= 97  # spread over the file
+    assert rest.labels == [["pos", "neg"][n % 2] for n in numbers]  # each row keeps its label
+    assert len(parity_examples(run_dir, model_dir, file, info, 100, rest=True)) == 0  # the check took every row
+    assert len(parity_examples(run_dir, model_dir, file, info, 60, rest=True)) == 40
