@@ -14,6 +14,8 @@ from adaptext.core.config import (
     build_config,
     config_changes,
     config_to_yaml,
+    default_value,
+    dotted_value,
     load_config,
 )
 from adaptext.core.errors import ConfigError
@@ -371,6 +373,16 @@ def test_a_config_outside_a_run_folder_keeps_its_output_dir(tmp_path: Path) -> N
     (tmp_path / "configs").mkdir()
     plain = write_yaml(tmp_path / "configs", f"output_dir: {elsewhere}\n")
     assert load_config(plain).output_dir == elsewhere
+
+
+def test_dotted_value_walks_sections_and_names_a_missing_key() -> None:
+    tree = Config(train={"epochs": 7}).model_dump(mode="json")
+    assert dotted_value(tree, "train.epochs") == 7
+    assert dotted_value(tree, "train") == tree["train"]
+    assert default_value("train.epochs") != 7 and default_value("train.epochs") == Config().train.epochs
+    for missing in ("train.no_such_key", "no_such_section.epochs", "train.epochs.deeper"):
+        with pytest.raises(KeyError, match=missing):
+            dotted_value(tree, missing)
 
 
 def test_config_changes_name_each_changed_key_and_skip_the_allowed_ones() -> None:

@@ -26,7 +26,16 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adaptext.core.config import Config, Int, UserPath, _merge, build_config, expand_user, parse_overrides
+from adaptext.core.config import (
+    Config,
+    Int,
+    UserPath,
+    _merge,
+    build_config,
+    dotted_value,
+    expand_user,
+    parse_overrides,
+)
 from adaptext.core.errors import ConfigError, DataError
 from adaptext.data.io import load_examples
 from adaptext.data.labels import label_spellings
@@ -114,11 +123,10 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> Continual
 
 
 def _has(tree: dict[str, Any], dotted: str) -> bool:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
+    try:
+        dotted_value(tree, dotted)
+    except KeyError:
+        return False
     return True
 
 

@@ -868,12 +868,20 @@ def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+def dotted_value(tree: dict[str, Any], dotted: str) -> Any:
+    """The value of the dotted key `dotted` (`train.eval_steps`) in the nested `tree` (a dumped config or YAML);
+    `KeyError` when a part is missing or its parent is not a section."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
 def default_value(dotted: str) -> Any:
     """The default of the config key `dotted` (as it appears in a dumped config), e.g. `train.eval_steps`."""
-    value: Any = Config().model_dump(mode="json")
-    for part in dotted.split("."):
-        value = value[part]
-    return value
+    return dotted_value(Config().model_dump(mode="json"), dotted)
 
 
 def config_changes(saved: Config, given: Config, allowed: frozenset[str] = frozenset()) -> list[str]:

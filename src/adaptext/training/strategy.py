@@ -20,10 +20,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 from adaptext.core import registry
-from adaptext.core.config import Config, default_value
+from adaptext.core.config import Config, default_value, dotted_value
 from adaptext.core.errors import ConfigError
 from adaptext.core.registry import Registry
 from adaptext.core.run import RunPaths
@@ -107,9 +107,7 @@ def refuse_ignored(config: Config, keys: Sequence[str], strategy: str) -> None:
     tree = config.model_dump(mode="json")
     changed = []
     for key in keys:
-        value: Any = tree
-        for part in key.split("."):
-            value = value[part]
+        value = dotted_value(tree, key)
         if value != default_value(key):
             written = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
             changed.append(f"{key}={written}")  # as the config file or the command line would say it

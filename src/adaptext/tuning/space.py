@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adaptext.core.config import Config, build_config
+from adaptext.core.config import Config, build_config, dotted_value
 from adaptext.core.errors import ConfigError
 from adaptext.training.strategy import STRATEGIES
 
@@ -216,12 +216,10 @@ def resolve_conditions(config: Config, searched: dict[str, Param], fixed: dict[s
             if name in fixed:
                 given[name] = fixed[name]
             else:
-                node: Any = tree
-                for part in name.split("."):
-                    if not isinstance(node, dict) or part not in node:
-                        raise ConfigError(f"tune.space.{key}: when names {name}: unknown key")
-                    node = node[part]
-                given[name] = node
+                try:
+                    given[name] = dotted_value(tree, name)
+                except KeyError:
+                    raise ConfigError(f"tune.space.{key}: when names {name}: unknown key") from None
     return given
 
 
