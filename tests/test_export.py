@@ -784,11 +784,128 @@ def test_the_rows_an_int8_export_chooses_on_are_evenly_spread_and_never_the_chec
         file, index=False
     )
     check = parity_examples(run_dir, model_dir, file, info, 30)
-    rest = parity_examples(run_dir, model_dir, file, info, 30, rest=True)
+    rest = parity_examples(run_dir, model_dir, file, info, 30, rest=30)
     assert len(check) == 30 and len(rest) == 30
     assert not set(check.texts) & set(rest.texts)
     numbers = [int(text.split()[-1]) for text in rest.texts]
     assert numbers == sorted(numbers) and numbers[0] <= 2 and numbers[-1] >= 97  # spread over the file
     assert rest.labels == [["pos", "neg"][n % 2] for n in numbers]  # each row keeps its label
-    assert len(parity_examples(run_dir, model_dir, file, info, 100, rest=True)) == 0  # the check took every row
-    assert len(parity_examples(run_dir, model_dir, file, info, 60, rest=True)) == 40
+    assert len(parity_examples(run_dir, model_dir, file, info, 100, rest=30)) == 0  # the check took every row
+    assert len(parity_examples(run_dir, model_dir, file, info, 60, rest=60)) == 40
+    few = parity_examples(run_dir, model_dir, file, info, 10, rest=50)  # more rows to choose on than to check
+    assert len(few) == 50 and not set(few.texts) & set(parity_examples(run_dir, model_dir, file, info, 10).texts)
+
+
+def _graph_fp32_products(output: Path) -> set[str]:
+    import onnx
+
+    graph = onnx.load(str(output / "model.onnx")).graph
+    floats = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    return {
+        node.name.removesuffix("_MatMul")
+        for node in graph.node
+        if node.op_type in ("MatMul", "Gemm") and set(node.input) & floats
+    }
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_the_int8_search_chooses_on_held_out_rows_and_the_check_describes_its_own(
+    runs: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, passes: bool
+) -> None:
+    """300 labelled rows and --sample 100: the check takes 100, the search chooses on 100 others. The written model
+    is the one whose check adaptext.json records; on failure the error gives the check's 100 examples."""
+    import onnx
+
+    file = tmp_path / "big.csv"
+    pd.DataFrame(make_rows(300, seed=3)).to_csv(file, index=False)
+    check_texts = set(pd.read_csv(file)["text"].iloc[np.unique(np.linspace(0, 299, 100).astype(int))])
+    kept_calls: list[list[str]] = []
+    sensitive: list[str] = []
+    seen: list[tuple[int, bool]] = []  # (form index, texts are the check's)
+    quantize = export_module._quantize_int8
+    original = Predictor.predict_logits
+
+    def recorded(source: Path, target: Path, fp32_products: Any = ()) -> list[str]:
+        if not sensitive:
+            kinds = export_module.product_kinds(onnx.load(str(source)))
+            sensitive.extend(name for name, kind in kinds.items() if kind == "value")
+        kept_calls.append(list(fp32_products))
+        return quantize(source, target, fp32_products)
+
+    def logits(self: Any, texts: Any, pairs: Any = None, **kwargs: Any) -> Any:
+        out = original(self, texts, pairs, **kwargs)
+        if type(self.model).__name__ != "OnnxClassifier":
+            return out
+        seen.append((len(kept_calls), set(texts) <= check_texts))
+        quantized = [name for name in sensitive if name not in kept_calls[-1]]
+        if quantized or not passes:
+            out = out.copy()
+            out[:, 0] += len(quantized)
+            out[:5] = np.roll(out[:5], 1, axis=1)  # 5 of 100 labels change
+        return out
+
+    monkeypatch.setattr(export_module, "_quantize_int8", recorded)
+    monkeypatch.setattr(Predictor, "predict_logits", logits)
+    output = tmp_path / "out"
+    argv = ["export", str(runs("full").run_dir), "--quantize", "int8", "--data", str(file), "--sample", "100"]
+    code, _, error = run_cli(capsys, *argv, "--output", str(output))
+    assert seen[0] == (1, True)  # the head alone, judged by the check
+    assert not any(on_check for _, on_check in seen[1:-1])  # ranked and bisected on other rows
+    assert seen[-1][1]  # and judged by the check at the end
+    if passes:
+        assert code == 0, error
+        check = metadata(output)["export_check"]
+        assert check["n_examples"] == 100 and set(check["fp32_nodes"]) == _graph_fp32_products(output)
+        assert set(sensitive) <= set(check["fp32_nodes"]) and len(check["fp32_nodes"]) == 2 + len(sensitive)
+    else:
+        assert code == EXIT_USER_ERROR and "100 examples" in error and "95.00%" in error
+        no_leftovers(output)
+
+
+def test_an_int8_search_with_one_encoder_product_returns_the_check_of_the_form_it_leaves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    written: list[list[str]] = []
+
+    def quantize(source: Path, target: Path, fp32_products: Any = ()) -> list[str]:
+        written.append(list(fp32_products))
+        return ["head", *fp32_products]
+
+    def check(kept: list[str]) -> export_module.ExportCheck:
+        return export_module.ExportCheck(
+            quantize="int8",
+            n_examples=100,
+            max_abs_diff=1.0,
+            mean_abs_diff=1.0 - len(written[-1]),
+            label_agreement=1.0 if written[-1] else 0.95,
+            accuracy_torch=0.9,
+            accuracy_export=0.9,
+            size_torch_mb=1.0,
+            size_export_mb=1.0,
+            torch_texts_per_s=1.0,
+            export_texts_per_s=1.0,
+            fp32_nodes=kept,
+        )
+
+    monkeypatch.setattr(export_module, "_product_sizes", lambda source: {"p0": 1})
+    monkeypatch.setattr(export_module, "_quantize_int8", quantize)
+    result = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", check, check)
+    assert ["head", *written[-1]] == result.fp32_nodes  # the model left at the target is the one checked
+
+
+def test_an_int8_export_whose_head_alone_passes_runs_pytorch_once(
+    runs: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original = Predictor.predict_logits
+
+    def counted(self: Any, texts: Any, pairs: Any = None, **kwargs: Any) -> Any:
+        if type(self.model).__name__ != "OnnxClassifier":
+            calls.append(len(texts))
+        return original(self, texts, pairs, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_logits", counted)
+    output = tmp_path / "out"
+    code, _, err = run_cli(capsys, "export", str(runs("full").run_dir), "--quantize", "int8", "--output", str(output))
+    assert code == 0, err
+    assert len(metadata(output)["export_check"]["fp32_nodes"]) == 2 and calls == [30]

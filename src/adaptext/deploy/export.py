@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 FP32_TOLERANCE = 1e-4
 
 
-# Fewer validation rows than this beside the check's: the int8 search chooses on the check's own examples.
+# The int8 search chooses on up to max(--sample, this) validation rows beside the check's; with fewer than this
+# many left, on the check's own examples.
 MIN_CHOICE_EXAMPLES = 100
 
 
@@ -181,17 +182,22 @@ def export_onnx(
             check = checked([])
         else:
             # The encoder products kept in fp32 are chosen on other validation rows than the check's, so that the
-            # check stays an unbiased measure of the model it passes.
-            chosen_on = parity_examples(Path(path), model_dir, data, info, sample, rest=True)
-            if len(chosen_on) < MIN_CHOICE_EXAMPLES:
-                chosen_on = examples
-            chosen_reference = predictor.predict_logits(chosen_on.texts, chosen_on.pairs)
-            check = _int8_that_passes(
-                fp32,
-                staging / ONNX_FILE,
-                checked,
-                lambda kept: checked(kept, on=chosen_on, expected=chosen_reference),
-            )
+            # check stays an unbiased measure of the model it passes. Read and run only when the search needs them.
+            choice: list[tuple[Any, np.ndarray]] = []
+
+            def choosing(kept: list[str]) -> ExportCheck:
+                if not choice:
+                    on = parity_examples(
+                        Path(path), model_dir, data, info, sample, rest=max(sample, MIN_CHOICE_EXAMPLES)
+                    )
+                    if len(on) < MIN_CHOICE_EXAMPLES:
+                        choice.append((examples, reference))
+                    else:
+                        choice.append((on, predictor.predict_logits(on.texts, on.pairs)))
+                on, expected = choice[0]
+                return checked(kept, on=on, expected=expected)
+
+            check = _int8_that_passes(fp32, staging / ONNX_FILE, checked, choosing)
         if not check.passed:
             raise AdaptextError(f"export check failed, nothing written: {check.describe()}")
 
@@ -297,6 +303,8 @@ def _int8_that_passes(
         return check
     logger.info("int8 with the head in fp32: %s; ranking the encoder products", check.describe())
     products = _product_sizes(source)
+    if len(products) < 2:  # keeping every product but one in fp32 is the most tried: nothing to search
+        return check  # of the head-only form, still at `target`
     error = choose(_quantize_int8(source, target)).mean_abs_diff
     gains = {}
     for name in progress_bar(products, desc="int8: ranking products", unit="product"):

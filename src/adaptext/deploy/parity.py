@@ -65,11 +65,11 @@ def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, t
 
 
 def parity_examples(
-    path: Path, model_dir: Path, data: str | Path | None, info: ModelInfo, sample: int, *, rest: bool = False
+    path: Path, model_dir: Path, data: str | Path | None, info: ModelInfo, sample: int, *, rest: int = 0
 ) -> TextData:
     """Up to `sample` examples evenly spread over `data` (labelled or not) or over the run's validation split; with
-    `rest`, up to `sample` examples evenly spread over the rows that sample leaves out (none if it takes them all),
-    to choose with while the sample itself judges."""
+    `rest`, instead up to `rest` examples evenly spread over the rows that sample leaves out (none if it takes them
+    all), to choose with while the sample itself judges."""
     if sample < 1:
         raise AdaptextError(f"--sample must be at least 1, got {sample}")
     from adaptext.core.config import DataConfig, load_config
@@ -99,7 +99,7 @@ def parity_examples(
     idx = _evenly_spread(len(examples), sample)
     if rest:
         left = sorted(set(range(len(examples))) - set(idx))
-        idx = [left[i] for i in _evenly_spread(len(left), sample)]
+        idx = [left[i] for i in _evenly_spread(len(left), rest)]
     return TextData(
         texts=[examples.texts[i] for i in idx],
         source=examples.source,
