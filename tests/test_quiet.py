@@ -201,9 +201,12 @@ class Terminal(io.StringIO):
 def test_progress_bars_hide_when_quiet_and_draw_on_the_terminal_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert progress_bar(range(2), show=False).disable
+    items = range(2)
+    assert progress_bar(items, show=False) is items  # a hidden bar over an iterable costs nothing: no tqdm object
+    assert progress_bar(total=2, show=False).disable  # one updated by hand is a disabled tqdm
     set_quiet(True)
-    assert progress_bar(range(2)).disable
+    assert progress_bar(items) is items
+    assert progress_bar(total=2).disable
     set_quiet(False)
 
     terminal = Terminal()

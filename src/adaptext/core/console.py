@@ -64,24 +64,28 @@ def is_quiet() -> bool:
 
 
 @overload
-def progress_bar(iterable: Iterable[T], *, show: bool = True, **options: Any) -> tqdm[T]: ...
+def progress_bar(iterable: Iterable[T], *, show: bool = True, **options: Any) -> Iterable[T]: ...
 
 
 @overload
 def progress_bar(iterable: None = None, *, show: bool = True, **options: Any) -> tqdm[NoReturn]: ...
 
 
-def progress_bar(iterable: Iterable[T] | None = None, *, show: bool = True, **options: Any) -> tqdm[Any]:
+def progress_bar(iterable: Iterable[T] | None = None, *, show: bool = True, **options: Any) -> Iterable[T] | tqdm[Any]:
     """A tqdm bar on the terminal, hidden when quiet, when `show` is False, or when stderr is not a terminal.
 
     Args:
-        iterable: What the bar iterates over; None for a bar updated by hand (`total=` in `options`).
+        iterable: What the bar iterates over; None for a bar updated by hand (`total=` in `options`). A hidden bar
+            over an iterable is the iterable itself: building a tqdm object, even a disabled one, costs tens of
+            microseconds, as much as a one-text prediction of a static model (bench/distill.py).
         show: False hides the bar whatever the quiet flag says (a caller's own `progress=False`).
         **options: Passed on to `tqdm` (`desc`, `unit`, `total`, `initial`, ...).
 
     >>> for batch in progress_bar(range(3), desc="predict", unit="batch"):
     ...     pass
     """
+    if iterable is not None and (_quiet or not show):
+        return iterable
     from tqdm.auto import tqdm
 
     # `disable=None` is tqdm's own test: a bar only on a terminal, so log files and CI output stay clean.
