@@ -559,6 +559,24 @@ def test_int8_that_fails_with_the_head_in_fp32_keeps_the_fewest_sensitive_produc
     assert sum(node.op_type == "MatMulInteger" for node in graph.node) == products - 3
 
 
+def int8_check(kept: list[str], agreement: float, mean_abs_diff: float) -> export_module.ExportCheck:
+    """The check of an int8 form on 100 examples, as the search's tests plant it."""
+    return export_module.ExportCheck(
+        quantize="int8",
+        n_examples=100,
+        max_abs_diff=1.0,
+        mean_abs_diff=mean_abs_diff,
+        label_agreement=agreement,
+        accuracy_torch=0.9,
+        accuracy_export=0.9,
+        size_torch_mb=1.0,
+        size_export_mb=1.0,
+        torch_texts_per_s=1.0,
+        export_texts_per_s=1.0,
+        fp32_nodes=kept,
+    )
+
+
 def test_the_int8_form_chosen_on_other_examples_is_judged_by_the_check_and_the_search_goes_on_when_it_fails(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -576,20 +594,7 @@ def test_the_int8_form_chosen_on_other_examples_is_judged_by_the_check_and_the_s
         def check(kept: list[str]) -> export_module.ExportCheck:
             quantized = [i for i, name in enumerate(names) if name not in written[-1]]  # the model at the target
             agreement = 1.0 if all(i >= needed for i in quantized) else 0.95
-            return export_module.ExportCheck(
-                quantize="int8",
-                n_examples=100,
-                max_abs_diff=1.0,
-                mean_abs_diff=float(sum(len(names) - i for i in quantized)),
-                label_agreement=agreement,
-                accuracy_torch=0.9,
-                accuracy_export=0.9,
-                size_torch_mb=1.0,
-                size_export_mb=1.0,
-                torch_texts_per_s=1.0,
-                export_texts_per_s=1.0,
-                fp32_nodes=kept,
-            )
+            return int8_check(kept, agreement, float(sum(len(names) - i for i in quantized)))
 
         return check
 
@@ -872,20 +877,7 @@ def test_an_int8_search_with_one_encoder_product_returns_the_check_of_the_form_i
         return ["head", *fp32_products]
 
     def check(kept: list[str]) -> export_module.ExportCheck:
-        return export_module.ExportCheck(
-            quantize="int8",
-            n_examples=100,
-            max_abs_diff=1.0,
-            mean_abs_diff=1.0 - len(written[-1]),
-            label_agreement=1.0 if written[-1] else 0.95,
-            accuracy_torch=0.9,
-            accuracy_export=0.9,
-            size_torch_mb=1.0,
-            size_export_mb=1.0,
-            torch_texts_per_s=1.0,
-            export_texts_per_s=1.0,
-            fp32_nodes=kept,
-        )
+        return int8_check(kept, 1.0 if written[-1] else 0.95, 1.0 - len(written[-1]))
 
     monkeypatch.setattr(export_module, "_product_sizes", lambda source: {"p0": 1})
     monkeypatch.setattr(export_module, "_quantize_int8", quantize)
