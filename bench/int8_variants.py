@@ -176,10 +176,7 @@ def measure(run: Path, sample: int, repeats: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="int8-variants-"))
 
     def plain(model: Any, name: str) -> Path:
-        _to_onnx(model, predictor.tokenizer, work / f"{name}.onnx")
-        graph = onnx.load(str(work / f"{name}.onnx"))
-        del graph.graph.value_info[:]
-        onnx.save(graph, str(work / f"{name}.onnx"))
+        _to_onnx(model, predictor.tokenizer, work / f"{name}.onnx")  # without the exporter's shape hints
         return work / f"{name}.onnx"
 
     fp32 = plain(predictor.model, "fp32")
