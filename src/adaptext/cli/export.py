@@ -17,7 +17,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("run", help="run folder, model folder or adapter folder")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
-    p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantization of the weights")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="dynamic int8 quantization of the weights; where the check fails, the fewest matrix products that "
+        "pass stay in fp32 (docs/deploy.md)",
+    )
     p.add_argument("--output", required=True, help="new or empty folder for model.onnx, config, tokenizer")
     add_overwrite_option(p, "an earlier export in --output")
     p.add_argument("--data", help="file to check on (default: the run's validation split); int8 needs labels")
