@@ -14,6 +14,7 @@ import torch
 from adaptext.core.config import load_config
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import find_model_dir
+from adaptext.data.batching import DirectEncoder, tokenize
 from adaptext.inference.files import predict_file
 from adaptext.inference.predictor import Prediction, Predictor
 from adaptext.strategies import train
@@ -268,3 +269,43 @@ def test_bad_inputs_to_logits_raise_adaptext_error(predictor: Predictor) -> None
         predictor.predict_logits("one string")  # type: ignore[arg-type]
     with pytest.raises(AdaptextError):
         predictor.predict_logits(["a", "b"], ["x", "y", "z"])
+
+
+def test_direct_encoder_gives_the_tokenizers_ids(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = [*TEXTS, "", "数据 这个酒店", "[CLS] refund [SEP] [MASK]", " ".join(FILLER * 5)]
+    pairs = texts[1:] + texts[:1]
+    for max_length in (8, 128):
+        encoder = DirectEncoder.for_tokenizer(tokenizer, max_length)
+        assert encoder is not None
+        assert encoder(texts, None) == tokenize(tokenizer, texts, None, max_length)
+        assert encoder(texts, pairs) == tokenize(tokenizer, texts, pairs, max_length)
+
+
+def test_direct_encoder_is_refused_where_it_would_differ(tiny_model_dir: Path) -> None:
+    from transformers import BertTokenizerFast, CanineTokenizer
+
+    class Rewording(BertTokenizerFast):  # a tokenizer whose call changes the text before its encoder sees it
+        def __call__(self, text: Any, *args: Any, **kwargs: Any) -> Any:
+            return super().__call__([t.upper()[::-1] for t in text], *args, **kwargs)
+
+    assert DirectEncoder.for_tokenizer(Rewording.from_pretrained(tiny_model_dir), 32) is None
+    python_only = CanineTokenizer()  # a tokenizer written in Python: no Rust encoder to call
+    assert DirectEncoder.for_tokenizer(python_only, 32) is None
+
+
+def test_predictor_tokenizes_directly_and_follows_max_length(predictor: Predictor) -> None:
+    first = predictor.direct_encoder()
+    assert first is not None
+    expected = predictor.predict_logits(TEXTS)
+    saved = predictor.max_length
+    try:
+        predictor.max_length = 4
+        short = predictor.direct_encoder()
+        assert short is not first
+        assert all(len(ids) <= 4 for ids in predictor._features(TEXTS, None)["input_ids"])
+    finally:
+        predictor.max_length = saved
+    np.testing.assert_allclose(predictor.predict_logits(TEXTS), expected, rtol=1e-5, atol=1e-6)

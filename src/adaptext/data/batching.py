@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,71 @@ def tokenize(
             if name in chunk:
                 features.setdefault(name, []).extend(chunk[name])
     return features
+
+
+# Texts a direct encoder must tokenize exactly as the tokenizer's own call does before it is used: empty, spaces,
+# accents and other scripts, a special token's spelling, emoji, control characters and a text past any max_length.
+PARITY_PROBES = (
+    "",
+    " ",
+    "I lost my card!",
+    "  Leading and trailing spaces  ",
+    "Déjà vu, naïve café: ÀÉÎÕÜ",
+    "[CLS] <s> </s> [SEP] [MASK] <mask> <pad> [UNK]",
+    "数据 中文 テスト 한국어 Ελληνικά русский עברית العربية",
+    "emoji 🙂👍🏽 and tab\tnew\nline\x00 end",
+    "don't won't it's O'Neil's 3.14 1,000,000 e-mail@example.com https://example.com/a?b=c",
+    " ".join(["long"] * 700),
+)
+
+
+class DirectEncoder:
+    """Tokenises like `tokenize`, calling the fast tokenizer's Rust encoder directly.
+
+    The tokenizer's own call spends as long in Python (argument checks, truncation settings, `BatchEncoding`) as in
+    the encoder, which is most of a one-text prediction with a fast model. This reads the same encoder, copied with
+    its truncation set once, and is only used after giving the same ids as the tokenizer's call on
+    `PARITY_PROBES` (`for_tokenizer` returns None otherwise, and for tokenizers without a Rust encoder).
+    """
+
+    def __init__(self, backend: Any, names: tuple[str, ...]) -> None:
+        self.backend = backend
+        self.names = names  # the keys the tokenizer's call returns, in its order
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DirectEncoder | None:
+        """A direct encoder giving `tokenize(tokenizer, ..., max_length)`'s output, or None when none does."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None or not hasattr(backend, "encode_batch"):
+            return None
+        backend = copy.deepcopy(backend)  # the tokenizer's call resets truncation on its own encoder
+        backend.no_padding()
+        backend.enable_truncation(
+            max_length, stride=0, strategy="longest_first", direction=getattr(tokenizer, "truncation_side", "right")
+        )
+        backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+        expected = tokenize(tokenizer, PARITY_PROBES, None, max_length)
+        encoder = cls(backend, tuple(expected))
+        pairs = PARITY_PROBES[1:] + PARITY_PROBES[:1]
+        if encoder(PARITY_PROBES, None) != expected:
+            return None
+        if encoder(PARITY_PROBES, pairs) != tokenize(tokenizer, PARITY_PROBES, pairs, max_length):
+            return None
+        return encoder
+
+    def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None) -> dict[str, list[list[int]]]:
+        """Token ids (and attention masks, token types where the tokenizer gives them) per text, unpadded."""
+        inputs: Sequence[Any] = texts if pairs is None else list(zip(texts, pairs, strict=True))
+        encodings = self.backend.encode_batch(inputs, add_special_tokens=True, is_pretokenized=False)
+        features: dict[str, list[list[int]]] = {}
+        for name in self.names:
+            if name == "input_ids":
+                features[name] = [e.ids for e in encodings]
+            elif name == "attention_mask":
+                features[name] = [e.attention_mask for e in encodings]
+            elif name == "token_type_ids":
+                features[name] = [e.type_ids for e in encodings]
+        return features
 
 
 def encode(

@@ -17,7 +17,7 @@ from adaptext.core.device import default_device
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
 from adaptext.core.task import task_of_problem_type
-from adaptext.data.batching import Collator, tokenize
+from adaptext.data.batching import Collator, DirectEncoder, tokenize
 from adaptext.inference.loaders import loader_for
 from adaptext.inference.ood import FeatureTap, OodDetector, load_detector, output_layer
 from adaptext.modeling.adapters import (
@@ -84,6 +84,8 @@ class Predictor:
         self.task = task_of_problem_type(model.config.problem_type)
         pad_id = tokenizer.pad_token_id
         self._collate = Collator(pad_token_id=0 if pad_id is None else pad_id)
+        # The tokenizer's encoder called directly, per (tokenizer, max_length) it was checked for (None: not usable).
+        self._direct: tuple[int, int, DirectEncoder | None] | None = None
 
     @property
     def multi_label(self) -> bool:
@@ -178,15 +180,21 @@ class Predictor:
         )
         if getattr(self.model, "training", True):  # eval() walks every module, a cost one-text calls notice
             self.model.eval()
+        # A bag-of-tokens model (the static student) reads the unpadded ids as they are: no padding, no masks.
+        bag = getattr(self.model, "bag_logits", None)
         batches = range(0, n, self.batch_size)
         try:
             for start in progress_bar(batches, show=progress, desc="predict", unit="batch"):
                 idx = order[start : start + self.batch_size]
-                items = [{name: values[i] for name, values in features.items()} | {"index": i} for i in idx]
-                batch = self._collate(items)
-                inputs = {k: v.to(device) for k, v in batch.items() if k not in ("index", "labels")}
-                with autocast:
-                    logits = self.model(**inputs).logits
+                if bag is not None:
+                    with autocast:
+                        logits = bag([features["input_ids"][i] for i in idx])
+                else:
+                    items = [{name: values[i] for name, values in features.items()} | {"index": i} for i in idx]
+                    batch = self._collate(items)
+                    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("index", "labels")}
+                    with autocast:
+                        logits = self.model(**inputs).logits
                 out[idx] = logits.float().cpu().numpy()
                 if tap is not None:
                     taken = tap.pop()
@@ -246,7 +254,18 @@ class Predictor:
         encode_texts = getattr(self.model, "encode_texts", None)
         if encode_texts is not None:
             return encode_texts(self.tokenizer, texts, pairs, self.max_length)
+        encoder = self.direct_encoder()
+        if encoder is not None:
+            return encoder(texts, pairs)
         return tokenize(self.tokenizer, texts, pairs, self.max_length)
+
+    def direct_encoder(self) -> DirectEncoder | None:
+        """The tokenizer's encoder called directly, checked against the tokenizer at the current `max_length`;
+        None where it gives other ids (the tokenizer's own call is used then)."""
+        key = (id(self.tokenizer), self.max_length)
+        if self._direct is None or self._direct[:2] != key:
+            self._direct = (*key, DirectEncoder.for_tokenizer(self.tokenizer, self.max_length))
+        return self._direct[2]
 
     def predict_proba(
         self,
