@@ -242,9 +242,14 @@ def test_soft_loss_is_zero_gradient_at_the_teacher() -> None:
     assert logits.grad is not None and torch.allclose(logits.grad, torch.zeros(1, 3), atol=1e-6)
 
 
-def test_static_classifier_round_trips(tmp_path: Path) -> None:
-    config = StaticConfig(vocab_size=20, dim=4, id2label={0: "x", 1: "y"}, hidden=5, extra={"init": "random"})
+@pytest.mark.parametrize("bigrams", [0, 11])
+def test_static_classifier_round_trips(tmp_path: Path, bigrams: int) -> None:
+    config = StaticConfig(
+        vocab_size=20, dim=4, id2label={0: "x", 1: "y"}, hidden=5, bigrams=bigrams, extra={"init": "random"}
+    )
     model = StaticClassifier(config).eval()
+    if model.bigrams is not None:
+        torch.nn.init.normal_(model.bigrams.weight)
     model.save(tmp_path)
     again = StaticClassifier.load(tmp_path).eval()
     ids = torch.tensor([[1, 2, 3, 0]])
@@ -274,3 +279,23 @@ def test_initial_table_falls_back_where_model2vec_cannot_read_the_teacher(
     table, init = initial_table(object(), tokenizer, settings)  # an ONNX session has no torch embeddings
     assert init == "random" and table.shape == (len(tokenizer), 8)
     assert "starts random" in caplog.text
+
+
+@pytest.mark.parametrize("bigrams", [0, 7])
+def test_bag_logits_match_the_padded_forward(bigrams: int) -> None:
+    torch.manual_seed(0)
+    config = StaticConfig(vocab_size=50, dim=8, id2label={0: "x", 1: "y", 2: "z"}, hidden=6, bigrams=bigrams)
+    model = StaticClassifier(config).eval()
+    if model.bigrams is not None:
+        torch.nn.init.normal_(model.bigrams.weight)  # a trained pair table, not the zeros a new one starts with
+    rows = [[2, 7, 9, 3], [2, 3], [2, 11, 12, 13, 14, 15, 3], [5]]
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    padded = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(model.bag_logits(rows), padded, rtol=1e-5, atol=1e-6)
+    # in another order: each row is its own bag
+    assert torch.allclose(model.bag_logits(rows[::-1]), padded.flip(0), atol=1e-6)
+    # the same tokens in another order: the same text to a bag of tokens, another one with neighbouring pairs
+    swapped = model.bag_logits([[2, 9, 7, 3]])
+    assert torch.allclose(model.bag_logits([rows[0]]), swapped, atol=1e-6) == (bigrams == 0)
