@@ -148,7 +148,6 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--augment", type=int, default=2)
-    parser.add_argument("--bigrams", type=int, default=0, help="hash buckets of the token-pair table (0: none)")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--init", default="embeddings", choices=["teacher", "embeddings", "random"])
     parser.add_argument("--single", type=int, default=300, help="texts predicted one at a time for the speed")
@@ -171,7 +170,6 @@ def main() -> None:
         hidden=args.hidden,
         epochs=args.epochs,
         augment=args.augment,
-        bigrams=args.bigrams,
         temperature=args.temperature,
         init=args.init,
     )
@@ -179,7 +177,7 @@ def main() -> None:
     for dataset in args.datasets:
         run, heldout = prepare(dataset, args.data_root, args.work)
         unlabelled = unlabelled_for(dataset, args.data_root, args.work, args.sst2_unlabelled)
-        student_dir = args.work / dataset / ("student" + (f"-bigrams{args.bigrams}" if args.bigrams else ""))
+        student_dir = args.work / dataset / "student"
         started = time.perf_counter()
         summary = distill_model(run, student_dir, unlabelled=unlabelled, settings=settings, overwrite=True)
         seconds = time.perf_counter() - started

@@ -37,7 +37,6 @@ class StudentSettings:
         learning_rate: AdamW's learning rate for the table and the head.
         temperature: Softmax temperature of both teacher and student in the loss.
         augment: Changed copies of each training text added to the distillation texts.
-        bigrams: Hash buckets of the table of neighbouring token pairs (`StaticConfig.bigrams`); 0 for none.
         init: `embeddings` (the teacher's input word embeddings, PCA'd), `teacher` (model2vec's table from the
             teacher's encoder where it can read it, else as `embeddings`) or `random`. `embeddings` is the default:
             it scored as `teacher` did (BANKING77 0.9144 against 0.9129, SST-2 0.7959 against 0.7982) and costs
@@ -52,7 +51,6 @@ class StudentSettings:
     learning_rate: float = 5e-3
     temperature: float = 2.0
     augment: int = 2
-    bigrams: int = 0
     init: str = "embeddings"
     seed: int = 0
 
@@ -134,7 +132,6 @@ def build_student(
         id2label=dict(enumerate(labels)),
         hidden=settings.hidden,
         problem_type=problem_type,
-        bigrams=settings.bigrams,
         extra=extra,
     )
     student = StaticClassifier(config)
@@ -180,11 +177,10 @@ def train_student(
     rng = random.Random(settings.seed)
     # Sparse gradients for the table: a batch touches a few thousand of its rows, and a dense update of all of
     # them (30k x 256 for a BERT vocabulary) costs 7x the step (bench: 420 against 60 ms per step on 2 cores).
-    bags = [bag for bag in (student.embeddings, student.bigrams) if bag is not None]
-    tables = {id(bag.weight) for bag in bags}
-    head = [p for p in student.parameters() if id(p) not in tables]
+    table = student.embeddings.weight
+    head = [p for p in student.parameters() if p is not table]
     optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.SparseAdam([bag.weight for bag in bags], lr=settings.learning_rate),
+        torch.optim.SparseAdam([table], lr=settings.learning_rate),
         torch.optim.AdamW(head, lr=settings.learning_rate, weight_decay=0.0),
     ]
     steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
@@ -196,8 +192,7 @@ def train_student(
     targets = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
     losses: list[float] = []
     student.train()
-    for bag in bags:
-        bag.sparse = True
+    student.embeddings.sparse = True
     # One thread: the steps are too small to gain from more, and threads that share busy cores thrash (an epoch of
     # 38k SST-2 texts took 80 s at 2 threads and 4 s at 1 on 2 shared cores).
     threads = torch.get_num_threads()
@@ -227,8 +222,7 @@ def train_student(
     finally:
         bar.close()
         torch.set_num_threads(threads)
-        for bag in bags:
-            bag.sparse = False
+        student.embeddings.sparse = False
     student.eval()
     return losses
 

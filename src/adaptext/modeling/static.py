@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import accumulate, pairwise
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "model2vec"  # what model2vec's loader expects in config.json
 EMBEDDINGS = "embeddings"  # the table's name in model.safetensors, model2vec's
-BIGRAMS = "bigrams"  # the hashed token-pair table's name there (model2vec does not read it)
-BIGRAM_PRIME = 1_000_003  # the first token id's multiplier in a pair's hash
-
-
-def bigram_ids(first: torch.Tensor, second: torch.Tensor, buckets: int) -> torch.Tensor:
-    """The bucket of each pair of neighbouring token ids (any shape; int64 keeps the product exact)."""
-    return (first * BIGRAM_PRIME + second) % buckets
 
 
 @dataclass
@@ -54,8 +47,6 @@ class StaticConfig:
         hidden: Width of the head's hidden layer; 0 for a linear head on the averaged embedding.
         problem_type: transformers' `problem_type` (`single_label_classification` or `multi_label_classification`).
         dropout: Dropout on the averaged embedding while training.
-        bigrams: Rows of a second table, for pairs of neighbouring tokens hashed into that many buckets (`bigram_ids`);
-            their mean is added to the tokens' mean, so the student sees some word order ("not good"). 0: none.
     """
 
     vocab_size: int
@@ -64,7 +55,6 @@ class StaticConfig:
     hidden: int = 0
     problem_type: str = "single_label_classification"
     dropout: float = 0.1
-    bigrams: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # written to config.json as they are (teacher, ...)
 
     @property
@@ -104,7 +94,6 @@ class StaticConfig:
             hidden=int(raw.get("hidden", 0)),
             problem_type=str(raw.get("problem_type") or "single_label_classification"),
             dropout=float(raw.get("dropout", 0.1)),
-            bigrams=int(raw.get("bigrams", 0)),
             extra={k: v for k, v in raw.items() if k not in written and k not in cls.__dataclass_fields__},
         )
 
@@ -126,18 +115,13 @@ def is_static_folder(folder: Path) -> bool:
 
 
 class StaticClassifier(nn.Module):
-    """Mean of the token embeddings (padding excluded), plus with `config.bigrams` the mean of the hashed
-    neighbouring-pair embeddings, then a linear or one-hidden-layer head."""
+    """Mean of the token embeddings (padding excluded), then a linear or one-hidden-layer head."""
 
     def __init__(self, config: StaticConfig) -> None:
         super().__init__()
         self.config = config
         # mode="sum" with per-token weights 1/length: the masked mean in one fused kernel.
         self.embeddings = nn.EmbeddingBag(config.vocab_size, config.dim, mode="sum")
-        self.bigrams: nn.EmbeddingBag | None = None
-        if config.bigrams:
-            self.bigrams = nn.EmbeddingBag(config.bigrams, config.dim, mode="sum")
-            nn.init.zeros_(self.bigrams.weight)  # a new student starts as the plain bag of tokens
         self.dropout = nn.Dropout(config.dropout)
         layers: list[nn.Module] = []
         if config.hidden:
@@ -153,13 +137,7 @@ class StaticClassifier(nn.Module):
         """The mean embedding of each text: (batch, tokens) -> (batch, dim)."""
         mask = torch.ones_like(input_ids, dtype=torch.float32) if attention_mask is None else attention_mask.float()
         weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
-        pooled = self.embeddings(input_ids, per_sample_weights=weights)
-        if self.bigrams is None or input_ids.shape[1] < 2:
-            return pooled
-        pair_mask = mask[:, 1:] * mask[:, :-1]  # both tokens of the pair are text, not padding
-        pair_weights = pair_mask / pair_mask.sum(dim=1, keepdim=True).clamp_min(1.0)
-        pairs = bigram_ids(input_ids[:, :-1], input_ids[:, 1:], self.config.bigrams)
-        return pooled + self.bigrams(pairs, per_sample_weights=pair_weights)
+        return self.embeddings(input_ids, per_sample_weights=weights)
 
     def forward(
         self,
@@ -177,22 +155,12 @@ class StaticClassifier(nn.Module):
         flat = torch.tensor([token for row in ids for token in row], dtype=torch.long, device=self.device)
         starts = torch.tensor([0, *accumulate(len(row) for row in ids)][:-1], dtype=torch.long, device=self.device)
         # mode="mean" divides each text's sum by its own length: the masked mean of `pooled`
-        pooled = F.embedding_bag(flat, self.embeddings.weight, starts, mode="mean")
-        if self.bigrams is not None:
-            buckets = self.config.bigrams
-            pair_rows = [[(a * BIGRAM_PRIME + b) % buckets for a, b in pairwise(row)] for row in ids]
-            pairs = torch.tensor([pair for row in pair_rows for pair in row], dtype=torch.long, device=self.device)
-            pair_starts = [0, *accumulate(len(row) for row in pair_rows)][:-1]
-            offsets = torch.tensor(pair_starts, dtype=torch.long, device=self.device)
-            pooled = pooled + F.embedding_bag(pairs, self.bigrams.weight, offsets, mode="mean")  # no pair: 0
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(F.embedding_bag(flat, self.embeddings.weight, starts, mode="mean")))
 
     def save(self, folder: Path) -> None:
         """Write `config.json` and `model.safetensors` (the table as `embeddings`) into `folder`."""
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {EMBEDDINGS: self.embeddings.weight.detach().cpu().contiguous()}
-        if self.bigrams is not None:
-            tensors[BIGRAMS] = self.bigrams.weight.detach().cpu().contiguous()
         tensors |= {f"head.{name}": value.detach().cpu().contiguous() for name, value in self.head.state_dict().items()}
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         text = json.dumps(self.config.to_json(), indent=2, ensure_ascii=False) + "\n"
@@ -210,8 +178,6 @@ class StaticClassifier(nn.Module):
         head = {name.removeprefix("head."): value for name, value in tensors.items() if name.startswith("head.")}
         try:
             model.embeddings.weight.data.copy_(tensors[EMBEDDINGS])
-            if model.bigrams is not None:
-                model.bigrams.weight.data.copy_(tensors[BIGRAMS])
             model.head.load_state_dict(head)
         except (KeyError, RuntimeError) as error:
             raise ValueError(f"{folder / WEIGHTS_FILE}: weights do not fit the config ({error})") from None
