@@ -276,17 +276,36 @@ def test_initial_table_falls_back_where_model2vec_cannot_read_the_teacher(
     assert "starts random" in caplog.text
 
 
-def test_bag_logits_match_the_padded_forward() -> None:
+@pytest.mark.parametrize("hidden", [6, 0])
+@pytest.mark.parametrize("path", ["torch", "numpy"])
+def test_bag_logits_match_the_padded_forward(hidden: int, path: str) -> None:
     torch.manual_seed(0)
-    config = StaticConfig(vocab_size=50, dim=8, id2label={0: "x", 1: "y", 2: "z"}, hidden=6)
+    config = StaticConfig(vocab_size=50, dim=8, id2label={0: "x", 1: "y", 2: "z"}, hidden=hidden)
     model = StaticClassifier(config).eval()
+    if path == "numpy":  # what Predictor gets: inference mode on the CPU, no hooks
+        with torch.inference_mode():
+            assert model._plain_cpu_inference()
+        check_bag_logits(model, inference=True)
+    else:
+        assert not model._plain_cpu_inference()  # gradients on: the torch path
+        check_bag_logits(model, inference=False)
+    hook = model.head[-1].register_forward_hook(lambda *_: None)  # an out-of-scope detector's tap needs torch
+    with torch.inference_mode():
+        assert not model._plain_cpu_inference()
+    hook.remove()
+
+
+def check_bag_logits(model: StaticClassifier, *, inference: bool) -> None:
     rows = [[2, 7, 9, 3], [2, 3], [2, 11, 12, 13, 14, 15, 3], [5]]
     width = max(len(row) for row in rows)
     ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    padded = model(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(model.bag_logits(rows), padded, rtol=1e-5, atol=1e-6)
-    # in another order: each row is its own bag
-    assert torch.allclose(model.bag_logits(rows[::-1]), padded.flip(0), atol=1e-6)
-    # the same tokens in another order are the same bag
-    assert torch.allclose(model.bag_logits([rows[0]]), model.bag_logits([[2, 9, 7, 3]]), atol=1e-6)
+    padded = model(input_ids=ids, attention_mask=mask).logits.detach()
+    with torch.inference_mode(inference):
+        torch.testing.assert_close(model.bag_logits(rows), padded, rtol=1e-5, atol=1e-6)
+        # in another order: each row is its own bag; a row without tokens pools to zeros, as padding would
+        torch.testing.assert_close(model.bag_logits(rows[::-1]), padded.flip(0), rtol=1e-5, atol=1e-6)
+        empty = model(input_ids=torch.zeros(1, 2, dtype=torch.long), attention_mask=torch.zeros(1, 2)).logits
+        torch.testing.assert_close(model.bag_logits([[], [5]])[:1], empty.detach(), rtol=1e-5, atol=1e-6)
+        # the same tokens in another order are the same bag
+        torch.testing.assert_close(model.bag_logits([rows[0]]), model.bag_logits([[2, 9, 7, 3]]))
