@@ -295,6 +295,23 @@ def test_bag_logits_match_the_padded_forward(hidden: int, path: str) -> None:
     hook.remove()
 
 
+def test_numpy_bag_logits_follow_changed_weights() -> None:
+    torch.manual_seed(0)
+    model = StaticClassifier(StaticConfig(vocab_size=30, dim=4, id2label={0: "x", 1: "y"}, hidden=5)).eval()
+    rows = [[1, 2, 3], [4, 5]]
+    with torch.inference_mode():
+        model.bag_logits(rows)  # the numpy views are made
+    with torch.no_grad():
+        model.head[0].weight.data.mul_(2.0)  # in place, even through .data
+        model.embeddings.weight.add_(0.5)
+        model.head[-1].bias = torch.nn.Parameter(model.head[-1].bias + 1.0)  # replaced
+        expected = model(
+            input_ids=torch.tensor([[1, 2, 3], [4, 5, 0]]), attention_mask=torch.tensor([[1] * 3, [1, 1, 0]])
+        )
+    with torch.inference_mode():
+        torch.testing.assert_close(model.bag_logits(rows), expected.logits, rtol=1e-5, atol=1e-6)
+
+
 def check_bag_logits(model: StaticClassifier, *, inference: bool) -> None:
     rows = [[2, 7, 9, 3], [2, 3], [2, 11, 12, 13, 14, 15, 3], [5]]
     width = max(len(row) for row in rows)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from scipy import special
 from torch import nn
 from torch.nn import functional as F  # noqa: N812  (torch's own spelling)
+from torch.nn.modules import module as module_hooks
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -36,6 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "model2vec"  # what model2vec's loader expects in config.json
 EMBEDDINGS = "embeddings"  # the table's name in model.safetensors, model2vec's
+SQRT_HALF = np.float32(np.sqrt(0.5))
 
 
 @dataclass
@@ -130,6 +132,8 @@ class StaticClassifier(nn.Module):
             layers += [nn.Linear(config.dim, config.hidden), nn.GELU()]
         layers.append(nn.Linear(config.hidden or config.dim, config.num_labels))
         self.head = nn.Sequential(*layers)
+        # numpy views of the weights for bag_logits, keyed by the parameters' storage (_numpy_weights)
+        self._numpy_cache: tuple[Any, np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -173,29 +177,47 @@ class StaticClassifier(nn.Module):
         table = self.embeddings.weight
         if table.device.type != "cpu" or table.dtype != torch.float32:
             return False
-        if any(m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
+        if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+            return False
+        modules = (self, self.embeddings, self.dropout, self.head, *self.head)
+        if any(m._forward_hooks or m._forward_pre_hooks for m in modules):
             return False
         return all(
             isinstance(layer, nn.Linear) or (isinstance(layer, nn.GELU) and layer.approximate == "none")
             for layer in self.head
         )
 
+    def _numpy_weights(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]]:
+        """The table, and per head layer its (weight transposed, bias) or None for the GELU: numpy views of the
+        parameters' memory, so they follow in-place changes; made again when a parameter's storage is replaced."""
+        key = tuple(param.data_ptr() for param in (self.embeddings.weight, *self.head.parameters()))
+        if self._numpy_cache is None or self._numpy_cache[0] != key:
+            layers: list[tuple[np.ndarray, np.ndarray] | None] = []
+            for layer in self.head:
+                if isinstance(layer, nn.Linear):
+                    # (in, out) for x @ weight; a transposed view multiplies as fast as a contiguous copy
+                    layers.append((layer.weight.detach().numpy().T, layer.bias.detach().numpy()))
+                else:
+                    layers.append(None)
+            self._numpy_cache = (key, self.embeddings.weight.detach().numpy(), layers)
+        return self._numpy_cache[1], self._numpy_cache[2]
+
     def _numpy_logits(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """`bag_logits` in numpy: the rows of the table averaged per text, then the head's layers."""
-        table = self.embeddings.weight.detach().numpy()
-        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter((token for row in ids for token in row), dtype=np.int64, count=int(lengths.sum()))
-        pooled = np.zeros((len(ids), table.shape[1]), dtype=np.float32)  # a text without tokens: zeros, as in torch
+        table, layers = self._numpy_weights()
+        lengths = np.array([len(row) for row in ids], dtype=np.int64)
+        flat = np.array([token for row in ids for token in row], dtype=np.int64)
         filled = lengths > 0
-        if filled.any():
-            starts = (np.cumsum(lengths) - lengths)[filled]
-            pooled[filled] = np.add.reduceat(table[flat], starts, axis=0) / lengths[filled, None].astype(np.float32)
-        x = pooled
-        for layer in self.head:
-            if isinstance(layer, nn.Linear):
-                x = x @ layer.weight.detach().numpy().T + layer.bias.detach().numpy()
-            else:  # nn.GELU, exact: x * Phi(x)
-                x = 0.5 * x * (1.0 + special.erf(x * np.float32(1 / np.sqrt(2)))).astype(np.float32)
+        starts = np.cumsum(lengths) - lengths
+        if filled.all():
+            x = np.add.reduceat(table[flat], starts, axis=0) / lengths[:, None].astype(np.float32)
+        else:  # a text without tokens pools to zeros, as in torch (reduceat cannot sum an empty range)
+            x = np.zeros((len(ids), table.shape[1]), dtype=np.float32)
+            if filled.any():
+                sums = np.add.reduceat(table[flat], starts[filled], axis=0)
+                x[filled] = sums / lengths[filled, None].astype(np.float32)
+        for linear in layers:  # a linear layer's (weight, bias), or None for the exact GELU: x * Phi(x)
+            x = x @ linear[0] + linear[1] if linear is not None else 0.5 * x * (1.0 + special.erf(x * SQRT_HALF))
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def save(self, folder: Path) -> None:
