@@ -21,7 +21,7 @@ from adaptext.distill.student import build_student, soft_loss, train_student
 from adaptext.distill.texts import augment
 from adaptext.inference.loaders import StaticLoader, loader_for
 from adaptext.inference.predictor import Predictor
-from adaptext.modeling.static import StaticClassifier, StaticConfig
+from adaptext.modeling.static import NUMPY_MAX_TEXTS, StaticClassifier, StaticConfig
 from adaptext.strategies import train
 from conftest import LEARNABLE, make_rows, served_in_thread
 
@@ -289,6 +289,19 @@ def test_bag_logits_match_the_padded_forward(hidden: int, path: str) -> None:
     else:
         assert not model._plain_cpu_inference()  # gradients on: the torch path
         check_bag_logits(model, inference=False)
+    if path == "numpy":  # a large batch is faster in torch: numpy's share ends at NUMPY_MAX_TEXTS texts
+        sizes: list[int] = []
+
+        def counted(ids: list[list[int]]) -> np.ndarray:
+            sizes.append(len(ids))
+            return np.zeros((len(ids), 3), dtype=np.float32)
+
+        model._numpy_logits = counted  # type: ignore[method-assign]
+        with torch.inference_mode():
+            model.bag_logits([[1]] * NUMPY_MAX_TEXTS)
+            model.bag_logits([[1]] * (NUMPY_MAX_TEXTS + 1))
+        del model._numpy_logits
+        assert sizes == [NUMPY_MAX_TEXTS]
     hook = model.head[-1].register_forward_hook(lambda *_: None)  # an out-of-scope detector's tap needs torch
     with torch.inference_mode():
         assert not model._plain_cpu_inference()
