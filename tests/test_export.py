@@ -799,6 +799,13 @@ def test_the_rows_an_int8_export_chooses_on_are_evenly_spread_and_never_the_chec
     assert len(parity_examples(run_dir, model_dir, file, info, 60, rest=60)) == 40
     few = parity_examples(run_dir, model_dir, file, info, 10, rest=50)  # more rows to choose on than to check
     assert len(few) == 50 and not set(few.texts) & set(parity_examples(run_dir, model_dir, file, info, 10).texts)
+    # a repeated text is the judged text wherever it stands in the file
+    repeated = tmp_path / "repeated.csv"
+    texts = [f"text number {i % 50}" for i in range(100)]  # rows 50-99 repeat rows 0-49
+    pd.DataFrame({"text": texts, "label": ["pos", "neg"] * 50}).to_csv(repeated, index=False)
+    judged = set(parity_examples(run_dir, model_dir, repeated, info, 20).texts)
+    chosen = parity_examples(run_dir, model_dir, repeated, info, 20, rest=100)
+    assert len(chosen) == 100 - 2 * len(judged) and not judged & set(chosen.texts)
 
 
 def _graph_fp32_products(output: Path) -> set[str]:

@@ -69,7 +69,8 @@ def parity_examples(
 ) -> TextData:
     """Up to `sample` examples evenly spread over `data` (labelled or not) or over the run's validation split; with
     `rest`, instead up to `rest` examples evenly spread over the rows that sample leaves out (none if it takes them
-    all), to choose with while the sample itself judges."""
+    all), to choose with while the sample itself judges. A row repeating a sampled row's text (and pair) is not left
+    out: a choice made on it would be a choice made on the judged text."""
     if sample < 1:
         raise AdaptextError(f"--sample must be at least 1, got {sample}")
     from adaptext.core.config import DataConfig, load_config
@@ -98,7 +99,9 @@ def parity_examples(
         raise AdaptextError("no examples to check on")
     idx = _evenly_spread(len(examples), sample)
     if rest:
-        left = sorted(set(range(len(examples))) - set(idx))
+        pairs: list[str | None] = list(examples.pairs) if examples.pairs is not None else [None] * len(examples)
+        judged = {(examples.texts[i], pairs[i]) for i in idx}
+        left = [i for i in range(len(examples)) if (examples.texts[i], pairs[i]) not in judged]
         idx = [left[i] for i in _evenly_spread(len(left), rest)]
     return TextData(
         texts=[examples.texts[i] for i in idx],
