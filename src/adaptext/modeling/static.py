@@ -38,8 +38,9 @@ WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "model2vec"  # what model2vec's loader expects in config.json
 EMBEDDINGS = "embeddings"  # the table's name in model.safetensors, model2vec's
 SQRT_HALF = np.float32(np.sqrt(0.5))
-# The most texts `bag_logits` computes in numpy. Texts/s of the BANKING77 student by batch size, numpy against torch
-# (one process, alternating, medians of 6-8 passes): 1 text 1.58x, 2 1.24x, 4 1.08x, 8 0.82x, 64 0.74x.
+# The most texts `bag_logits` computes in numpy. Texts/s by batch size, numpy against torch, medians of alternated
+# passes (bench/predict_paths.py): BANKING77's student 1.55x for 1 text, 1.13x for 2, 1.25x for 4, 1.06x for 8,
+# 0.80x for 64 (a scratch run before it: 1.58x, 1.24x, 1.08x, 0.82x, 0.74x); SST-2's 1.52x, 1.22x, 1.45x, 1.39x, 1.10x.
 NUMPY_MAX_TEXTS = 4
 
 
