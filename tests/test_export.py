@@ -606,6 +606,36 @@ def test_the_int8_form_chosen_on_other_examples_is_judged_by_the_check_and_the_s
     assert [len(kept) for kept in written[2 + len(names) :]] == [4, 2, 1, 2, 5, 3]
 
 
+def test_when_no_int8_form_passes_on_the_choosing_examples_fewer_products_are_tried_on_the_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same eight products: the choosing examples fail every form tried (seven in fp32 at most), the check's
+    examples pass once p0 and p1 stay in fp32. Seven pass the check, so the bisection goes on below them, judged by
+    the check, and ends at two; a check that only seven pass leaves seven at the target."""
+    names = [f"p{i}" for i in range(8)]
+    written: list[list[str]] = []
+
+    def quantize(source: Path, target: Path, fp32_products: Any = ()) -> list[str]:
+        written.append(list(fp32_products))
+        return ["head", *fp32_products]
+
+    def checker(needed: int) -> Callable[[list[str]], export_module.ExportCheck]:
+        def check(kept: list[str]) -> export_module.ExportCheck:
+            quantized = [i for i, name in enumerate(names) if name not in written[-1]]
+            agreement = 1.0 if all(i >= needed for i in quantized) else 0.95
+            return int8_check(kept, agreement, float(sum(len(names) - i for i in quantized)))
+
+        return check
+
+    monkeypatch.setattr(export_module, "_product_sizes", lambda source: dict.fromkeys(names, 1))
+    monkeypatch.setattr(export_module, "_quantize_int8", quantize)
+    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker(2), checker(99))
+    assert check.passed and check.fp32_nodes == ["head", "p0", "p1"] and written[-1] == ["p0", "p1"]
+    written.clear()
+    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker(7), checker(99))
+    assert check.passed and check.fp32_nodes == ["head", *names[:7]] and written[-1] == names[:7]
+
+
 def test_product_kinds_name_each_encoder_product_and_the_head(exports: Any) -> None:
     import onnx
 

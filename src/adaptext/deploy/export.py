@@ -305,7 +305,8 @@ def _int8_that_passes(
     and a bisection finds the shortest head of that ranking that passes on the `choose` examples (more products in
     fp32 means fewer differences, so passing is close to monotone in the length); keeping every product but one is
     the most it tries. That form is then judged on the check's examples; if it fails there, the bisection goes on
-    above it, judged by the check. On a weak model this keeps about a third of the compute in fp32 or less, where
+    above it, judged by the check (and when no form passed on the `choose` examples but the most kept in fp32 passes
+    the check, below it). On a weak model this keeps about a third of the compute in fp32 or less, where
     keeping every feed-forward product kept two thirds (docs/benchmarks.md, "int8").
     """
     check = judge(_quantize_int8(source, target))
@@ -346,9 +347,17 @@ def _int8_that_passes(
     # products in fp32 tried (its check's numbers are then what the user is told).
     check = judge(chosen.fp32_nodes)
     logger.info("the chosen int8 form on the check's examples: %s", check.describe())
-    if check.passed or not chosen.passed:
+    if check.passed == chosen.passed:  # passed on both, or the most kept in fp32 fails both
         return check
-    return shortest(sum(name in products for name in chosen.fp32_nodes), len(order), judge)
+    kept = sum(name in products for name in chosen.fp32_nodes)
+    if chosen.passed:  # fails the check: more products in fp32, judged by the check
+        return shortest(kept, len(order), judge)
+    # Nothing passed on the choosing examples, yet the most kept in fp32 passes the check: fewer may pass it too.
+    fewer = shortest(0, kept, judge)
+    if fewer.passed:
+        return fewer
+    _quantize_int8(source, target, order[:kept])  # the form that passed, back at the target
+    return check
 
 
 def _quantize_int8(source: Path, target: Path, fp32_products: Collection[str] = ()) -> list[str]:
