@@ -114,7 +114,9 @@ def test_plugin_trains_saves_and_loads_back(
 
     classify = pipeline("text-classification", model=str(run / "model"), top_k=None, device="cpu")
     theirs = np.array([[{d["label"]: d["score"] for d in row}[name] for name in LABELS] for row in classify(texts)])
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    # Predictor pads a batch, the pipeline runs each text alone: the tolerance of test_predict's padded-batch tests
+    # (on an AVX2 machine padding moved a probability by 1.05e-5)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     assert np.allclose(ours.sum(axis=1), 1.0)
 
 
