@@ -577,12 +577,11 @@ def int8_check(kept: list[str], agreement: float, mean_abs_diff: float) -> expor
     )
 
 
-def test_the_int8_form_chosen_on_other_examples_is_judged_by_the_check_and_the_search_goes_on_when_it_fails(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Eight products of equal size, p0 the most sensitive: the choosing examples pass once p0 and p1 stay in fp32,
-    the check's examples need p2 as well. The chosen form (two) fails the check, so the bisection goes on above it,
-    judged by the check, and ends at three, the form left at the target."""
+def fake_int8_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[str], list[list[str]], Callable[[int], Callable[[list[str]], export_module.ExportCheck]]]:
+    """Eight encoder products of equal size, p0 the most sensitive, and a quantizer that only records what it keeps
+    in fp32 (`written`); `checker(needed)` passes the model at the target once p0 .. p(needed-1) are in fp32."""
     names = [f"p{i}" for i in range(8)]
     written: list[list[str]] = []
 
@@ -600,6 +599,16 @@ def test_the_int8_form_chosen_on_other_examples_is_judged_by_the_check_and_the_s
 
     monkeypatch.setattr(export_module, "_product_sizes", lambda source: dict.fromkeys(names, 1))
     monkeypatch.setattr(export_module, "_quantize_int8", quantize)
+    return names, written, checker
+
+
+def test_the_int8_form_chosen_on_other_examples_is_judged_by_the_check_and_the_search_goes_on_when_it_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Eight products of equal size, p0 the most sensitive: the choosing examples pass once p0 and p1 stay in fp32,
+    the check's examples need p2 as well. The chosen form (two) fails the check, so the bisection goes on above it,
+    judged by the check, and ends at three, the form left at the target."""
+    names, written, checker = fake_int8_search(monkeypatch)
     check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker(3), checker(2))
     assert check.passed and check.fp32_nodes == ["head", "p0", "p1", "p2"]
     assert written[-1] == ["p0", "p1", "p2"]
@@ -612,23 +621,7 @@ def test_when_no_int8_form_passes_on_the_choosing_examples_fewer_products_are_tr
     """The same eight products: the choosing examples fail every form tried (seven in fp32 at most), the check's
     examples pass once p0 and p1 stay in fp32. Seven pass the check, so the bisection goes on below them, judged by
     the check, and ends at two; a check that only seven pass leaves seven at the target."""
-    names = [f"p{i}" for i in range(8)]
-    written: list[list[str]] = []
-
-    def quantize(source: Path, target: Path, fp32_products: Any = ()) -> list[str]:
-        written.append(list(fp32_products))
-        return ["head", *fp32_products]
-
-    def checker(needed: int) -> Callable[[list[str]], export_module.ExportCheck]:
-        def check(kept: list[str]) -> export_module.ExportCheck:
-            quantized = [i for i, name in enumerate(names) if name not in written[-1]]
-            agreement = 1.0 if all(i >= needed for i in quantized) else 0.95
-            return int8_check(kept, agreement, float(sum(len(names) - i for i in quantized)))
-
-        return check
-
-    monkeypatch.setattr(export_module, "_product_sizes", lambda source: dict.fromkeys(names, 1))
-    monkeypatch.setattr(export_module, "_quantize_int8", quantize)
+    names, written, checker = fake_int8_search(monkeypatch)
     check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker(2), checker(99))
     assert check.passed and check.fp32_nodes == ["head", "p0", "p1"] and written[-1] == ["p0", "p1"]
     written.clear()
