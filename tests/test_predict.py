@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -309,3 +310,15 @@ def test_predictor_tokenizes_directly_and_follows_max_length(predictor: Predicto
     finally:
         predictor.max_length = saved
     np.testing.assert_allclose(predictor.predict_logits(TEXTS), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_predictor_checks_a_replaced_tokenizer_again(predictor: Predictor) -> None:
+    first = predictor.direct_encoder()
+    saved = predictor.tokenizer
+    try:
+        predictor.tokenizer = copy.deepcopy(saved)
+        again = predictor.direct_encoder()
+        assert again is not None and again is not first
+        assert predictor.direct_encoder() is again  # kept while the tokenizer and max_length stay
+    finally:
+        predictor.tokenizer = saved

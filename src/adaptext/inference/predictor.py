@@ -84,8 +84,9 @@ class Predictor:
         self.task = task_of_problem_type(model.config.problem_type)
         pad_id = tokenizer.pad_token_id
         self._collate = Collator(pad_token_id=0 if pad_id is None else pad_id)
-        # The tokenizer's encoder called directly, per (tokenizer, max_length) it was checked for (None: not usable).
-        self._direct: tuple[int, int, DirectEncoder | None] | None = None
+        # The tokenizer's encoder called directly, with the tokenizer and max_length it was checked for (None: not
+        # usable). The tokenizer itself is held, not its id: a replaced tokenizer's id can be reused by a new one.
+        self._direct: tuple[PreTrainedTokenizerBase, int, DirectEncoder | None] | None = None
 
     @property
     def multi_label(self) -> bool:
@@ -262,10 +263,11 @@ class Predictor:
     def direct_encoder(self) -> DirectEncoder | None:
         """The tokenizer's encoder called directly, checked against the tokenizer at the current `max_length`;
         None where it gives other ids (the tokenizer's own call is used then)."""
-        key = (id(self.tokenizer), self.max_length)
-        if self._direct is None or self._direct[:2] != key:
-            self._direct = (*key, DirectEncoder.for_tokenizer(self.tokenizer, self.max_length))
-        return self._direct[2]
+        cached = self._direct
+        if cached is None or cached[0] is not self.tokenizer or cached[1] != self.max_length:
+            cached = (self.tokenizer, self.max_length, DirectEncoder.for_tokenizer(self.tokenizer, self.max_length))
+            self._direct = cached
+        return cached[2]
 
     def predict_proba(
         self,
