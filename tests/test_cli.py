@@ -249,6 +249,7 @@ def test_predict_command(
     assert set(frame["label"]) <= set(LABELS)
 
 
+@pytest.mark.freezes_heap
 def test_predict_command_exempts_the_loaded_objects_from_collection(
     cli_run: dict[str, Any], input_file: Path, tmp_path: Path
 ) -> None:

@@ -91,6 +91,7 @@ def test_ray_engine_resumes_a_local_run_multi_label(
     assert_same_predictions(read_output(remote), read_output(local), lists=True)  # 100 rows local, 100 from Ray
 
 
+@pytest.mark.freezes_heap
 def test_a_ray_worker_exempts_its_loaded_model_from_garbage_collection(model_dirs: dict[str, Path]) -> None:
     """The actor class, built in this process as a worker builds it: after loading, the model and libraries are
     frozen out of the collector (`gc.freeze`), and it still predicts."""
