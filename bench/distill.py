@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--sst2-unlabelled", type=int, default=20000, help="SST-2 sentences given as unlabelled")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--context", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--augment", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=2.0)
@@ -168,6 +169,7 @@ def main() -> None:
     settings = StudentSettings(
         dim=args.dim,
         hidden=args.hidden,
+        context=args.context,
         epochs=args.epochs,
         augment=args.augment,
         temperature=args.temperature,

@@ -276,12 +276,22 @@ def test_initial_table_falls_back_where_model2vec_cannot_read_the_teacher(
     assert "starts random" in caplog.text
 
 
+def static_model(context_window: int = 0, **config: Any) -> StaticClassifier:
+    """A random static classifier in eval mode; its context table (when it has one) random too, not zeros."""
+    torch.manual_seed(0)
+    defaults: dict[str, Any] = {"vocab_size": 50, "dim": 8, "id2label": {0: "x", 1: "y", 2: "z"}}
+    model = StaticClassifier(StaticConfig(**(defaults | config), context_window=context_window)).eval()
+    if model.context is not None:
+        with torch.no_grad():
+            model.context.weight.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("context", [0, 2])
 @pytest.mark.parametrize("hidden", [6, 0])
 @pytest.mark.parametrize("path", ["torch", "numpy"])
-def test_bag_logits_match_the_padded_forward(hidden: int, path: str) -> None:
-    torch.manual_seed(0)
-    config = StaticConfig(vocab_size=50, dim=8, id2label={0: "x", 1: "y", 2: "z"}, hidden=hidden)
-    model = StaticClassifier(config).eval()
+def test_bag_logits_match_the_padded_forward(hidden: int, path: str, context: int) -> None:
+    model = static_model(context, hidden=hidden)
     if path == "numpy":  # what Predictor gets: inference mode on the CPU, no hooks
         with torch.inference_mode():
             assert model._plain_cpu_inference()
@@ -337,5 +347,40 @@ def check_bag_logits(model: StaticClassifier, *, inference: bool) -> None:
         torch.testing.assert_close(model.bag_logits(rows[::-1]), padded.flip(0), rtol=1e-5, atol=1e-6)
         empty = model(input_ids=torch.zeros(1, 2, dtype=torch.long), attention_mask=torch.zeros(1, 2)).logits
         torch.testing.assert_close(model.bag_logits([[], [5]])[:1], empty.detach(), rtol=1e-5, atol=1e-6)
-        # the same tokens in another order are the same bag
-        torch.testing.assert_close(model.bag_logits([rows[0]]), model.bag_logits([[2, 9, 7, 3]]))
+        # the same tokens in another order are the same bag, unless each token's neighbours change it
+        swapped = model.bag_logits([[2, 9, 7, 3]])
+        assert torch.allclose(model.bag_logits([rows[0]]), swapped) is (model.context is None)
+        # padding on the left gives what padding on the right gives: it scales no token
+        left = torch.tensor([[0] * (width - len(row)) + row for row in rows])
+        left_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+        torch.testing.assert_close(model(input_ids=left, attention_mask=left_mask).logits.detach(), padded)
+
+
+@pytest.mark.parametrize("path", ["torch", "numpy"])
+def test_the_context_table_scales_each_token_by_the_tokens_before_it(path: str) -> None:
+    model = static_model(2, hidden=0)
+    table, context = model.embeddings.weight.detach(), model.context.weight.detach()  # type: ignore[union-attr]
+    row = [4, 9, 7, 1]
+    scale = [1 + 0 * context[4], 1 + context[4], 1 + context[4] + context[9], 1 + context[9] + context[7]]
+    mean = sum(table[token] * s for token, s in zip(row, scale, strict=True)) / len(row)
+    expected = model.head(mean[None]).detach()
+    with torch.inference_mode(path == "numpy"):
+        assert model._plain_cpu_inference() is (path == "numpy")
+        torch.testing.assert_close(model.bag_logits([row]), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.bag_logits([row] * (NUMPY_MAX_TEXTS + 1))[:1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_static_classifier_with_context_round_trips_and_an_older_folder_loads_as_a_bag(tmp_path: Path) -> None:
+    model = static_model(3, hidden=5)
+    model.save(tmp_path / "context")
+    again = StaticClassifier.load(tmp_path / "context").eval()
+    assert again.config.context_window == 3 and again.context is not None
+    assert torch.equal(again.context.weight, model.context.weight)  # type: ignore[union-attr]
+    with torch.inference_mode():
+        torch.testing.assert_close(again.bag_logits([[1, 2, 3]]), model.bag_logits([[1, 2, 3]]))
+    plain = static_model(0, hidden=5)
+    plain.save(tmp_path / "plain")
+    raw = json.loads((tmp_path / "plain" / "config.json").read_text(encoding="utf-8"))
+    del raw["context_window"]  # a folder written before the context table existed
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(raw), encoding="utf-8")
+    assert StaticClassifier.load(tmp_path / "plain").context is None

@@ -24,6 +24,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--epochs", type=int, default=10, help="passes over the distillation texts (default 10)")
     p.add_argument(
+        "--context",
+        type=int,
+        default=3,
+        help="preceding tokens that scale each token's embedding, so word order such as negation counts; 0 for a "
+        "plain bag of tokens (default 3)",
+    )
+    p.add_argument(
         "--augment",
         type=int,
         default=2,
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     settings = StudentSettings(
         dim=args.dim,
         hidden=args.hidden,
+        context=args.context,
         epochs=args.epochs,
         augment=args.augment,
         temperature=args.temperature,

@@ -66,8 +66,8 @@ def distill_model(
     settings = settings or StudentSettings()
     if settings.init not in INITS:
         raise AdaptextError(f"init {settings.init!r} is not one of {', '.join(INITS)}")
-    if settings.dim < 1 or settings.epochs < 1 or settings.augment < 0:
-        raise AdaptextError("dim and epochs must be at least 1 and augment at least 0")
+    if settings.dim < 1 or settings.epochs < 1 or settings.augment < 0 or settings.context < 0:
+        raise AdaptextError("dim and epochs must be at least 1, augment and context at least 0")
     started = time.perf_counter()
     teacher_path = expand(teacher_path)
     unlabelled = expand(unlabelled) if unlabelled is not None else None

@@ -37,6 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "model2vec"  # what model2vec's loader expects in config.json
 EMBEDDINGS = "embeddings"  # the table's name in model.safetensors, model2vec's
+CONTEXT = "context"  # the context table's name in model.safetensors (model2vec does not read it)
 SQRT_HALF = np.float32(np.sqrt(0.5))
 # The most texts `bag_logits` computes in numpy. Texts/s by batch size, numpy against torch, medians of alternated
 # passes (bench/predict_paths.py): BANKING77's student 1.55x for 1 text, 1.13x for 2, 1.25x for 4, 1.06x for 8,
@@ -55,6 +56,9 @@ class StaticConfig:
         hidden: Width of the head's hidden layer; 0 for a linear head on the averaged embedding.
         problem_type: transformers' `problem_type` (`single_label_classification` or `multi_label_classification`).
         dropout: Dropout on the averaged embedding while training.
+        context_window: How many preceding tokens change each token's embedding before the mean: a token's vector
+            is scaled elementwise by 1 plus the sum of the `context` rows of the tokens before it (so "not" can turn
+            the sign of "good"'s directions). 0 is the plain bag of tokens that model2vec reads.
     """
 
     vocab_size: int
@@ -63,6 +67,7 @@ class StaticConfig:
     hidden: int = 0
     problem_type: str = "single_label_classification"
     dropout: float = 0.1
+    context_window: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # written to config.json as they are (teacher, ...)
 
     @property
@@ -102,6 +107,7 @@ class StaticConfig:
             hidden=int(raw.get("hidden", 0)),
             problem_type=str(raw.get("problem_type") or "single_label_classification"),
             dropout=float(raw.get("dropout", 0.1)),
+            context_window=int(raw.get("context_window", 0)),
             extra={k: v for k, v in raw.items() if k not in written and k not in cls.__dataclass_fields__},
         )
 
@@ -122,14 +128,29 @@ def is_static_folder(folder: Path) -> bool:
     return isinstance(raw, dict) and raw.get("adaptext_static") is True
 
 
+# _numpy_weights' cache: the parameters' storage pointers, the table, the context table or None, and per head layer
+# its (weight transposed, bias) or None for the GELU
+NumpyWeights = tuple[Any, np.ndarray, np.ndarray | None, list[tuple[np.ndarray, np.ndarray] | None]]
+
+
 class StaticClassifier(nn.Module):
-    """Mean of the token embeddings (padding excluded), then a linear or one-hidden-layer head."""
+    """Mean of the token embeddings (padding excluded), then a linear or one-hidden-layer head.
+
+    With `config.context_window` w > 0 a second table, `context` (vocab, dim, zeros at first), lets the w tokens
+    before each token scale it: vector(t) = embeddings[t] * (1 + sum of context[t - k] for k = 1..w), then the mean.
+    It costs one more row look-up per token, and it is where a bag of tokens learns negation: without it, "not good"
+    and "good, not bad" are the same bag.
+    """
 
     def __init__(self, config: StaticConfig) -> None:
         super().__init__()
         self.config = config
         # mode="sum" with per-token weights 1/length: the masked mean in one fused kernel.
         self.embeddings = nn.EmbeddingBag(config.vocab_size, config.dim, mode="sum")
+        self.context: nn.Embedding | None = None
+        if config.context_window > 0:
+            self.context = nn.Embedding(config.vocab_size, config.dim)
+            nn.init.zeros_(self.context.weight)  # a new student starts as the plain bag of tokens
         self.dropout = nn.Dropout(config.dropout)
         layers: list[nn.Module] = []
         if config.hidden:
@@ -137,7 +158,7 @@ class StaticClassifier(nn.Module):
         layers.append(nn.Linear(config.hidden or config.dim, config.num_labels))
         self.head = nn.Sequential(*layers)
         # numpy views of the weights for bag_logits, keyed by the parameters' storage (_numpy_weights)
-        self._numpy_cache: tuple[Any, np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]] | None = None
+        self._numpy_cache: NumpyWeights | None = None
 
     @property
     def device(self) -> torch.device:
@@ -147,7 +168,15 @@ class StaticClassifier(nn.Module):
         """The mean embedding of each text: (batch, tokens) -> (batch, dim)."""
         mask = torch.ones_like(input_ids, dtype=torch.float32) if attention_mask is None else attention_mask.float()
         weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return self.embeddings(input_ids, per_sample_weights=weights)
+        if self.context is None:
+            return self.embeddings(input_ids, per_sample_weights=weights)
+        vectors = F.embedding(input_ids, self.embeddings.weight, sparse=self.embeddings.sparse)
+        # padding (left or right) adds nothing to its neighbours' scale
+        rows = self.context(input_ids) * mask[..., None]
+        scale = torch.ones_like(vectors)
+        for k in range(1, min(self.config.context_window, input_ids.shape[1] - 1) + 1):
+            scale[:, k:] += rows[:, :-k]
+        return torch.einsum("btd,bt->bd", vectors * scale, weights)
 
     def forward(
         self,
@@ -169,6 +198,15 @@ class StaticClassifier(nn.Module):
         """
         if len(ids) <= NUMPY_MAX_TEXTS and self._plain_cpu_inference():
             return torch.from_numpy(self._numpy_logits(ids))
+        if self.context is not None:  # each token's vector depends on its neighbours: the padded forward
+            width = max((len(row) for row in ids), default=0)
+            input_ids = torch.zeros(len(ids), max(width, 1), dtype=torch.long)
+            mask = torch.zeros(len(ids), max(width, 1), dtype=torch.float32)
+            for i, row in enumerate(ids):
+                input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+                mask[i, : len(row)] = 1.0
+            pooled = self.pooled(input_ids.to(self.device), mask.to(self.device))
+            return self.head(self.dropout(pooled))
         flat = torch.tensor([token for row in ids for token in row], dtype=torch.long, device=self.device)
         starts = torch.tensor([0, *accumulate(len(row) for row in ids)][:-1], dtype=torch.long, device=self.device)
         # mode="mean" divides each text's sum by its own length: the masked mean of `pooled`
@@ -185,6 +223,8 @@ class StaticClassifier(nn.Module):
         if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
             return False
         modules = (self, self.embeddings, self.dropout, self.head, *self.head)
+        if self.context is not None:
+            modules += (self.context,)
         if any(m._forward_hooks or m._forward_pre_hooks for m in modules):
             return False
         return all(
@@ -192,10 +232,11 @@ class StaticClassifier(nn.Module):
             for layer in self.head
         )
 
-    def _numpy_weights(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]]:
-        """The table, and per head layer its (weight transposed, bias) or None for the GELU: numpy views of the
-        parameters' memory, so they follow in-place changes; made again when a parameter's storage is replaced."""
-        key = tuple(param.data_ptr() for param in (self.embeddings.weight, *self.head.parameters()))
+    def _numpy_weights(self) -> NumpyWeights:
+        """The table, the context table (or None), and per head layer its (weight transposed, bias) or None for the
+        GELU: numpy views of the parameters' memory, so they follow in-place changes; made again when a parameter's
+        storage is replaced."""
+        key = tuple(param.data_ptr() for param in self.parameters())
         if self._numpy_cache is None or self._numpy_cache[0] != key:
             layers: list[tuple[np.ndarray, np.ndarray] | None] = []
             for layer in self.head:
@@ -204,12 +245,16 @@ class StaticClassifier(nn.Module):
                     layers.append((layer.weight.detach().numpy().T, layer.bias.detach().numpy()))
                 else:
                     layers.append(None)
-            self._numpy_cache = (key, self.embeddings.weight.detach().numpy(), layers)
-        return self._numpy_cache[1], self._numpy_cache[2]
+            context = self.context.weight.detach().numpy() if self.context is not None else None
+            self._numpy_cache = (key, self.embeddings.weight.detach().numpy(), context, layers)
+        return self._numpy_cache
 
     def _numpy_logits(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """`bag_logits` in numpy: the rows of the table averaged per text, then the head's layers."""
-        table, layers = self._numpy_weights()
+        _, table, context, layers = self._numpy_weights()
+        if context is not None:
+            x = np.stack([self._numpy_context_mean(row, table, context) for row in ids])
+            return self._numpy_head(x, layers)
         lengths = np.array([len(row) for row in ids], dtype=np.int64)
         flat = np.array([token for row in ids for token in row], dtype=np.int64)
         filled = lengths > 0
@@ -221,6 +266,21 @@ class StaticClassifier(nn.Module):
             if filled.any():
                 sums = np.add.reduceat(table[flat], starts[filled], axis=0)
                 x[filled] = sums / lengths[filled, None].astype(np.float32)
+        return self._numpy_head(x, layers)
+
+    def _numpy_context_mean(self, row: Sequence[int], table: np.ndarray, context: np.ndarray) -> np.ndarray:
+        # `pooled` with the context table, for one text; a text without tokens pools to zeros
+        if not row:
+            return np.zeros(table.shape[1], dtype=np.float32)
+        tokens = np.asarray(row, dtype=np.int64)
+        rows = context[tokens]
+        scale = np.ones_like(rows)
+        for k in range(1, min(self.config.context_window, len(tokens) - 1) + 1):
+            scale[k:] += rows[:-k]
+        return (table[tokens] * scale).sum(axis=0) / np.float32(len(tokens))
+
+    @staticmethod
+    def _numpy_head(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray] | None]) -> np.ndarray:
         for linear in layers:  # a linear layer's (weight, bias), or None for the exact GELU: x * Phi(x)
             x = x @ linear[0] + linear[1] if linear is not None else 0.5 * x * (1.0 + special.erf(x * SQRT_HALF))
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -229,6 +289,8 @@ class StaticClassifier(nn.Module):
         """Write `config.json` and `model.safetensors` (the table as `embeddings`) into `folder`."""
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {EMBEDDINGS: self.embeddings.weight.detach().cpu().contiguous()}
+        if self.context is not None:
+            tensors[CONTEXT] = self.context.weight.detach().cpu().contiguous()
         tensors |= {f"head.{name}": value.detach().cpu().contiguous() for name, value in self.head.state_dict().items()}
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         text = json.dumps(self.config.to_json(), indent=2, ensure_ascii=False) + "\n"
@@ -246,6 +308,8 @@ class StaticClassifier(nn.Module):
         head = {name.removeprefix("head."): value for name, value in tensors.items() if name.startswith("head.")}
         try:
             model.embeddings.weight.data.copy_(tensors[EMBEDDINGS])
+            if model.context is not None:
+                model.context.weight.data.copy_(tensors[CONTEXT])
             model.head.load_state_dict(head)
         except (KeyError, RuntimeError) as error:
             raise ValueError(f"{folder / WEIGHTS_FILE}: weights do not fit the config ({error})") from None
