@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--context", type=int, default=3)
+    parser.add_argument("--pooling", default="mean+max")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--augment", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=2.0)
@@ -170,6 +171,7 @@ def main() -> None:
         dim=args.dim,
         hidden=args.hidden,
         context=args.context,
+        pooling=args.pooling,
         epochs=args.epochs,
         augment=args.augment,
         temperature=args.temperature,

@@ -287,11 +287,11 @@ def static_model(context_window: int = 0, **config: Any) -> StaticClassifier:
     return model
 
 
-@pytest.mark.parametrize("context", [0, 2])
+@pytest.mark.parametrize(("context", "pooling"), [(0, "mean"), (2, "mean"), (0, "mean+max"), (2, "mean+max")])
 @pytest.mark.parametrize("hidden", [6, 0])
 @pytest.mark.parametrize("path", ["torch", "numpy"])
-def test_bag_logits_match_the_padded_forward(hidden: int, path: str, context: int) -> None:
-    model = static_model(context, hidden=hidden)
+def test_bag_logits_match_the_padded_forward(hidden: int, path: str, context: int, pooling: str) -> None:
+    model = static_model(context, hidden=hidden, pooling=pooling)
     if path == "numpy":  # what Predictor gets: inference mode on the CPU, no hooks
         with torch.inference_mode():
             assert model._plain_cpu_inference()
@@ -356,14 +356,18 @@ def check_bag_logits(model: StaticClassifier, *, inference: bool) -> None:
         torch.testing.assert_close(model(input_ids=left, attention_mask=left_mask).logits.detach(), padded)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "mean+max"])
 @pytest.mark.parametrize("path", ["torch", "numpy"])
-def test_the_context_table_scales_each_token_by_the_tokens_before_it(path: str) -> None:
-    model = static_model(2, hidden=0)
+def test_the_context_table_scales_each_token_by_the_tokens_before_it(path: str, pooling: str) -> None:
+    model = static_model(2, hidden=0, pooling=pooling)
     table, context = model.embeddings.weight.detach(), model.context.weight.detach()  # type: ignore[union-attr]
     row = [4, 9, 7, 1]
     scale = [1 + 0 * context[4], 1 + context[4], 1 + context[4] + context[9], 1 + context[9] + context[7]]
-    mean = sum(table[token] * s for token, s in zip(row, scale, strict=True)) / len(row)
-    expected = model.head(mean[None]).detach()
+    vectors = torch.stack([table[token] * s for token, s in zip(row, scale, strict=True)])
+    pooled = vectors.mean(dim=0)
+    if pooling == "mean+max":
+        pooled = torch.cat([pooled, vectors.max(dim=0).values])
+    expected = model.head(pooled[None]).detach()
     with torch.inference_mode(path == "numpy"):
         assert model._plain_cpu_inference() is (path == "numpy")
         torch.testing.assert_close(model.bag_logits([row]), expected, rtol=1e-5, atol=1e-6)
@@ -371,16 +375,19 @@ def test_the_context_table_scales_each_token_by_the_tokens_before_it(path: str) 
 
 
 def test_a_static_classifier_with_context_round_trips_and_an_older_folder_loads_as_a_bag(tmp_path: Path) -> None:
-    model = static_model(3, hidden=5)
+    model = static_model(3, hidden=5, pooling="mean+max")
     model.save(tmp_path / "context")
     again = StaticClassifier.load(tmp_path / "context").eval()
-    assert again.config.context_window == 3 and again.context is not None
+    assert again.config == model.config and again.context is not None
     assert torch.equal(again.context.weight, model.context.weight)  # type: ignore[union-attr]
     with torch.inference_mode():
         torch.testing.assert_close(again.bag_logits([[1, 2, 3]]), model.bag_logits([[1, 2, 3]]))
     plain = static_model(0, hidden=5)
     plain.save(tmp_path / "plain")
     raw = json.loads((tmp_path / "plain" / "config.json").read_text(encoding="utf-8"))
-    del raw["context_window"]  # a folder written before the context table existed
+    del raw["context_window"], raw["pooling"]  # a folder written before the context table and the maximum
     (tmp_path / "plain" / "config.json").write_text(json.dumps(raw), encoding="utf-8")
-    assert StaticClassifier.load(tmp_path / "plain").context is None
+    older = StaticClassifier.load(tmp_path / "plain")
+    assert older.context is None and older.plain_bag
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        static_model(0, pooling="max")

@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "plain bag of tokens (default 3)",
     )
     p.add_argument(
+        "--pooling",
+        choices=["mean+max", "mean"],
+        default="mean+max",
+        help="what the head reads: the tokens' mean and elementwise maximum side by side (default), or the mean",
+    )
+    p.add_argument(
         "--augment",
         type=int,
         default=2,
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         dim=args.dim,
         hidden=args.hidden,
         context=args.context,
+        pooling=args.pooling,
         epochs=args.epochs,
         augment=args.augment,
         temperature=args.temperature,

@@ -37,6 +37,7 @@ from adaptext.distill.student import (
 from adaptext.distill.texts import augment, unique
 from adaptext.evaluation.metrics import evaluate_data
 from adaptext.inference.predictor import Predictor
+from adaptext.modeling.static import POOLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ def distill_model(
     {'validation': 0.97}
     """
     settings = settings or StudentSettings()
+    if settings.pooling not in POOLINGS:
+        raise AdaptextError(f"pooling {settings.pooling!r} is not one of {', '.join(POOLINGS)}")
     if settings.init not in INITS:
         raise AdaptextError(f"init {settings.init!r} is not one of {', '.join(INITS)}")
     if settings.dim < 1 or settings.epochs < 1 or settings.augment < 0 or settings.context < 0:

@@ -36,6 +36,9 @@ class StudentSettings:
             plain bag of tokens. 3 by default: on SST-2 dev it scored 0.8177, 0.8188 and 0.8188 (seeds 0-2) against
             0.8028, 0.7856 and 0.7936 without, and on BANKING77's held-out 20% 0.9189 and 0.9229 (seeds 0-1) against
             0.9149 and 0.9164 (docs/distill.md).
+        pooling: `mean+max` (the tokens' mean and elementwise maximum) or `mean`. With the context table, on
+            SST-2 dev `mean+max` scored 0.8291 and 0.8234 (seeds 0-1) against `mean`'s 0.8177 and 0.8188, on
+            BANKING77 0.9229 against 0.9189 (seed 0); without the context table, 0.8050 against 0.8028 on SST-2.
         epochs: Passes over the distillation texts.
         batch_size: Texts per optimizer step.
         learning_rate: AdamW's learning rate for the table and the head.
@@ -51,6 +54,7 @@ class StudentSettings:
     dim: int = 256
     hidden: int = 512
     context: int = 3
+    pooling: str = "mean+max"
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 5e-3
@@ -138,6 +142,7 @@ def build_student(
         hidden=settings.hidden,
         problem_type=problem_type,
         context_window=settings.context,
+        pooling=settings.pooling,
         extra=extra,
     )
     student = StaticClassifier(config)

@@ -37,6 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "model2vec"  # what model2vec's loader expects in config.json
 EMBEDDINGS = "embeddings"  # the table's name in model.safetensors, model2vec's
+POOLINGS = ("mean", "mean+max")
 CONTEXT = "context"  # the context table's name in model.safetensors (model2vec does not read it)
 SQRT_HALF = np.float32(np.sqrt(0.5))
 # The most texts `bag_logits` computes in numpy. Texts/s by batch size, numpy against torch, medians of alternated
@@ -59,6 +60,8 @@ class StaticConfig:
         context_window: How many preceding tokens change each token's embedding before the mean: a token's vector
             is scaled elementwise by 1 plus the sum of the `context` rows of the tokens before it (so "not" can turn
             the sign of "good"'s directions). 0 is the plain bag of tokens that model2vec reads.
+        pooling: `mean` (the tokens' mean vector) or `mean+max` (the mean and the elementwise maximum over the
+            tokens, side by side: the head reads twice the width).
     """
 
     vocab_size: int
@@ -68,6 +71,7 @@ class StaticConfig:
     problem_type: str = "single_label_classification"
     dropout: float = 0.1
     context_window: int = 0
+    pooling: str = "mean"
     extra: dict[str, Any] = field(default_factory=dict)  # written to config.json as they are (teacher, ...)
 
     @property
@@ -108,6 +112,7 @@ class StaticConfig:
             problem_type=str(raw.get("problem_type") or "single_label_classification"),
             dropout=float(raw.get("dropout", 0.1)),
             context_window=int(raw.get("context_window", 0)),
+            pooling=str(raw.get("pooling", "mean")),
             extra={k: v for k, v in raw.items() if k not in written and k not in cls.__dataclass_fields__},
         )
 
@@ -144,6 +149,8 @@ class StaticClassifier(nn.Module):
 
     def __init__(self, config: StaticConfig) -> None:
         super().__init__()
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"pooling {config.pooling!r} is not one of {', '.join(POOLINGS)}")
         self.config = config
         # mode="sum" with per-token weights 1/length: the masked mean in one fused kernel.
         self.embeddings = nn.EmbeddingBag(config.vocab_size, config.dim, mode="sum")
@@ -154,29 +161,47 @@ class StaticClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         layers: list[nn.Module] = []
         if config.hidden:
-            layers += [nn.Linear(config.dim, config.hidden), nn.GELU()]
-        layers.append(nn.Linear(config.hidden or config.dim, config.num_labels))
+            layers += [nn.Linear(self.features, config.hidden), nn.GELU()]
+        layers.append(nn.Linear(config.hidden or self.features, config.num_labels))
         self.head = nn.Sequential(*layers)
         # numpy views of the weights for bag_logits, keyed by the parameters' storage (_numpy_weights)
         self._numpy_cache: NumpyWeights | None = None
+
+    @property
+    def features(self) -> int:
+        """Width of the pooled vector the head reads."""
+        return self.config.dim * (2 if self.config.pooling == "mean+max" else 1)
+
+    @property
+    def plain_bag(self) -> bool:
+        """True when the pooled vector is the plain mean of the table's rows (no context table, no maximum)."""
+        return self.context is None and self.config.pooling == "mean"
 
     @property
     def device(self) -> torch.device:
         return self.embeddings.weight.device
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The mean embedding of each text: (batch, tokens) -> (batch, dim)."""
+        """The pooled embedding of each text: (batch, tokens) -> (batch, features)."""
         mask = torch.ones_like(input_ids, dtype=torch.float32) if attention_mask is None else attention_mask.float()
         weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
-        if self.context is None:
+        if self.plain_bag:
             return self.embeddings(input_ids, per_sample_weights=weights)
         vectors = F.embedding(input_ids, self.embeddings.weight, sparse=self.embeddings.sparse)
-        # padding (left or right) adds nothing to its neighbours' scale
-        rows = self.context(input_ids) * mask[..., None]
-        scale = torch.ones_like(vectors)
-        for k in range(1, min(self.config.context_window, input_ids.shape[1] - 1) + 1):
-            scale[:, k:] += rows[:, :-k]
-        return torch.einsum("btd,bt->bd", vectors * scale, weights)
+        if self.context is not None:
+            # padding (left or right) adds nothing to its neighbours' scale
+            rows = self.context(input_ids) * mask[..., None]
+            scale = torch.ones_like(vectors)
+            for k in range(1, min(self.config.context_window, input_ids.shape[1] - 1) + 1):
+                scale[:, k:] += rows[:, :-k]
+            vectors = vectors * scale
+        mean = torch.einsum("btd,bt->bd", vectors, weights)
+        if self.config.pooling == "mean":
+            return mean
+        # the maximum over a text's tokens; a text without tokens pools to zeros, as its mean does
+        highest = vectors.masked_fill(mask[..., None] == 0, float("-inf")).amax(dim=1)
+        highest = torch.where(mask.sum(dim=1, keepdim=True) > 0, highest, torch.zeros_like(highest))
+        return torch.cat([mean, highest], dim=-1)
 
     def forward(
         self,
@@ -198,7 +223,7 @@ class StaticClassifier(nn.Module):
         """
         if len(ids) <= NUMPY_MAX_TEXTS and self._plain_cpu_inference():
             return torch.from_numpy(self._numpy_logits(ids))
-        if self.context is not None:  # each token's vector depends on its neighbours: the padded forward
+        if not self.plain_bag:  # a token's vector depends on its neighbours, or a maximum: the padded forward
             width = max((len(row) for row in ids), default=0)
             input_ids = torch.zeros(len(ids), max(width, 1), dtype=torch.long)
             mask = torch.zeros(len(ids), max(width, 1), dtype=torch.float32)
@@ -252,8 +277,8 @@ class StaticClassifier(nn.Module):
     def _numpy_logits(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """`bag_logits` in numpy: the rows of the table averaged per text, then the head's layers."""
         _, table, context, layers = self._numpy_weights()
-        if context is not None:
-            x = np.stack([self._numpy_context_mean(row, table, context) for row in ids])
+        if not self.plain_bag:
+            x = np.stack([self._numpy_pooled(row, table, context) for row in ids])
             return self._numpy_head(x, layers)
         lengths = np.array([len(row) for row in ids], dtype=np.int64)
         flat = np.array([token for row in ids for token in row], dtype=np.int64)
@@ -268,16 +293,20 @@ class StaticClassifier(nn.Module):
                 x[filled] = sums / lengths[filled, None].astype(np.float32)
         return self._numpy_head(x, layers)
 
-    def _numpy_context_mean(self, row: Sequence[int], table: np.ndarray, context: np.ndarray) -> np.ndarray:
-        # `pooled` with the context table, for one text; a text without tokens pools to zeros
+    def _numpy_pooled(self, row: Sequence[int], table: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+        # `pooled` for one text, with the context table and the maximum; a text without tokens pools to zeros
         if not row:
-            return np.zeros(table.shape[1], dtype=np.float32)
+            return np.zeros(self.features, dtype=np.float32)
         tokens = np.asarray(row, dtype=np.int64)
-        rows = context[tokens]
-        scale = np.ones_like(rows)
-        for k in range(1, min(self.config.context_window, len(tokens) - 1) + 1):
-            scale[k:] += rows[:-k]
-        return (table[tokens] * scale).sum(axis=0) / np.float32(len(tokens))
+        vectors = table[tokens]
+        if context is not None:
+            rows = context[tokens]
+            scale = np.ones_like(rows)
+            for k in range(1, min(self.config.context_window, len(tokens) - 1) + 1):
+                scale[k:] += rows[:-k]
+            vectors = vectors * scale
+        mean = vectors.sum(axis=0) / np.float32(len(tokens))
+        return mean if self.config.pooling == "mean" else np.concatenate([mean, vectors.max(axis=0)])
 
     @staticmethod
     def _numpy_head(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray] | None]) -> np.ndarray:
