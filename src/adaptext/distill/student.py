@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,6 +19,7 @@ from torch.nn import functional as F  # noqa: N812  (torch's own spelling)
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.console import progress_bar
+from adaptext.data.batching import LengthGroupedBatches
 from adaptext.modeling.static import StaticClassifier, StaticConfig
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,6 @@ def train_student(
 ) -> list[float]:
     """Fit `student` to `teacher_logits` (texts, labels) on the token ids of the texts; return each epoch's mean
     loss. A progress bar counts the steps."""
-    rng = random.Random(settings.seed)
     # Sparse gradients for the table: a batch touches a few thousand of its rows, and a dense update of all of
     # them (30k x 256 for a BERT vocabulary) costs 7x the step (bench: 420 against 60 ms per step on 2 cores).
     tables = [student.embeddings.weight] + ([student.context.weight] if student.context is not None else [])
@@ -201,6 +200,9 @@ def train_student(
         for optimizer in optimizers
     ]
     targets = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
+    # Shuffled batches of texts of similar length: with the context table and the maximum, each step works on the
+    # padded (batch, longest, dim) vectors, and random batches of phrases and long sentences are mostly padding.
+    batches = LengthGroupedBatches([len(row) for row in ids], settings.batch_size, settings.seed)
     losses: list[float] = []
     student.train()
     student.embeddings.sparse = True
@@ -212,12 +214,10 @@ def train_student(
     torch.set_num_threads(1)
     bar = progress_bar(total=total, desc="distill", unit="step")
     try:
-        for _ in range(settings.epochs):
-            order = list(range(len(ids)))
-            rng.shuffle(order)
-            running = 0.0
-            for start in range(0, len(order), settings.batch_size):
-                batch = order[start : start + settings.batch_size]
+        for epoch in range(settings.epochs):
+            batches.set_epoch(epoch)
+            running, done = 0.0, 0
+            for batch in batches:
                 input_ids, mask = _pad([ids[i] for i in batch])
                 logits = student(input_ids=input_ids, attention_mask=mask).logits
                 loss = soft_loss(logits, targets[batch], settings.temperature, multi_label)
@@ -228,8 +228,9 @@ def train_student(
                     optimizer.step()
                     schedule.step()
                 running += loss.item() * len(batch)
+                done += len(batch)
                 bar.update(1)
-                bar.set_postfix(loss=f"{running / min(start + len(batch), len(order)):.4f}")
+                bar.set_postfix(loss=f"{running / done:.4f}")
             losses.append(running / max(len(ids), 1))
             logger.info("distill: epoch %d of %d, loss %.4f", len(losses), settings.epochs, losses[-1])
     finally:
