@@ -1,4 +1,4 @@
-"""A static-embedding classifier: a token-embedding table, averaged over the text's tokens, read by a small head.
+"""A static-embedding classifier: a token-embedding table, pooled over the text's tokens, read by a small head.
 
 It answers like a transformers sequence classifier (`model(**inputs).logits`, `config.id2label`,
 `config.problem_type`), so `Predictor`, `evaluate`, `predict` and `serve` use it unchanged; `adaptext distill`
@@ -142,7 +142,8 @@ class StaticClassifier(nn.Module):
     """Mean of the token embeddings (padding excluded), then a linear or one-hidden-layer head.
 
     With `config.context_window` w > 0 a second table, `context` (vocab, dim, zeros at first), lets the w tokens
-    before each token scale it: vector(t) = embeddings[t] * (1 + sum of context[t - k] for k = 1..w), then the mean.
+    before each token scale it: vector(t) = embeddings[t] * (1 + sum of context[t - k] for k = 1..w), then the mean
+    (and, with `config.pooling` `mean+max`, the elementwise maximum beside it).
     It costs one more row look-up per token, and it is where a bag of tokens learns negation: without it, "not good"
     and "good, not bad" are the same bag.
     """
