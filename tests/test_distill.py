@@ -311,7 +311,8 @@ def test_bag_logits_match_the_padded_forward(hidden: int, path: str, context: in
             model.bag_logits([[1]] * NUMPY_MAX_TEXTS)
             model.bag_logits([[1]] * (NUMPY_MAX_TEXTS + 1))
         del model._numpy_logits
-        assert sizes == [NUMPY_MAX_TEXTS]
+        # past it only for a plain bag: with the context table or the maximum, torch's path pads, and numpy is faster
+        assert sizes == ([NUMPY_MAX_TEXTS] if model.plain_bag else [NUMPY_MAX_TEXTS, NUMPY_MAX_TEXTS + 1])
     hook = model.head[-1].register_forward_hook(lambda *_: None)  # an out-of-scope detector's tap needs torch
     with torch.inference_mode():
         assert not model._plain_cpu_inference()

@@ -40,9 +40,10 @@ EMBEDDINGS = "embeddings"  # the table's name in model.safetensors, model2vec's
 POOLINGS = ("mean", "mean+max")
 CONTEXT = "context"  # the context table's name in model.safetensors (model2vec does not read it)
 SQRT_HALF = np.float32(np.sqrt(0.5))
-# The most texts `bag_logits` computes in numpy. Texts/s by batch size, numpy against torch, medians of alternated
-# passes (bench/predict_paths.py): BANKING77's student 1.55x for 1 text, 1.13x for 2, 1.25x for 4, 1.06x for 8,
-# 0.80x for 64 (a scratch run before it: 1.58x, 1.24x, 1.08x, 0.82x, 0.74x); SST-2's 1.52x, 1.22x, 1.45x, 1.39x, 1.10x.
+# The most texts `bag_logits` computes in numpy for a plain bag (any number with the context table or the maximum).
+# Texts/s by batch size, numpy against torch, medians of alternated passes (bench/predict_paths.py), plain bags:
+# BANKING77's student 1.55x for 1 text, 1.13x for 2, 1.25x for 4, 1.06x for 8, 0.80x for 64 (a scratch run before
+# it: 1.58x, 1.24x, 1.08x, 0.82x, 0.74x); SST-2's 1.52x, 1.22x, 1.45x, 1.39x, 1.10x.
 NUMPY_MAX_TEXTS = 4
 
 
@@ -222,7 +223,11 @@ class StaticClassifier(nn.Module):
         arithmetic in numpy (`_numpy_logits`): each torch call on a one-text batch costs tens of microseconds of
         dispatch, as long as its arithmetic. Larger batches stay in torch, whose kernels are faster on them.
         """
-        if len(ids) <= NUMPY_MAX_TEXTS and self._plain_cpu_inference():
+        # With the context table or the maximum, torch's path is a padded batch, and numpy (one text at a time) was
+        # faster at every batch size measured: 1.62x and 1.28x at 64 texts, 2.31x and 2.25x at 1 (SST-2's and
+        # BANKING77's students, bench/results/predict_paths-*-context.json).
+        numpy_share = NUMPY_MAX_TEXTS if self.plain_bag else len(ids)
+        if len(ids) <= numpy_share and self._plain_cpu_inference():
             return torch.from_numpy(self._numpy_logits(ids))
         if not self.plain_bag:  # a token's vector depends on its neighbours, or a maximum: the padded forward
             width = max((len(row) for row in ids), default=0)
