@@ -9,7 +9,6 @@ Training then fits table and head to the teacher's probabilities at a temperatur
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.console import progress_bar
 from adaptext.data.batching import LengthGroupedBatches
-from adaptext.modeling.static import StaticClassifier, StaticConfig
+from adaptext.modeling.static import StaticClassifier, StaticConfig, pad_ids
 
 logger = logging.getLogger(__name__)
 
@@ -193,16 +192,15 @@ def train_student(
         torch.optim.SparseAdam(tables, lr=settings.learning_rate),
         torch.optim.AdamW(head, lr=settings.learning_rate, weight_decay=0.0),
     ]
-    steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
+    # Shuffled batches of texts of similar length: with the context table and the maximum, each step works on the
+    # padded (batch, longest, dim) vectors, and random batches of phrases and long sentences are mostly padding.
+    batches = LengthGroupedBatches([len(row) for row in ids], settings.batch_size, settings.seed)
+    total = len(batches) * settings.epochs
     schedules = [
         torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(total, 1)))
         for optimizer in optimizers
     ]
     targets = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
-    # Shuffled batches of texts of similar length: with the context table and the maximum, each step works on the
-    # padded (batch, longest, dim) vectors, and random batches of phrases and long sentences are mostly padding.
-    batches = LengthGroupedBatches([len(row) for row in ids], settings.batch_size, settings.seed)
     losses: list[float] = []
     student.train()
     student.embeddings.sparse = True
@@ -218,7 +216,7 @@ def train_student(
             batches.set_epoch(epoch)
             running, done = 0.0, 0
             for batch in batches:
-                input_ids, mask = _pad([ids[i] for i in batch])
+                input_ids, mask = pad_ids([ids[i] for i in batch])
                 logits = student(input_ids=input_ids, attention_mask=mask).logits
                 loss = soft_loss(logits, targets[batch], settings.temperature, multi_label)
                 for optimizer in optimizers:
@@ -241,14 +239,3 @@ def train_student(
             student.context.sparse = False
     student.eval()
     return losses
-
-
-def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    # (batch, longest) ids and mask; the pad id does not matter since the mask weighs it 0
-    width = max(len(row) for row in rows)
-    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.float32)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1.0
-    return input_ids, mask

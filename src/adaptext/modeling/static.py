@@ -118,6 +118,18 @@ class StaticConfig:
         )
 
 
+def pad_ids(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as a (texts, longest) id tensor and its float mask, padded on the right; the pad id does not
+    matter since the mask weighs it 0. At least one column, so texts without tokens pool to zeros."""
+    width = max([1, *(len(row) for row in rows)])
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1.0
+    return input_ids, mask
+
+
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in `folder`, read without its `config.json` (a model2vec config transformers does not
     know, and would warn about)."""
@@ -230,12 +242,7 @@ class StaticClassifier(nn.Module):
         if len(ids) <= numpy_share and self._plain_cpu_inference():
             return torch.from_numpy(self._numpy_logits(ids))
         if not self.plain_bag:  # a token's vector depends on its neighbours, or a maximum: the padded forward
-            width = max((len(row) for row in ids), default=0)
-            input_ids = torch.zeros(len(ids), max(width, 1), dtype=torch.long)
-            mask = torch.zeros(len(ids), max(width, 1), dtype=torch.float32)
-            for i, row in enumerate(ids):
-                input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-                mask[i, : len(row)] = 1.0
+            input_ids, mask = pad_ids(ids)
             pooled = self.pooled(input_ids.to(self.device), mask.to(self.device))
             return self.head(self.dropout(pooled))
         flat = torch.tensor([token for row in ids for token in row], dtype=torch.long, device=self.device)
