@@ -9,7 +9,10 @@ refused when its check fails: the int8 check needs >= 99% of the labels unchange
 lost on the run's validation sample), then times `Predictor.predict_logits` on each backend over the run's
 validation split (at most `--texts` texts), batched (64, longest first) and one text at a time, taking turns
 between backends over `--repeats` rounds. Reports size on disk, texts/s, label agreement with PyTorch and accuracy,
-and int8's speed against fp32 ONNX.
+and int8's speed against fp32 ONNX. `--reuse` times the exports already at the prefix instead of exporting again;
+`--compare NAME=FOLDER ...` times other model folders (an int8 export of earlier code, say) in the same rounds:
+
+    python bench/export_speed.py runs/fewshot --output exports/bench --reuse --compare "int8 before=old/int8"
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def measure(run: Path, output: str, repeats: int, single_n: int, max_texts: int) -> dict[str, Any]:
+def measure(
+    run: Path, output: str, repeats: int, single_n: int, max_texts: int, reuse: bool, compare: dict[str, Path]
+) -> dict[str, Any]:
     from adaptext.core.config import load_config
     from adaptext.core.errors import AdaptextError
     from adaptext.core.info import find_model_dir
@@ -38,6 +43,15 @@ def measure(run: Path, output: str, repeats: int, single_n: int, max_texts: int)
     checks: dict[str, Any] = {}
     for quantize, suffix in ((None, "fp32"), ("int8", "int8")):
         target = Path(f"{output}-{run.name}-{suffix}")
+        metadata = target / "adaptext.json"
+        if reuse and metadata.is_file():
+            check = json.loads(metadata.read_text(encoding="utf-8"))["export_check"]
+            message = f"reused {target}: labels agree on {check['label_agreement']:.2%}, "
+            message += f"{len(check['fp32_nodes'])} matrix products kept in fp32"
+            print(f"{run.name} export {suffix}: {message}")
+            checks[suffix] = {"passed": True, "message": message, "label_agreement": check["label_agreement"]}
+            folders[f"ONNX {suffix}"] = target
+            continue
         try:
             check = export_onnx(run, target, quantize=quantize, overwrite=True)
         except AdaptextError as error:
@@ -47,6 +61,7 @@ def measure(run: Path, output: str, repeats: int, single_n: int, max_texts: int)
         print(f"{run.name} export {suffix}: {check.describe()}")
         checks[suffix] = {"passed": True, "message": check.describe(), "label_agreement": check.label_agreement}
         folders[f"ONNX {suffix}"] = target
+    folders |= compare
     validation = load_splits(load_config(run / "config.yaml")).validation
     texts, pairs = validation.texts[:max_texts], validation.pairs[:max_texts] if validation.pairs else None
     predictors = {name: Predictor.from_dir(folder, device="cpu") for name, folder in folders.items()}
@@ -85,9 +100,22 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=200, help="texts timed one at a time")
     parser.add_argument("--texts", type=int, default=1000, help="at most this many validation texts timed")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--reuse", action="store_true", help="time the export folders already at the prefix")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="other model folders (an earlier export, say) timed in the same rounds; one run only",
+    )
     args = parser.parse_args()
+    compare = {name: Path(folder) for name, _, folder in (item.partition("=") for item in args.compare)}
+    if compare and len(args.runs) > 1:
+        parser.error("--compare needs exactly one run")
 
-    results = [measure(run, args.output, args.repeats, args.single, args.texts) for run in args.runs]
+    results = [
+        measure(run, args.output, args.repeats, args.single, args.texts, args.reuse, compare) for run in args.runs
+    ]
     for result in results:
         rows = result["backends"]
         print(f"\n{result['run']}: {result['texts']} validation texts, median of {result['repeats']} rounds\n")

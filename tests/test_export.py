@@ -559,13 +559,15 @@ def test_int8_that_fails_with_the_head_in_fp32_keeps_the_fewest_sensitive_produc
     assert sum(node.op_type == "MatMulInteger" for node in graph.node) == products - 3
 
 
-def int8_check(kept: list[str], agreement: float, mean_abs_diff: float) -> export_module.ExportCheck:
-    """The check of an int8 form on 100 examples, as the search's tests plant it."""
+def int8_check(kept: list[str], agreement: float, margin: float, logit: float) -> export_module.ExportCheck:
+    """The check of an int8 form on 100 examples, as the search's tests plant it: `margin` its mean change of the
+    decision margins, `logit` its mean |logit difference|."""
     return export_module.ExportCheck(
         quantize="int8",
         n_examples=100,
         max_abs_diff=1.0,
-        mean_abs_diff=mean_abs_diff,
+        mean_abs_diff=logit,
+        mean_margin_change=margin,
         label_agreement=agreement,
         accuracy_torch=0.9,
         accuracy_export=0.9,
@@ -578,26 +580,32 @@ def int8_check(kept: list[str], agreement: float, mean_abs_diff: float) -> expor
 
 
 def fake_int8_search(
-    monkeypatch: pytest.MonkeyPatch,
-) -> tuple[list[str], list[list[str]], Callable[[int], Callable[[list[str]], export_module.ExportCheck]]]:
-    """Eight encoder products of equal size, p0 the most sensitive, and a quantizer that only records what it keeps
-    in fp32 (`written`); `checker(needed)` passes the model at the target once p0 .. p(needed-1) are in fp32."""
+    monkeypatch: pytest.MonkeyPatch, sizes: list[int] | None = None, logit_rank: list[int] | None = None
+) -> tuple[list[str], list[list[str]], Callable[[set[int]], Callable[[list[str]], export_module.ExportCheck]]]:
+    """Eight encoder products (of equal size unless `sizes` says), p0 the one whose fp32 form lowers the margins'
+    change most per weight, p7 least, and a quantizer that only records what it keeps in fp32 (`written`). The
+    logits rank them the same, or as `logit_rank` lists them (most lowered first). `checker(needed)` passes the
+    model at the target once every product whose index is in `needed` is in fp32."""
     names = [f"p{i}" for i in range(8)]
+    weights = sizes or [1] * len(names)
+    logit_order = logit_rank or list(range(len(names)))
     written: list[list[str]] = []
 
     def quantize(source: Path, target: Path, fp32_products: Any = ()) -> list[str]:
         written.append(list(fp32_products))
         return ["head", *fp32_products]
 
-    def checker(needed: int) -> Callable[[list[str]], export_module.ExportCheck]:
+    def checker(needed: set[int]) -> Callable[[list[str]], export_module.ExportCheck]:
         def check(kept: list[str]) -> export_module.ExportCheck:
             quantized = [i for i, name in enumerate(names) if name not in written[-1]]  # the model at the target
-            agreement = 1.0 if all(i >= needed for i in quantized) else 0.95
-            return int8_check(kept, agreement, float(sum(len(names) - i for i in quantized)))
+            agreement = 0.95 if needed & set(quantized) else 1.0
+            margin = float(sum((len(names) - i) * weights[i] for i in quantized))
+            logit = float(sum((len(names) - logit_order.index(i)) * weights[i] for i in quantized))
+            return int8_check(kept, agreement, margin, logit)
 
         return check
 
-    monkeypatch.setattr(export_module, "_product_sizes", lambda source: dict.fromkeys(names, 1))
+    monkeypatch.setattr(export_module, "_product_sizes", lambda source: dict(zip(names, weights, strict=True)))
     monkeypatch.setattr(export_module, "_quantize_int8", quantize)
     return names, written, checker
 
@@ -609,7 +617,7 @@ def test_the_int8_form_chosen_on_other_examples_is_judged_by_the_check_and_the_s
     the check's examples need p2 as well. The chosen form (two) fails the check, so the bisection goes on above it,
     judged by the check, and ends at three, the form left at the target."""
     names, written, checker = fake_int8_search(monkeypatch)
-    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker(3), checker(2))
+    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker({0, 1, 2}), checker({0, 1}))
     assert check.passed and check.fp32_nodes == ["head", "p0", "p1", "p2"]
     assert written[-1] == ["p0", "p1", "p2"]
     assert [len(kept) for kept in written[2 + len(names) :]] == [4, 2, 1, 2, 5, 3]
@@ -622,10 +630,11 @@ def test_when_no_int8_form_passes_on_the_choosing_examples_fewer_products_are_tr
     examples pass once p0 and p1 stay in fp32. Seven pass the check, so the bisection goes on below them, judged by
     the check, and ends at two; a check that only seven pass leaves seven at the target."""
     names, written, checker = fake_int8_search(monkeypatch)
-    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker(2), checker(99))
+    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker({0, 1}), checker(set(range(8))))
     assert check.passed and check.fp32_nodes == ["head", "p0", "p1"] and written[-1] == ["p0", "p1"]
     written.clear()
-    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker(7), checker(99))
+    seven, every = checker(set(range(7))), checker(set(range(8)))
+    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", seven, every)
     assert check.passed and check.fp32_nodes == ["head", *names[:7]] and written[-1] == names[:7]
 
 
@@ -800,6 +809,32 @@ def test_the_logit_tolerance_is_relative_to_large_logits() -> None:
     assert not compare_logits(large, large + 0.05, 1e-4, SINGLE_LABEL).passed
 
 
+def test_the_margin_change_is_what_decides_the_labels() -> None:
+    from adaptext.core.task import MULTI_LABEL
+    from adaptext.deploy.parity import margin_change
+
+    reference = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    # The same shift of every logit of a row decides nothing: no margin moves.
+    assert margin_change(reference, reference + np.array([[5.0], [-2.0]]), SINGLE_LABEL) == 0.0
+    # Row 0: top label 0 by 1.0 over label 1, now by 0.5 (0.5 less); row 1: label 1 by 2.0 over label 2, now label 2
+    # leads by 1.0 (a margin of -1.0 on the reference's top label, 3.0 less).
+    other = np.array([[2.0, 1.5, 0.0], [0.0, 3.0, 4.0]])
+    assert margin_change(reference, other, SINGLE_LABEL) == pytest.approx((0.5 + 3.0) / 2)
+    # Each label decided on its own: the mean |logit difference|.
+    assert margin_change(reference, other, MULTI_LABEL) == pytest.approx(3.5 / 6)
+    assert margin_change(reference[:0], other[:0], SINGLE_LABEL) == 0.0
+
+
+def test_the_int8_search_ranks_the_products_by_the_margins_not_the_logits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """p0 lowers the margins' change most and the mean |logit difference| least when kept in fp32: the search
+    ranks it first and keeps it alone, where a ranking by the logits would need every product."""
+    _, written, checker = fake_int8_search(monkeypatch, logit_rank=[7, 6, 5, 4, 3, 2, 1, 0])
+    check = export_module._int8_that_passes(tmp_path / "a", tmp_path / "b", checker({0}), checker({0}))
+    assert check.passed and check.fp32_nodes == ["head", "p0"] and written[-1] == ["p0"]
+
+
 def test_the_rows_an_int8_export_chooses_on_are_evenly_spread_and_never_the_checks(runs: Any, tmp_path: Path) -> None:
     from adaptext.core.info import ModelInfo, find_model_dir
     from adaptext.deploy.parity import parity_examples
@@ -907,7 +942,8 @@ def test_an_int8_search_with_one_encoder_product_returns_the_check_of_the_form_i
         return ["head", *fp32_products]
 
     def check(kept: list[str]) -> export_module.ExportCheck:
-        return int8_check(kept, 1.0 if written[-1] else 0.95, 1.0 - len(written[-1]))
+        error = 1.0 - len(written[-1])
+        return int8_check(kept, 1.0 if written[-1] else 0.95, error, error)
 
     monkeypatch.setattr(export_module, "_product_sizes", lambda source: {"p0": 1})
     monkeypatch.setattr(export_module, "_quantize_int8", quantize)

@@ -64,6 +64,27 @@ def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: float, t
     )
 
 
+def margin_change(reference: np.ndarray, other: np.ndarray, task: Task) -> float:
+    """The mean change from `reference` to `other` logits (n, num_labels) of what decides each row's labels.
+
+    Single-label: the margin of the reference's top label, its logit less the best other label's. A change of the
+    logits that keeps that difference moves no decision, and a small margin that shrinks is where the label flips.
+    Multi-label (and a single output): each label is decided by its own logit against the threshold, so the change
+    is the mean |logit difference|."""
+    if not reference.size:
+        return 0.0
+    if task.multi_label or task.regression or reference.shape[1] < 2:
+        return float(np.abs(reference - other).mean())
+    rows, top = np.arange(len(reference)), reference.argmax(axis=1)
+
+    def margin(logits: np.ndarray) -> np.ndarray:
+        others = logits.astype(np.float64)
+        others[rows, top] = -np.inf
+        return logits[rows, top] - others.max(axis=1)
+
+    return float(np.abs(margin(other) - margin(reference)).mean())
+
+
 def parity_examples(
     path: Path, model_dir: Path, data: str | Path | None, info: ModelInfo, sample: int, *, rest: int = 0
 ) -> TextData:
