@@ -1,4 +1,7 @@
-"""Frozen word embeddings (`train.freeze_embeddings`) against trained ones: accuracy, memory and time, paired.
+"""One setting changed from adaptext's defaults, against the defaults: accuracy, memory and time, paired.
+
+The change is `--change KEY=VALUE`, by default frozen word embeddings (`train.freeze_embeddings=true`); also
+measured with `--change train.attention_dropout=0`.
 
 Every run is adaptext's full fine-tuning with its defaults (bundled MiniLM, learning rate `auto`, batch 32,
 calibration, the best checkpoint on validation) except a fixed number of epochs, so that several seeds of
@@ -7,6 +10,7 @@ Each run is a process of its own (clean peak memory); the variants alternate whi
 
     python bench/freeze_embeddings.py                                   # 4 data sets x 3 seeds, 3 epochs
     python bench/freeze_embeddings.py --datasets sst2 --seeds 0 --json out.json
+    python bench/freeze_embeddings.py --change train.attention_dropout=0 --json out.json
 
 Data (read from ../shared/datasets by path; "test" is never used to choose anything):
   sst2        train: a sample of the training file; validation: 1,000 more of it; test: dev (872)
@@ -35,7 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATASETS = ["sst2", "banking77", "fpb", "clinc150"]
-VARIANTS = {"trained": "false", "frozen": "true"}
+VARIANTS = ("default", "changed")
+OLD_NAMES = {"trained": "default", "frozen": "changed"}  # the rows of the first runs, freeze_embeddings only
 
 
 def _splits(dataset: str, root: Path, train_size: int, seed: int, folder: Path) -> dict[str, Path]:
@@ -92,7 +97,7 @@ def worker(args: argparse.Namespace) -> None:
                 f"data.max_length={args.max_length}",
                 f"output_dir={tmp}/run",
                 f"train.epochs={args.epochs}",
-                f"train.freeze_embeddings={VARIANTS[args.variant]}",
+                *([args.change] if args.variant == "changed" else []),
                 "train.report_errors=0",
                 f"seed={args.seed}",
             ],
@@ -104,6 +109,7 @@ def worker(args: argparse.Namespace) -> None:
     row = {
         "dataset": args.dataset,
         "variant": args.variant,
+        "change": args.change,
         "seed": args.seed,
         "test_accuracy": result.metrics["accuracy"],
         "test_macro_f1": result.metrics["macro_f1"],
@@ -121,27 +127,27 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], change: str) -> str:
     """Per data set: each variant's test accuracy and macro-F1 (mean ± sd over seeds, in points), the paired
-    difference frozen - trained, and the medians of peak memory and training time."""
+    difference changed - default, and the medians of peak memory and training time."""
     lines = [
-        "| data set | seeds | accuracy trained | accuracy frozen | frozen − trained | macro-F1 trained | "
-        "macro-F1 frozen | frozen − trained | peak MB trained / frozen | train s trained / frozen |",
+        f"| data set | seeds | accuracy default | accuracy {change} | difference | macro-F1 default | "
+        f"macro-F1 {change} | difference | peak MB default / changed | train s default / changed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         by = {(r["variant"], r["seed"]): r for r in rows if r["dataset"] == dataset}
-        seeds = sorted({s for v, s in by if ("trained", s) in by and ("frozen", s) in by})
+        seeds = sorted({s for v, s in by if ("default", s) in by and ("changed", s) in by})
         if not seeds:
             continue
         cells = [dataset, str(len(seeds))]
         for metric in ("test_accuracy", "test_macro_f1"):
-            trained = [100 * by["trained", s][metric] for s in seeds]
-            frozen = [100 * by["frozen", s][metric] for s in seeds]
+            default = [100 * by["default", s][metric] for s in seeds]
+            changed = [100 * by["changed", s][metric] for s in seeds]
             cells += [
-                _mean_sd(trained),
-                _mean_sd(frozen),
-                _mean_sd([f - t for f, t in zip(frozen, trained, strict=True)]),
+                _mean_sd(default),
+                _mean_sd(changed),
+                _mean_sd([c - d for c, d in zip(changed, default, strict=True)]),
             ]
         for key in ("peak_rss_mb", "train_s"):
             medians = [statistics.median(by[v, s][key] for s in seeds) for v in VARIANTS]
@@ -159,10 +165,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--model", default="minilm")
+    parser.add_argument("--change", default="train.freeze_embeddings=true", help="KEY=VALUE against the defaults")
     parser.add_argument("--json", help="write the rows here (and read them back first: finished runs are kept)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -171,6 +178,12 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if args.json and Path(args.json).is_file():
         rows = json.loads(Path(args.json).read_text())["rows"]
+        for row in rows:
+            row["variant"] = OLD_NAMES.get(row["variant"], row["variant"])
+        # The defaults' rows serve any change; a changed row only its own.
+        other = {r.get("change", "train.freeze_embeddings=true") for r in rows if r["variant"] == "changed"}
+        if other - {args.change}:
+            sys.exit(f"{args.json} has rows of another change ({', '.join(sorted(other))}); give another --json")
     done = {(r["dataset"], r["variant"], r["seed"]) for r in rows}
     jobs = [(d, s) for s in args.seeds for d in args.datasets]
     for index, (dataset, seed) in enumerate(jobs):
@@ -182,7 +195,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", "--dataset", dataset, "--variant", variant]
             cmd += ["--seed", str(seed), "--data-root", args.data_root, "--model", args.model]
             cmd += ["--train-size", str(args.train_size), "--epochs", str(args.epochs)]
-            cmd += ["--max-length", str(args.max_length)]
+            cmd += ["--max-length", str(args.max_length), "--change", args.change]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             result = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
             if out.returncode != 0 or not result:
@@ -196,13 +209,13 @@ def main() -> None:
                 flush=True,
             )
             if args.json:
-                settings = {k: getattr(args, k) for k in ("train_size", "epochs", "max_length", "model")}
+                settings = {k: getattr(args, k) for k in ("train_size", "epochs", "max_length", "model", "change")}
                 Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     print(
         f"{args.train_size} training examples, {args.epochs} epochs, max_length {args.max_length}, model "
         f"{args.model}, seeds {args.seeds}; test accuracy and macro-F1 in points"
     )
-    print(table(rows))
+    print(table(rows, args.change))
 
 
 if __name__ == "__main__":

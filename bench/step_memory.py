@@ -12,6 +12,10 @@ Variants:
   onednn64     ONEDNN_PRIMITIVE_CACHE_CAPACITY=64 (what `adaptext train` sets unless the environment has it)
   onednn0      no oneDNN kernel cache at all
   trim         the default cache, and glibc's malloc_trim(0) after every step
+  attn0        the bounded cache (onednn64), and no dropout on the attention probabilities
+               (`train.attention_dropout=0`): PyTorch's fused attention, which keeps no attention matrix
+
+Long texts: `--data-dir ../shared/datasets/imdb --max-length 256 --steps 40 --variants onednn64 attn0`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ VARIANTS = {
     "onednn64": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
     "onednn0": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"},
     "trim": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "ADAPTEXT_BENCH_TRIM": "1"},
+    "attn0": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "ADAPTEXT_BENCH_ATTENTION_DROPOUT": "0"},
 }
 
 
@@ -59,10 +64,12 @@ def worker(args: argparse.Namespace) -> None:
     frame = pd.read_csv(Path(args.data_dir) / "train.csv", keep_default_na=False).sample(n=4000, random_state=0)
     labels = sorted(frame.label.unique())
     tokenizer = load_tokenizer("minilm")
-    model = build_model("minilm", labels, SINGLE_LABEL, pooling=resolve_pooling("minilm", "auto"))
+    dropout = os.environ.get("ADAPTEXT_BENCH_ATTENTION_DROPOUT")
+    pooling = resolve_pooling("minilm", "auto")
+    model = build_model("minilm", labels, SINGLE_LABEL, pooling, None if dropout is None else float(dropout))
     after_build = rss()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    encoded = tokenize(tokenizer, frame.text.tolist(), None, 128)
+    encoded = tokenize(tokenizer, frame.text.tolist(), None, args.max_length)
     features = {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     targets = [labels.index(label) for label in frame.label]
     batches = list(LengthGroupedBatches([len(ids) for ids in features["input_ids"]], 16, seed=0))
@@ -96,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--precisions", nargs="+", choices=["bf16", "fp32"], default=["bf16", "fp32"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -104,12 +112,13 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    print(f"{args.steps} training steps, batch 16, SST-2 texts, bundled MiniLM")
+    print(f"{args.steps} training steps, batch 16, texts of {args.data_dir} up to {args.max_length} tokens, MiniLM")
     print("| precision | variant | RSS after build MB | after 10 steps MB | at the end MB | peak MB | steps s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for precision in args.precisions:
         for name in args.variants:
             command = [sys.executable, __file__, "--worker", "--precision", precision, "--steps", str(args.steps)]
+            command += ["--max-length", str(args.max_length)]
             command += ["--data-dir", args.data_dir]
             env = os.environ | VARIANTS[name]
             out = subprocess.run(command, capture_output=True, text=True, env=env, check=False)

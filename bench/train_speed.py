@@ -13,6 +13,7 @@ A seed sets the training subset, the initialisation of the head and the shufflin
 Contenders:
   adaptext        adaptext.train with its defaults for precision and batching
   adaptext_frozen the same with train.freeze_embeddings=true (the word-embedding matrix is not trained)
+  adaptext_attn0  adaptext with train.attention_dropout=0 (PyTorch's fused attention keeps no attention matrix)
   trainer_fp32    transformers.Trainer + DataCollatorWithPadding (the documented recipe), fp32
   trainer_bf16    the same Trainer with bf16=True
   pad128_loop     the tutorial recipe: pad every text to 128 tokens, batch 16, AdamW, a plain loop
@@ -33,7 +34,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONTENDERS = ["adaptext", "adaptext_frozen", "trainer_fp32", "trainer_bf16", "pad128_loop"]
+CONTENDERS = ["adaptext", "adaptext_frozen", "adaptext_attn0", "trainer_fp32", "trainer_bf16", "pad128_loop"]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sst2"
 
 
@@ -50,7 +51,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _run_adaptext(args: argparse.Namespace, data: tuple[list[str], ...], *, frozen: bool = False) -> dict[str, Any]:
+def _run_adaptext(
+    args: argparse.Namespace,
+    data: tuple[list[str], ...],
+    *,
+    frozen: bool = False,
+    attention_dropout: float | None = None,
+) -> dict[str, Any]:
     import pandas as pd
 
     from adaptext.core.config import load_config
@@ -73,6 +80,7 @@ def _run_adaptext(args: argparse.Namespace, data: tuple[list[str], ...], *, froz
                 f"seed={args.seed}",
                 "train.metric_for_best=accuracy",
                 f"train.freeze_embeddings={str(frozen).lower()}",
+                *([f"train.attention_dropout={attention_dropout}"] if attention_dropout is not None else []),
             ],
         )
         start = time.perf_counter()
@@ -198,8 +206,9 @@ def _run_pad128(args: argparse.Namespace, data: tuple[list[str], ...]) -> dict[s
 
 def worker(args: argparse.Namespace) -> None:
     data = _load(args)
-    if args.worker in ("adaptext", "adaptext_frozen"):
-        result = _run_adaptext(args, data, frozen=args.worker == "adaptext_frozen")
+    if args.worker in ("adaptext", "adaptext_frozen", "adaptext_attn0"):
+        attention_dropout = 0.0 if args.worker == "adaptext_attn0" else None
+        result = _run_adaptext(args, data, frozen=args.worker == "adaptext_frozen", attention_dropout=attention_dropout)
     elif args.worker == "pad128_loop":
         result = _run_pad128(args, data)
     else:

@@ -28,6 +28,7 @@ from adaptext.modeling.build import build_model
 from adaptext.modeling.hub import load_tokenizer
 from adaptext.strategies import train
 from adaptext.strategies.finetune import Finetune
+from adaptext.strategies.finetune import classifier as finetune_classifier
 from adaptext.training.callbacks import Callback
 from adaptext.training.lifecycle import run_strategy
 from adaptext.training.objectives import OBJECTIVES, CrossEntropy, class_weights
@@ -676,6 +677,34 @@ def test_freeze_embeddings_keeps_the_word_embeddings_as_pretrained(
     trainable = result.stats["trainable_parameters"]
     assert trainable == result.stats["total_parameters"] - (before.numel() if freeze else 0)
     assert result.metrics["accuracy"] > 0.7  # the keyword task is learned (chance: 1/3)
+
+
+def test_attention_dropout_sets_the_models_own_and_unset_keeps_it(
+    tiny_config: Callable[..., Config], tiny_model_dir: Path
+) -> None:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    pretrained = AutoConfig.from_pretrained(tiny_model_dir).attention_probs_dropout_prob
+    assert pretrained > 0
+    for setting, expected in ((None, pretrained), (0.0, 0.0), (0.25, 0.25)):
+        config = tiny_config(*LEARNABLE, *([] if setting is None else [f"train.attention_dropout={setting}"]))
+        model = finetune_classifier(config, ["a", "b", "c"], steps=1)
+        attention = model.base_model.encoder.layer[0].attention.self
+        assert attention.dropout.p == expected  # what the training forward passes to the attention kernel
+        if setting == 0.0:
+            result = train(config)
+            saved = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+            assert saved.config.attention_probs_dropout_prob == 0
+
+
+def test_attention_dropout_on_a_model_without_one_is_a_clear_error(
+    tiny_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adaptext.modeling.build as build
+
+    monkeypatch.setattr(build, "ATTENTION_DROPOUT_KEYS", ("no_such_key",))
+    with pytest.raises(AdaptextError, match=r"train.attention_dropout: .* has no attention dropout .*no_such_key"):
+        finetune_classifier(tiny_config("train.attention_dropout=0"), ["a", "b"], steps=1)
 
 
 # the real bundled model ---------------------------------------------------------------------

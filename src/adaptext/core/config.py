@@ -181,6 +181,14 @@ class TrainConfig(_Section):
         "pretrained: no gradients or optimizer moments for it, so less memory and time per step. See "
         "docs/benchmarks.md for its accuracy across data sets.",
     )
+    attention_dropout: Float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Dropout on the attention probabilities while fine-tuning; null keeps the model's own (MiniLM "
+        "and BERT: 0.1). At 0, PyTorch's fused attention keeps no attention matrix for the backward pass: less "
+        'training memory (docs/benchmarks.md, "Training memory").',
+    )
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto",
         description="Mixed precision: `auto` picks bf16 (fp16 on GPUs without bf16) on a GPU, bf16 on a CPU with "

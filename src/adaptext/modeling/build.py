@@ -40,15 +40,31 @@ logger = logging.getLogger(__name__)
 HEAD_PREFIXES = ("classifier", "score", "pre_classifier")
 
 
-def build_model(name: str, labels: list[str], task: Task, pooling: str = "cls") -> PreTrainedModel:
+# The config keys that hold the dropout on the attention probabilities, by model family (BERT and its kin, then
+# DistilBERT / BART / Llama-style, then GPT-2-style).
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def build_model(
+    name: str, labels: list[str], task: Task, pooling: str = "cls", attention_dropout: float | None = None
+) -> PreTrainedModel:
     """A pretrained encoder with a fresh classification head for `labels`, reading the [CLS] state or (`pooling`
-    `mean`, see `resolve_pooling`) the mean of the token states.
+    `mean`, see `resolve_pooling`) the mean of the token states; with `attention_dropout`, that dropout on its
+    attention probabilities instead of the model's own (`train.attention_dropout`).
 
     The label names go into the model config (`id2label`), so plain `transformers.pipeline` reports them. A model
     folder that already has adaptext's pooling layer keeps it (frozen), whatever `pooling` says.
     """
     path = resolve_model_name(name)
     config = model_config(name, labels, task)
+    if attention_dropout is not None:
+        key = next((key for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)), None)
+        if key is None:
+            raise AdaptextError(
+                f"train.attention_dropout: {name} ({config.model_type}) has no attention dropout in its config "
+                f"(looked for {', '.join(ATTENTION_DROPOUT_KEYS)}); leave it unset"
+            )
+        setattr(config, key, attention_dropout)
     try:
         # transformers warns about the new head's missing weights, which is expected here; we report
         # only missing weights outside the head.

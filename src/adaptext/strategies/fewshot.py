@@ -184,6 +184,7 @@ IGNORED_TRAIN_KEYS = (
     "train.eval_steps",
     "train.early_stopping_patience",
     "train.freeze_embeddings",
+    "train.attention_dropout",
 )
 WARMUP = 0.1
 CONTRASTIVE_LEARNING_RATE = 2e-5

@@ -140,7 +140,7 @@ def classifier(config: Config, labels: list[str], steps: int) -> PreTrainedModel
     """The model to fine-tune: the pretrained encoder with a new head, wrapped in the peft method if any."""
     method = config.peft.method
     pooling = resolve_pooling(config.model.name, config.model.pooling, method)
-    model = build_model(config.model.name, labels, task_of(config), pooling)
+    model = build_model(config.model.name, labels, task_of(config), pooling, config.train.attention_dropout)
     if method != "none":
         model = wrap_model(config.peft, model, total_steps=steps, max_length=config.data.max_length)
     elif config.train.freeze_embeddings:

@@ -44,7 +44,7 @@ class Prompt(Strategy):
     resumable = True
     # PET trains on the engine like fine-tuning: every other `train.*` key applies. Its masked LM's output layer
     # shares the word-embedding matrix, so freezing that matrix would freeze the verbalizer's scores as well.
-    ignores = ("train.freeze_embeddings",)
+    ignores = ("train.freeze_embeddings", "train.attention_dropout")  # its masked LM is built elsewhere
 
     def check(self, config: Config) -> None:
         super().check(config)
