@@ -109,6 +109,8 @@ def main() -> None:
         help="other model folders (an earlier export, say) timed in the same rounds; one run only",
     )
     args = parser.parse_args()
+    if any("=" not in item for item in args.compare):
+        parser.error("--compare takes NAME=FOLDER items")
     compare = {name: Path(folder) for name, _, folder in (item.partition("=") for item in args.compare)}
     if compare and len(args.runs) > 1:
         parser.error("--compare needs exactly one run")

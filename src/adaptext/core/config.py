@@ -187,7 +187,7 @@ class TrainConfig(_Section):
         lt=1,
         description="Dropout on the attention probabilities while fine-tuning; null keeps the model's own (MiniLM "
         "and BERT: 0.1). At 0, PyTorch's fused attention keeps no attention matrix for the backward pass: less "
-        'training memory (docs/benchmarks.md, "Training memory").',
+        'memory and faster steps on long texts, none on short ones (docs/benchmarks.md, "Training memory").',
     )
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto",
