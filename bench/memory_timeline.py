@@ -2,6 +2,7 @@
 
     python bench/memory_timeline.py train --json bench/results/memory_timeline.json
     python bench/memory_timeline.py train --freeze-embeddings     # the same job with train.freeze_embeddings=true
+    python bench/memory_timeline.py train --set embedding_rows=all  # with other train keys changed
     python bench/memory_timeline.py explain RUN_DIR --tokens 1024 2048 0 --repeats 2
 
 `train` runs `bench/train_speed.py`'s adaptext job (SST-2, 4,000 training sentences, dev as validation, 1 epoch,
@@ -91,7 +92,8 @@ def run_train(args: argparse.Namespace) -> None:
     )
     data = train_speed._load(job)
     with Sampler() as sampler:
-        result = train_speed._run_adaptext(job, data, frozen=args.freeze_embeddings)
+        overrides = ["train.freeze_embeddings=true"] if args.freeze_embeddings else []
+        result = train_speed._run_adaptext(job, data, overrides + [f"train.{key}" for key in args.set])
     rows = phases(sampler.samples)
     for row in rows:
         if row["peak_mb"] >= 0.9 * sampler.peak or row is rows[0] or "training:" in row["phase"]:
@@ -151,6 +153,9 @@ def main() -> None:
     train.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/sst2"))
     train.add_argument("--json")
     train.add_argument("--freeze-embeddings", action="store_true", help="train.freeze_embeddings=true")
+    train.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="train keys to change, e.g. freeze_embeddings=true"
+    )
     explain = sub.add_parser("explain")
     explain.add_argument("run_dir")
     explain.add_argument("--tokens", type=int, nargs="+", default=[1024, 2048, 0])

@@ -170,7 +170,11 @@ def test_the_run_callbacks_are_registered_and_tensorboard_writes_events(tiny_con
 
 def test_finetune_and_prompt_use_every_train_setting() -> None:
     # Except that prompt's masked LM scores the verbalizer with its word-embedding matrix, which must train.
-    assert Finetune.ignores == () and Prompt.ignores == ("train.freeze_embeddings", "train.attention_dropout")
+    assert Finetune.ignores == () and Prompt.ignores == (
+        "train.freeze_embeddings",
+        "train.embedding_rows",
+        "train.attention_dropout",
+    )
     assert Finetune.resumable and Prompt.resumable and Fewshot.resumable
 
 

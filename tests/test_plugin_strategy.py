@@ -159,6 +159,7 @@ def test_unknown_strategy_fails_at_config_load_naming_the_registered_ones(centro
         ("centroid", "train.eval_steps=5"),
         *((name, "train.freeze_embeddings=true") for name in ("fewshot", "zeroshot", "prompt")),
         *((name, "train.attention_dropout=0.5") for name in ("fewshot", "zeroshot", "prompt")),
+        *((name, "train.embedding_rows=all") for name in ("zeroshot", "prompt")),
     ],
 )
 def test_check_refuses_keys_the_strategy_ignores(

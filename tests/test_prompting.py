@@ -381,5 +381,5 @@ def test_prompt_uses_every_training_setting() -> None:
     from adaptext.strategies.prompt import Prompt
 
     # its output layer is the word-embedding matrix; its masked LM is not built by `build_model`
-    assert Prompt.ignores == ("train.freeze_embeddings", "train.attention_dropout")
+    assert Prompt.ignores == ("train.freeze_embeddings", "train.embedding_rows", "train.attention_dropout")
     assert Prompt.resumable

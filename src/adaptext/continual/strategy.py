@@ -166,8 +166,10 @@ class Continue(Finetune):
     """Fine-tuning that continues `previous` (or, for the first task or `joint`, starts from `config.model.name`)."""
 
     name = "finetune"  # the folder it writes is an ordinary fine-tuned model
-    # Its job is built by its own `fit` with the continual methods' loss, which the robust options do not wrap.
-    ignores = ROBUST_KEYS
+    # Its job is built by its own `fit` with the continual methods' loss, which the robust options do not wrap; its
+    # methods keep per-parameter state across tasks (EWC's Fisher, LwF's previous model), so every embedding row
+    # trains.
+    ignores = (*ROBUST_KEYS, "train.embedding_rows")
     regression = False  # the continual methods (replay, EWC, LwF, SLDA) are defined on labels
     self_trainable = False  # its prepared memory and previous model are for one fit
 

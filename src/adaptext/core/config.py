@@ -181,6 +181,14 @@ class TrainConfig(_Section):
         "pretrained: no gradients or optimizer moments for it, so less memory and time per step. See "
         "docs/benchmarks.md for its accuracy across data sets.",
     )
+    embedding_rows: Literal["used", "all"] = Field(
+        "used",
+        description="Which rows of the word-embedding matrix full fine-tuning and few-shot train. `used`: those of "
+        "the tokens in the training data, the only rows that get a gradient, so the model is the same; the rest "
+        "keep no gradient or optimizer moments (for MiniLM up to about 120 MB less memory and faster steps) and stay "
+        "as pretrained, where `all` would shrink them by weight decay alone. `all`: the whole matrix. On-the-fly "
+        "augmentation (robust.augment) can bring any token, so it trains all rows.",
+    )
     attention_dropout: Float | None = Field(
         None,
         ge=0,

@@ -44,6 +44,10 @@ class Encoded(Dataset[dict[str, Any]]):
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.features["input_ids"]]
 
+    def token_ids(self) -> torch.Tensor:
+        """(distinct ids,) every token id of the examples, sorted."""
+        return torch.tensor(sorted({token for ids in self.features["input_ids"] for token in ids}), dtype=torch.long)
+
 
 def tokenize(
     tokenizer: PreTrainedTokenizerBase,

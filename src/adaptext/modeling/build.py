@@ -29,6 +29,7 @@ from adaptext.core.task import Task
 from adaptext.modeling.embedding import final_linear
 from adaptext.modeling.hub import _first_line, check_classifier_folder, resolve_model_name
 from adaptext.modeling.pooling import _fix_pooling_layer, add_mean_pooling, has_mean_pooling, mean_pooling_supported
+from adaptext.modeling.used_rows import ROWS
 
 if TYPE_CHECKING:
     pass
@@ -130,9 +131,10 @@ def answer_config(labels: Sequence[str], task: Task) -> PretrainedConfig:
 
 def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
     """(trainable, total) parameter counts. For a peft model the total is base plus adapter, with the head counted
-    once (peft keeps the original head beside the trained copy)."""
+    once (peft keeps the original head beside the trained copy), and word embeddings that train only their used
+    rows (`UsedRowsEmbedding`) count their full matrix once."""
     named = [(name, p) for name, p in model.named_parameters() if ".original_module." not in name]
-    total = sum(p.numel() for _, p in named)
+    total = sum(p.numel() for name, p in named if not name.endswith(f".{ROWS}"))
     trainable = sum(p.numel() for _, p in named if p.requires_grad)
     return trainable, total
 

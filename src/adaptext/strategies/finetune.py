@@ -122,6 +122,8 @@ class Finetune(Strategy):
             precision=prepared.precision,
             evaluate=validation(tokenizer, config, splits.validation),
             save=save,
+            # on-the-fly augmentation can bring any token; without it the batches hold the encoded texts' tokens
+            token_ids=train_set.token_ids() if augment.method == "none" else None,
         )
         return run_training(job, run)
 

@@ -44,7 +44,8 @@ class Prompt(Strategy):
     resumable = True
     # PET trains on the engine like fine-tuning: every other `train.*` key applies. Its masked LM's output layer
     # shares the word-embedding matrix, so freezing that matrix would freeze the verbalizer's scores as well.
-    ignores = ("train.freeze_embeddings", "train.attention_dropout")  # its masked LM is built elsewhere
+    # its masked LM is built elsewhere, and its output layer is tied to the word embeddings
+    ignores = ("train.freeze_embeddings", "train.embedding_rows", "train.attention_dropout")
 
     def check(self, config: Config) -> None:
         super().check(config)

@@ -79,6 +79,7 @@ class Zeroshot(Strategy):
         "train.swa_start",
         "train.swa_every",
         "train.freeze_embeddings",
+        "train.embedding_rows",
         "train.attention_dropout",
         *ROBUST_KEYS,
     )

@@ -9,6 +9,10 @@ and how to evaluate the model) and `run_training` does the rest the same way for
         -> best model saved, early stopping -> checkpoint
     -> final checkpoint -> (SWA: the averaged weights evaluated and saved) -> the final `TrainingState`
 
+A job that knows every token its batches can hold trains only those rows of the word embeddings
+(`train.embedding_rows: used`, `modeling/used_rows.py`): the same training, without a gradient and optimizer
+moments for rows no batch uses.
+
 Checkpoints hold the model, optimizer, schedule, random states and the loop's counters, and the batch order is a
 pure function of (seed, epoch), so a resumed run continues exactly where the interrupted one was.
 
@@ -50,6 +54,7 @@ from adaptext.data.examples import TextData
 from adaptext.evaluation.metrics import EvalReport, evaluate_data, is_improvement
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import count_parameters
+from adaptext.modeling.used_rows import restore_embedding, train_used_rows
 from adaptext.training.callbacks import Callback, CallbackList
 from adaptext.training.objectives import Objective
 from adaptext.training.optim import build_optimizer, eval_batch_size
@@ -93,6 +98,8 @@ class TrainingJob:
         finish: A last stage after the final step that completes the model and scores it on validation data (in
             fp32, like `evaluate`); the model it leaves is the one saved. Few-shot fits its head here.
         epochs_per_pass: Passes over the data that one pass of `batches` makes (for the `epoch` of log records).
+        token_ids: Every token id the training batches can hold, when known before training: with
+            `train.embedding_rows: used` only those rows of the word embeddings train (`modeling/used_rows.py`).
     """
 
     model: nn.Module
@@ -108,6 +115,7 @@ class TrainingJob:
     save: Callable[[nn.Module, Path], None] | None = None
     finish: Callable[[nn.Module], EvalReport] | None = None
     epochs_per_pass: float = 1.0
+    token_ids: torch.Tensor | None = None
 
 
 def run_training(job: TrainingJob, run: Run) -> TrainingState:
@@ -133,6 +141,7 @@ def run_training(job: TrainingJob, run: Run) -> TrainingState:
             f"strategy {run.config.strategy} trains on pairs within each batch, which splitting the batch across "
             f"{accelerator.num_processes} processes would change: run it as one process"
         )
+    used_rows = job.token_ids is not None and cfg.embedding_rows == "used" and train_used_rows(job.model, job.token_ids)
     optimizer = build_optimizer(job.model, cfg, job.learning_rate)
     scheduler = get_scheduler(
         "linear", optimizer, num_warmup_steps=int(job.warmup_ratio * job.steps), num_training_steps=job.steps
@@ -143,6 +152,8 @@ def run_training(job: TrainingJob, run: Run) -> TrainingState:
     if run.resume:
         loop.restore()
     loop.train()
+    if used_rows:
+        restore_embedding(job.model)  # the model saved and the one in memory: a plain word-embedding layer
     # The process group outlives training: the run's post-hoc steps and evaluation still synchronise the processes
     # (`run_strategy` ends it). adaptext starts no accelerate trackers, the rest of what `end_training` does.
     accelerator.free_memory()
