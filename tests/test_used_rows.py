@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from adaptext.core.config import Config, load_config
+from adaptext.core.config import Config, config_to_yaml, load_config
 from adaptext.data.io import read_table
+from adaptext.inference.predictor import Predictor
 from adaptext.modeling.hub import load_tokenizer
 from adaptext.modeling.used_rows import ROWS, UsedRowsEmbedding, restore_embedding, train_used_rows
 from adaptext.strategies import train
-from conftest import LEARNABLE
+from conftest import LEARNABLE, SimulatedCrashError, stop_at
 
 
 def layer_and_copy() -> tuple[nn.Embedding, UsedRowsEmbedding]:
@@ -140,3 +142,22 @@ def test_tied_or_frozen_embeddings_are_left_as_they_are(tiny_model_dir: Path) ->
     restore_embedding(classifier)
     assert type(classifier.get_input_embeddings()) is nn.Embedding
     assert classifier.get_input_embeddings().weight.requires_grad
+
+
+def test_a_checkpoint_that_trained_every_row_resumes_training_the_used_rows(
+    tiny_config: Callable[..., Config], data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    overrides = ("train.epochs=3", "train.checkpoint_steps=3", "train.learning_rate=5e-3", "train.weight_decay=0")
+    straight = train(tiny_config(*overrides, "train.embedding_rows=all", f"output_dir={tmp_path / 'straight'}"))
+    with pytest.raises(SimulatedCrashError):
+        train(
+            tiny_config(*overrides, "train.embedding_rows=all", f"output_dir={tmp_path / 'run'}"), on_step=stop_at(10)
+        )
+    # The folder as an adaptext before `train.embedding_rows` left it: its config resumes with the default, `used`,
+    # and the checkpoint's optimizer moments are those of the whole matrix.
+    config = tiny_config(*overrides, f"output_dir={tmp_path / 'run'}")
+    (tmp_path / "run" / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
+    resumed = train(config, resume=True)
+    texts = list(read_table(data_files["test"])["text"])
+    expected = Predictor.from_dir(straight.run_dir).predict_logits(texts)
+    assert np.allclose(Predictor.from_dir(resumed.run_dir).predict_logits(texts), expected, atol=1e-5)

@@ -127,6 +127,20 @@ def train_used_rows(model: nn.Module, token_ids: torch.Tensor) -> bool:
     return True
 
 
+def compact_moments(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """Cut optimizer moments of the whole word-embedding matrix, as a checkpoint of a run that trained every row
+    holds, to the rows `model` trains. Exact: a row no batch used had no gradient, so its moments were zero.
+    Returns whether there was anything to cut."""
+    layer = model.get_input_embeddings() if isinstance(model, PreTrainedModel) else None
+    if not isinstance(layer, UsedRowsEmbedding) or layer.used_rows not in optimizer.state:
+        return False
+    state = optimizer.state[layer.used_rows]
+    dense = [k for k, v in state.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == layer.num_embeddings]
+    for key in dense:
+        state[key] = state[key][layer.used].clone()
+    return bool(dense)
+
+
 def restore_embedding(model: nn.Module) -> None:
     """Put a plain `nn.Embedding` with the trained rows written in back in place of a `UsedRowsEmbedding`."""
     if not isinstance(model, PreTrainedModel) or not isinstance(

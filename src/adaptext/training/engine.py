@@ -54,7 +54,7 @@ from adaptext.data.examples import TextData
 from adaptext.evaluation.metrics import EvalReport, evaluate_data, is_improvement
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.build import count_parameters
-from adaptext.modeling.used_rows import restore_embedding, train_used_rows
+from adaptext.modeling.used_rows import compact_moments, restore_embedding, train_used_rows
 from adaptext.training.callbacks import Callback, CallbackList
 from adaptext.training.objectives import Objective
 from adaptext.training.optim import build_optimizer, eval_batch_size
@@ -446,6 +446,11 @@ class Loop:
         """Load the last checkpoint: weights, optimizer, schedule, random states and the loop's counters."""
         checkpoint = self.paths.checkpoint
         self.accelerator.load_state(str(checkpoint))
+        if compact_moments(self.unwrapped, self.optimizer):
+            logger.info(
+                "the checkpoint trained every word-embedding row (an earlier adaptext, or train.embedding_rows=all): "
+                "its optimizer moments are cut to the rows this run trains, the rest were zero"
+            )
         if self.swa is not None:
             self.swa.load(checkpoint)
         saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
