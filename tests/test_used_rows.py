@@ -30,18 +30,18 @@ def layer_and_copy() -> tuple[nn.Embedding, UsedRowsEmbedding]:
 
 def test_the_layer_gives_the_plain_layers_output_and_state_dict() -> None:
     plain, compact = layer_and_copy()
-    assert compact.used.tolist() == [2, 3, 7]  # padding never trains
+    assert compact.used.tolist() == [0, 2, 3, 7]  # the padding row is kept with them, and gets no gradient
     assert [name for name, p in compact.named_parameters() if p.requires_grad] == [ROWS]
     compact.eval()  # id 5 is not trained: only evaluation may read it
     ids = torch.tensor([[2, 3, 5, 0], [7, 7, 0, 0]])
     assert torch.equal(compact(ids), plain(ids))
     assert list(compact.state_dict()) == ["weight"]
     with torch.no_grad():
-        compact.used_rows[1] += 1.0  # a trained row: id 3
+        compact.used_rows[2] += 1.0  # a trained row: id 3
     saved = compact.state_dict()["weight"]
     assert torch.equal(saved[3], plain.weight[3] + 1.0)
     assert torch.equal(saved[[0, 1, 2, 4, 5, 6, 7, 8, 9]], plain.weight[[0, 1, 2, 4, 5, 6, 7, 8, 9]])
-    restored = UsedRowsEmbedding(nn.Embedding(10, 4, padding_idx=0), torch.tensor([2, 3, 7]))
+    restored = UsedRowsEmbedding(nn.Embedding(10, 4, padding_idx=0), torch.tensor([0, 2, 3, 7]))
     restored.load_state_dict({"weight": saved})
     restored.eval()
     assert torch.equal(restored(ids), compact(ids))
@@ -52,7 +52,7 @@ def test_the_layer_gives_the_plain_layers_output_and_state_dict() -> None:
 def test_a_training_batch_with_an_untrained_token_is_an_error() -> None:
     _, compact = layer_and_copy()
     compact.train()
-    with pytest.raises(RuntimeError, match=r"1 token\(s\) outside the 3 trained embedding rows \(ids \[5\]"):
+    with pytest.raises(RuntimeError, match=r"1 token\(s\) outside the 4 trained embedding rows \(ids \[5\]"):
         compact(torch.tensor([[2, 5, 0]]))
     compact.eval()  # evaluation reads every row
     assert compact(torch.tensor([[2, 5, 0]])).shape == (1, 3, 4)
@@ -68,7 +68,8 @@ def test_only_the_used_rows_get_a_gradient_and_they_get_the_dense_one() -> None:
     ((plain(ids) - target) ** 2).sum().backward()
     ((compact(ids) - target) ** 2).sum().backward()
     assert compact.weight.grad is None
-    assert torch.allclose(compact.used_rows.grad, plain.weight.grad[[2, 3, 7]])
+    assert torch.allclose(compact.used_rows.grad, plain.weight.grad[[0, 2, 3, 7]])
+    assert not compact.used_rows.grad[0].any()  # padding
     assert not plain.weight.grad[[1, 4, 5, 6, 8, 9]].any()
 
 
@@ -126,7 +127,8 @@ def test_training_the_used_rows_is_the_dense_training(
     stats = {rows: result.stats for rows, result in results.items()}
     assert stats["used"]["total_parameters"] == stats["all"]["total_parameters"]
     width = pretrained.shape[1]
-    assert stats["used"]["trainable_parameters"] == stats["all"]["trainable_parameters"] - (vocab - len(used)) * width
+    untrained = vocab - len(used) - 1  # the padding row is kept with the used ones
+    assert stats["used"]["trainable_parameters"] == stats["all"]["trainable_parameters"] - untrained * width
 
 
 def test_tied_or_frozen_embeddings_are_left_as_they_are(tiny_model_dir: Path) -> None:
@@ -147,11 +149,18 @@ def test_tied_or_frozen_embeddings_are_left_as_they_are(tiny_model_dir: Path) ->
 def test_a_checkpoint_that_trained_every_row_resumes_training_the_used_rows(
     tiny_config: Callable[..., Config], data_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    overrides = ("train.epochs=3", "train.checkpoint_steps=3", "train.learning_rate=5e-3", "train.weight_decay=0")
+    # SWA from step 23 of 45: the checkpoint of step 27 holds an average of the whole matrix too
+    overrides = (
+        "train.epochs=3",
+        "train.checkpoint_steps=3",
+        "train.learning_rate=5e-3",
+        "train.weight_decay=0",
+        "train.swa_start=0.5",
+    )
     straight = train(tiny_config(*overrides, "train.embedding_rows=all", f"output_dir={tmp_path / 'straight'}"))
     with pytest.raises(SimulatedCrashError):
         train(
-            tiny_config(*overrides, "train.embedding_rows=all", f"output_dir={tmp_path / 'run'}"), on_step=stop_at(10)
+            tiny_config(*overrides, "train.embedding_rows=all", f"output_dir={tmp_path / 'run'}"), on_step=stop_at(28)
         )
     # The folder as an adaptext before `train.embedding_rows` left it: its config resumes with the default, `used`,
     # and the checkpoint's optimizer moments are those of the whole matrix.

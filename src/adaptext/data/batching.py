@@ -44,9 +44,10 @@ class Encoded(Dataset[dict[str, Any]]):
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.features["input_ids"]]
 
-    def token_ids(self) -> torch.Tensor:
-        """(distinct ids,) every token id of the examples, sorted."""
-        return torch.tensor(sorted({token for ids in self.features["input_ids"] for token in ids}), dtype=torch.long)
+    def token_ids(self, pad_token_id: int) -> torch.Tensor:
+        """(distinct ids,) every token id a padded batch of these examples can hold, sorted."""
+        ids = np.concatenate([np.asarray(row, dtype=np.int64) for row in self.features["input_ids"]] + [[pad_token_id]])
+        return torch.from_numpy(np.unique(ids))
 
 
 def tokenize(

@@ -27,8 +27,9 @@ ROWS = "used_rows"  # the name of the trained rows' parameter
 class UsedRowsEmbedding(nn.Embedding):
     """An input-embedding layer whose `used` rows (sorted token ids) are trained as their own parameter.
 
-    The full matrix `weight` is frozen; a token id outside `used` (other than padding) in a batch that trains is an
-    error, since the dense layer would have trained its row.
+    The full matrix `weight` is frozen. The padding row is one of the trained rows, with no gradient as in the plain
+    layer (weight decay still shrinks it, as there). A token id outside `used` in a batch that trains is an error,
+    since the dense layer would have trained its row; evaluation reads every row.
     """
 
     used: torch.Tensor  # (rows,) token ids
@@ -43,26 +44,29 @@ class UsedRowsEmbedding(nn.Embedding):
             _weight=layer.weight.detach(),
             _freeze=True,
         )
-        used = used[used != (-1 if layer.padding_idx is None else layer.padding_idx)]
+        if layer.padding_idx is not None:
+            used = torch.unique(torch.cat([used, torch.tensor([layer.padding_idx], device=used.device)]))
         slot = torch.full((layer.num_embeddings,), -1, dtype=torch.long, device=used.device)
         slot[used] = torch.arange(len(used), device=used.device)
         self.register_buffer("used", used, persistent=False)
         self.register_buffer("slot", slot, persistent=False)
         self.used_rows = nn.Parameter(self.weight[used].clone())
+        self.pad_slot = None if layer.padding_idx is None else int(slot[layer.padding_idx])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (batch, seq_len) -> (batch, seq_len, dim)
         slots = self.slot[ids]
-        found = slots >= 0
-        trained = functional.embedding(slots.clamp(min=0), self.used_rows)
         if torch.is_grad_enabled() and self.training:
-            unknown = ~found & (ids != (-1 if self.padding_idx is None else self.padding_idx))
-            if unknown.any():
-                missing = sorted(set(ids[unknown].tolist()))
+            # Checked where it costs no wait for a device; elsewhere the -1 index fails the lookup itself.
+            if slots.device.type == "cpu" and bool((slots < 0).any()):
+                missing = sorted(set(ids[slots < 0].tolist()))
                 raise RuntimeError(
-                    f"a training batch has {int(unknown.sum())} token(s) outside the {len(self.used)} trained "
+                    f"a training batch has {int((slots < 0).sum())} token(s) outside the {len(self.used)} trained "
                     f"embedding rows (ids {missing[:5]}{'...' if len(missing) > 5 else ''}): "
                     "train.embedding_rows=all trains every row"
                 )
+            return functional.embedding(slots, self.used_rows, self.pad_slot)
+        found = slots >= 0
+        trained = functional.embedding(slots.clamp(min=0), self.used_rows, self.pad_slot)
         if bool(found.all()):
             return trained
         return torch.where(found.unsqueeze(-1), trained, functional.embedding(ids, self.weight, self.padding_idx))
@@ -107,13 +111,15 @@ def train_used_rows(model: nn.Module, token_ids: torch.Tensor) -> bool:
     """Make `model`'s word embeddings train only the rows of `token_ids` (every id its training batches hold).
 
     Returns False, changing nothing, where the layer is not a plain `nn.Embedding` or the matrix is tied to an
-    output layer (a language-model head would train every row)."""
+    output layer (a language-model head would train every row), or the model is an encoder-decoder."""
     if not isinstance(model, PreTrainedModel):
         return False
     layer = model.get_input_embeddings()
-    if type(layer) is not nn.Embedding or layer.max_norm is not None or layer.sparse or not layer.weight.requires_grad:
+    if type(layer) is not nn.Embedding or layer.max_norm is not None or layer.sparse or layer.scale_grad_by_freq:
         return False
-    if model.get_output_embeddings() is not None:
+    if not layer.weight.requires_grad or model.get_output_embeddings() is not None:
+        return False
+    if getattr(model.config, "is_encoder_decoder", False):  # its decoder reads ids the texts do not hold
         return False
     used = torch.unique(token_ids.to(device=layer.weight.device, dtype=torch.long))
     compact = UsedRowsEmbedding(layer, used)

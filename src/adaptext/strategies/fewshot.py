@@ -337,7 +337,7 @@ def _job(config: Config, prepared: FewshotPrepared, tokenizer: PreTrainedTokeniz
         finish=head.fit,
         save=head.save,
         epochs_per_pass=epochs_per_pass,
-        token_ids=encoded.token_ids(),
+        token_ids=encoded.token_ids(pad_id),
     )
 
 

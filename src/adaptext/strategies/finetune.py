@@ -123,7 +123,7 @@ class Finetune(Strategy):
             evaluate=validation(tokenizer, config, splits.validation),
             save=save,
             # on-the-fly augmentation can bring any token; without it the batches hold the encoded texts' tokens
-            token_ids=train_set.token_ids() if augment.method == "none" else None,
+            token_ids=train_set.token_ids(tokenizer.pad_token_id or 0) if augment.method == "none" else None,
         )
         return run_training(job, run)
 

@@ -149,11 +149,13 @@ def run_training(job: TrainingJob, run: Run) -> TrainingState:
     model, optimizer, scheduler = accelerator.prepare(job.model, optimizer, scheduler)
     loader = batch_loader(job, run, accelerator)
     loop = Loop(job, run, accelerator, model, optimizer, loader, scheduler, CallbackList(run.callbacks))
-    if run.resume:
-        loop.restore()
-    loop.train()
-    if used_rows:
-        restore_embedding(job.model)  # the model saved and the one in memory: a plain word-embedding layer
+    try:
+        if run.resume:
+            loop.restore()
+        loop.train()
+    finally:
+        if used_rows:
+            restore_embedding(job.model)  # the model saved and the one in memory: a plain word-embedding layer
     # The process group outlives training: the run's post-hoc steps and evaluation still synchronise the processes
     # (`run_strategy` ends it). adaptext starts no accelerate trackers, the rest of what `end_training` does.
     accelerator.free_memory()

@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import get_swa_multi_avg_fn
 
 from adaptext.core.config import TrainConfig
+from adaptext.modeling.used_rows import ROWS, UsedRowsEmbedding
 
 SWA_FILE = "swa.safetensors"  # in a checkpoint folder: the running mean, and how many steps it holds
 
@@ -46,6 +47,13 @@ class WeightAverage:
         self.names = [name for name, _ in named]
         self.params = [param for _, param in named]
         self.average = [param.detach().clone() for param in self.params]  # meaningless until `count` > 0
+        # the rows a `UsedRowsEmbedding` trains, by its parameter's name: a checkpoint that trained every row holds
+        # the average of the whole matrix under the plain layer's name
+        self.rows = {
+            f"{prefix}.{ROWS}": module.used
+            for prefix, module in model.named_modules()
+            if isinstance(module, UsedRowsEmbedding)
+        }
         self.count = 0  # weight snapshots in the average
         self._update = get_swa_multi_avg_fn()
 
@@ -89,5 +97,8 @@ class WeightAverage:
         tensors = load_file(str(path))
         with torch.no_grad():
             for name, mean in zip(self.names, self.average, strict=True):
-                mean.copy_(tensors[name])
+                if name not in tensors and name in self.rows:
+                    mean.copy_(tensors[name.removesuffix(ROWS) + "weight"][self.rows[name]])
+                else:
+                    mean.copy_(tensors[name])
         self.count = count
