@@ -17,7 +17,7 @@ from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo
 from adaptext.data.io import read_texts
 from adaptext.distill import StudentSettings, distill_model
-from adaptext.distill.student import build_student, soft_loss, train_student
+from adaptext.distill.student import build_student, logit_loss, soft_loss, train_student
 from adaptext.distill.texts import augment
 from adaptext.inference.loaders import StaticLoader, loader_for
 from adaptext.inference.predictor import Predictor
@@ -162,8 +162,12 @@ def test_serve_answers_with_the_student(student: Path) -> None:
 
 def test_cli_distills_and_refuses_a_folder_it_did_not_write(teacher_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli-student"
-    assert distill_cli(str(teacher_run), "--output", str(out), "--dim", "8", "--epochs", "2", "--augment", "0") == 0
+    cli_args = ("--output", str(out), "--dim", "8", "--epochs", "2", "--augment", "0", "--loss", "mse")
+    assert distill_cli(str(teacher_run), *cli_args) == 0
     assert Predictor.from_dir(out).predict(["refund"])[0].label in {"billing", "shipping", "technical"}
+    report = json.loads((out / "distill.json").read_text(encoding="utf-8"))
+    assert report["settings"]["loss"] == "mse"
+    assert "squared difference of the logits" in (out / "distill.html").read_text(encoding="utf-8")
     with pytest.raises(AdaptextError, match="--overwrite"):
         distill_cli(str(teacher_run), "--output", str(out), "--epochs", "1")
     mine = tmp_path / "mine"
@@ -240,6 +244,33 @@ def test_soft_loss_is_zero_gradient_at_the_teacher() -> None:
     logits = torch.tensor([[1.0, -2.0, 0.5]], requires_grad=True)
     soft_loss(logits, logits.detach(), 2.0, multi_label=False).backward()
     assert logits.grad is not None and torch.allclose(logits.grad, torch.zeros(1, 3), atol=1e-6)
+
+
+def test_logit_loss_ignores_a_common_shift_of_single_label_logits_only() -> None:
+    teacher = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    assert logit_loss(teacher + 7.0, teacher, multi_label=False).item() == pytest.approx(0.0, abs=1e-6)
+    assert logit_loss(teacher + 7.0, teacher, multi_label=True).item() == pytest.approx(3 * 49.0)  # sigmoids move
+    student = torch.tensor([[2.0, -2.0, 0.5], [0.0, 3.0, -1.0]], requires_grad=True)
+    # first text: centred difference (2/3, -1/3, -1/3), squared and summed 2/3; the mean over two texts 1/3
+    loss = logit_loss(student, teacher, multi_label=False)
+    assert loss.item() == pytest.approx(1 / 3)
+    loss.backward()
+    assert student.grad is not None and not student.grad[1].any()
+
+
+@pytest.mark.parametrize("loss", ["kl", "mse"])
+def test_each_loss_learns_a_toy_task(loss: str) -> None:
+    rng = np.random.default_rng(0)
+    ids = [[int(rng.integers(2, 10)), 10 + (i % 2), int(rng.integers(2, 10))] for i in range(64)]
+    teacher = np.array([[3.0, -3.0] if i % 2 == 0 else [-3.0, 3.0] for i in range(64)], dtype=np.float32)
+    settings = StudentSettings(dim=8, epochs=40, batch_size=16, learning_rate=5e-2, loss=loss)
+    table = rng.normal(0, 1, size=(12, 8)).astype(np.float32)
+    model = build_student(table, ["a", "b"], "single_label_classification", settings, extra={})
+    losses = train_student(model, ids, teacher, settings, multi_label=False)
+    assert losses[-1] < 0.3 * losses[0]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(ids)).logits.numpy()
+    assert (logits.argmax(1) == teacher.argmax(1)).mean() == 1.0
 
 
 def test_static_classifier_round_trips(tmp_path: Path) -> None:

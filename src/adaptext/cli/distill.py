@@ -42,7 +42,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=2,
         help="changed copies of each training text for the teacher to label (default 2)",
     )
-    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft labels (default 2)")
+    p.add_argument(
+        "--loss",
+        choices=["kl", "mse"],
+        default="kl",
+        help="kl: the KL divergence of the soft labels at --temperature (default); mse: the squared difference of the "
+        "logits (docs/distill.md)",
+    )
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature with --loss kl (default 2)")
     p.add_argument(
         "--init",
         choices=["teacher", "embeddings", "random"],
@@ -65,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         epochs=args.epochs,
         augment=args.augment,
+        loss=args.loss,
         temperature=args.temperature,
         init=args.init,
         seed=args.seed,

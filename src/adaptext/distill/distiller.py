@@ -29,6 +29,7 @@ from adaptext.data.splits import load_splits
 from adaptext.distill.report import REPORT_JSON, REPORT_PAGE, write_page
 from adaptext.distill.student import (
     INITS,
+    LOSSES,
     StudentSettings,
     build_student,
     initial_table,
@@ -69,6 +70,8 @@ def distill_model(
         raise AdaptextError(f"pooling {settings.pooling!r} is not one of {', '.join(POOLINGS)}")
     if settings.init not in INITS:
         raise AdaptextError(f"init {settings.init!r} is not one of {', '.join(INITS)}")
+    if settings.loss not in LOSSES:
+        raise AdaptextError(f"loss {settings.loss!r} is not one of {', '.join(LOSSES)}")
     if settings.dim < 1 or settings.epochs < 1 or settings.augment < 0 or settings.context < 0:
         raise AdaptextError("dim and epochs must be at least 1, augment and context at least 0")
     started = time.perf_counter()

@@ -62,7 +62,13 @@ def write_page(path: Path, summary: dict[str, Any]) -> None:
         f"<p>{texts['distilled_on']} texts labelled by the teacher: {texts['train']} training texts, "
         f"{texts['copies_per_text']} changed copies of each, {texts['unlabelled']} unlabelled texts "
         "(repeats and texts of the scored splits left out). "
-        f"{settings['epochs']} epochs at temperature {settings['temperature']}. Time: teacher labels "
+        f"{settings['epochs']} epochs, "
+        + (
+            "the squared difference of the logits as the loss"
+            if settings.get("loss") == "mse"
+            else f"the KL divergence at temperature {settings['temperature']} as the loss"
+        )
+        + ". Time: teacher labels "
         f"{seconds['teacher_labels_s']:.0f} s, table {seconds['init_s']:.0f} s, training {seconds['train_s']:.0f} s, "
         f"in all {seconds['total_s']:.0f} s.</p>",
         "<p>Loss per epoch: " + ", ".join(f"{loss:.4f}" for loss in summary["epoch_losses"]) + "</p>",

@@ -41,7 +41,10 @@ class StudentSettings:
         epochs: Passes over the distillation texts.
         batch_size: Texts per optimizer step.
         learning_rate: AdamW's learning rate for the table and the head.
-        temperature: Softmax temperature of both teacher and student in the loss.
+        loss: `kl`, the KL divergence between the teacher's and the student's probabilities at `temperature`
+            (Hinton et al., 2015), or `mse`, the squared difference of their logits (Tang et al., 2019), centred on
+            each text's mean logit for single-label data, where a common shift changes no probability.
+        temperature: Softmax temperature of both teacher and student in the `kl` loss.
         augment: Changed copies of each training text added to the distillation texts.
         init: `embeddings` (the teacher's input word embeddings, PCA'd), `teacher` (model2vec's table from the
             teacher's encoder where it can read it, else as `embeddings`) or `random`. `embeddings` is the default:
@@ -57,6 +60,7 @@ class StudentSettings:
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 5e-3
+    loss: str = "kl"
     temperature: float = 2.0
     augment: int = 2
     init: str = "embeddings"
@@ -64,6 +68,7 @@ class StudentSettings:
 
 
 INITS = ("teacher", "embeddings", "random")
+LOSSES = ("kl", "mse")
 
 
 def initial_table(model: Any, tokenizer: PreTrainedTokenizerBase, settings: StudentSettings) -> tuple[np.ndarray, str]:
@@ -174,6 +179,16 @@ def soft_loss(
     return loss * t * t
 
 
+def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """The `mse` distillation loss of a batch: the squared difference of the logits, summed over labels and averaged
+    over texts. Single-label logits are centred on each text's mean first (softmax ignores a common shift);
+    multi-label logits are each label's own sigmoid input and stay as they are."""
+    if not multi_label:
+        student_logits = student_logits - student_logits.mean(dim=-1, keepdim=True)
+        teacher_logits = teacher_logits - teacher_logits.mean(dim=-1, keepdim=True)
+    return ((student_logits - teacher_logits) ** 2).sum(dim=-1).mean()
+
+
 def train_student(
     student: StaticClassifier,
     ids: list[list[int]],
@@ -218,7 +233,10 @@ def train_student(
             for batch in batches:
                 input_ids, mask = pad_ids([ids[i] for i in batch])
                 logits = student(input_ids=input_ids, attention_mask=mask).logits
-                loss = soft_loss(logits, targets[batch], settings.temperature, multi_label)
+                if settings.loss == "mse":
+                    loss = logit_loss(logits, targets[batch], multi_label)
+                else:
+                    loss = soft_loss(logits, targets[batch], settings.temperature, multi_label)
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 loss.backward()
