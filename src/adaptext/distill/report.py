@@ -65,7 +65,7 @@ def write_page(path: Path, summary: dict[str, Any]) -> None:
         f"{settings['epochs']} epochs, "
         + (
             "the squared difference of the logits as the loss"
-            if settings.get("loss") == "mse"
+            if settings["loss"] == "mse"
             else f"the KL divergence at temperature {settings['temperature']} as the loss"
         )
         + ". Time: teacher labels "

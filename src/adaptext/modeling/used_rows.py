@@ -133,12 +133,18 @@ def train_used_rows(model: nn.Module, token_ids: torch.Tensor) -> bool:
     return True
 
 
+def used_rows_layer(model: nn.Module) -> UsedRowsEmbedding | None:
+    """`model`'s word-embedding layer when it trains only its used rows, else None."""
+    layer = model.get_input_embeddings() if isinstance(model, PreTrainedModel) else None
+    return layer if isinstance(layer, UsedRowsEmbedding) else None
+
+
 def compact_moments(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     """Cut optimizer moments of the whole word-embedding matrix, as a checkpoint of a run that trained every row
     holds, to the rows `model` trains. Exact: a row no batch used had no gradient, so its moments were zero.
     Returns whether there was anything to cut."""
-    layer = model.get_input_embeddings() if isinstance(model, PreTrainedModel) else None
-    if not isinstance(layer, UsedRowsEmbedding) or layer.used_rows not in optimizer.state:
+    layer = used_rows_layer(model)
+    if layer is None or layer.used_rows not in optimizer.state:
         return False
     state = optimizer.state[layer.used_rows]
     dense = [k for k, v in state.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == layer.num_embeddings]
@@ -149,10 +155,10 @@ def compact_moments(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
 
 def restore_embedding(model: nn.Module) -> None:
     """Put a plain `nn.Embedding` with the trained rows written in back in place of a `UsedRowsEmbedding`."""
-    if not isinstance(model, PreTrainedModel) or not isinstance(
-        layer := model.get_input_embeddings(), UsedRowsEmbedding
-    ):
+    layer = used_rows_layer(model)
+    if layer is None:
         return
+    assert isinstance(model, PreTrainedModel)  # where `used_rows_layer` finds the layer
     layer.write_rows()
     plain = nn.Embedding(
         layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx, _weight=layer.weight.detach()
