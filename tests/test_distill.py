@@ -17,7 +17,7 @@ from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo
 from adaptext.data.io import read_texts
 from adaptext.distill import StudentSettings, distill_model
-from adaptext.distill.student import build_student, logit_loss, soft_loss, train_student
+from adaptext.distill.student import _token_positions, build_student, logit_loss, soft_loss, train_student
 from adaptext.distill.texts import augment
 from adaptext.inference.loaders import StaticLoader, loader_for
 from adaptext.inference.predictor import Predictor
@@ -74,6 +74,14 @@ def distill_cli(*argv: str) -> int:
     distill.add_parser(parser.add_subparsers())
     args = parser.parse_args(["distill", *argv])
     return int(args.func(args))
+
+
+def test_the_command_lines_defaults_are_the_students_settings() -> None:
+    from adaptext.cli import distill
+
+    parser = argparse.ArgumentParser()
+    distill.add_parser(parser.add_subparsers())
+    assert distill.settings_from(parser.parse_args(["distill", "RUN", "--output", "OUT"])) == StudentSettings()
 
 
 # the folder --------------------------------------------------------------------------------------------------------
@@ -328,7 +336,7 @@ def test_bag_logits_match_the_padded_forward(hidden: int, path: str, context: in
             model.bag_logits([[1]] * NUMPY_MAX_TEXTS)
             model.bag_logits([[1]] * (NUMPY_MAX_TEXTS + 1))
         del model._numpy_logits
-        # past it only for a plain bag: with the context table or the maximum, torch's path pads, and numpy is faster
+        # past it only for a plain bag: with the context table or the maximum, numpy is faster at every batch size
         assert sizes == ([NUMPY_MAX_TEXTS] if model.plain_bag else [NUMPY_MAX_TEXTS, NUMPY_MAX_TEXTS + 1])
     hook = model.head[-1].register_forward_hook(lambda *_: None)  # an out-of-scope detector's tap needs torch
     with torch.inference_mode():
@@ -372,6 +380,28 @@ def check_bag_logits(model: StaticClassifier, *, inference: bool) -> None:
         left = torch.tensor([[0] * (width - len(row)) + row for row in rows])
         left_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
         torch.testing.assert_close(model(input_ids=left, attention_mask=left_mask).logits.detach(), padded)
+
+
+@pytest.mark.parametrize(("context", "pooling"), [(0, "mean"), (2, "mean"), (0, "mean+max"), (2, "mean+max")])
+def test_texts_laid_end_to_end_pool_as_each_text_alone(context: int, pooling: str) -> None:
+    # training's batches: no token of one text scales the next text's tokens or joins its mean or maximum
+    model = static_model(context, hidden=6, pooling=pooling)
+    rows = [[2, 7, 9, 3], [5], [], [2, 11, 12, 13, 14, 15, 3], [4, 4]]
+    with torch.inference_mode():
+        assert model._plain_cpu_inference()
+        alone = torch.cat([model.bag_logits([row]) for row in rows])  # numpy, one text at a time
+    flat = torch.tensor([token for row in rows for token in row])
+    packed = model.packed_logits(flat, torch.tensor([len(row) for row in rows]))
+    torch.testing.assert_close(packed.detach(), alone, rtol=1e-5, atol=1e-6)
+    packed.sum().backward()  # only the rows of the texts' tokens get a gradient
+    grad = model.embeddings.weight.grad
+    assert grad is not None
+    assert grad.abs().sum(dim=1).nonzero().flatten().tolist() == sorted(set(flat.tolist()))
+
+
+def test_token_positions_pick_each_texts_tokens_in_the_batch_order() -> None:
+    starts, lengths = torch.tensor([5, 0, 9, 7]), torch.tensor([2, 3, 0, 1])
+    assert _token_positions(starts, lengths).tolist() == [5, 6, 0, 1, 2, 7]
 
 
 @pytest.mark.parametrize("pooling", ["mean", "mean+max"])

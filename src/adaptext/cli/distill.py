@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adaptext.cli.options import add_overwrite_option
+
+if TYPE_CHECKING:
+    from adaptext.distill import StudentSettings
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,26 +67,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from adaptext.distill import StudentSettings, distill_model
+    from adaptext.distill import distill_model
 
-    settings = StudentSettings(
-        dim=args.dim,
-        hidden=args.hidden,
-        context=args.context,
-        pooling=args.pooling,
-        epochs=args.epochs,
-        augment=args.augment,
-        loss=args.loss,
-        temperature=args.temperature,
-        init=args.init,
-        seed=args.seed,
-    )
     summary = distill_model(
         args.model,
         args.output,
         unlabelled=args.unlabelled,
         text_column=args.text_column,
-        settings=settings,
+        settings=settings_from(args),
         overwrite=args.overwrite,
     )
     texts, seconds = summary["texts"]["distilled_on"], summary["seconds"]["total_s"]
@@ -96,3 +88,22 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"report: {Path(args.output) / 'distill.html'}")
     return 0
+
+
+def settings_from(args: argparse.Namespace) -> StudentSettings:
+    """The student's settings the command line asks for; its defaults are `StudentSettings`' (a test holds them
+    equal)."""
+    from adaptext.distill import StudentSettings
+
+    return StudentSettings(
+        dim=args.dim,
+        hidden=args.hidden,
+        context=args.context,
+        pooling=args.pooling,
+        epochs=args.epochs,
+        augment=args.augment,
+        loss=args.loss,
+        temperature=args.temperature,
+        init=args.init,
+        seed=args.seed,
+    )

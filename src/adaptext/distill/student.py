@@ -9,6 +9,7 @@ Training then fits table and head to the teacher's probabilities at a temperatur
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,8 +19,7 @@ from torch.nn import functional as F  # noqa: N812  (torch's own spelling)
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptext.core.console import progress_bar
-from adaptext.data.batching import LengthGroupedBatches
-from adaptext.modeling.static import StaticClassifier, StaticConfig, pad_ids
+from adaptext.modeling.static import StaticClassifier, StaticConfig
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +207,16 @@ def train_student(
         torch.optim.SparseAdam(tables, lr=settings.learning_rate),
         torch.optim.AdamW(head, lr=settings.learning_rate, weight_decay=0.0),
     ]
-    # Shuffled batches of texts of similar length: with the context table and the maximum, each step works on the
-    # padded (batch, longest, dim) vectors, and random batches of phrases and long sentences are mostly padding.
-    batches = LengthGroupedBatches([len(row) for row in ids], settings.batch_size, settings.seed)
-    total = len(batches) * settings.epochs
+    # Random batches, laid end to end without padding (`pooled_packed`), so a step costs its tokens. Batches of
+    # texts of similar length, the padded form's way to that cost, scored lower on SST-2 dev: 0.8222, 0.8257, 0.8234
+    # (seeds 0-2) against 0.8222, 0.8360, 0.8303 (BANKING77 0.9204, 0.9179, 0.9214 against 0.9204, 0.9159, 0.9184),
+    # in less time (docs/benchmarks.md, "Random batches without padding").
+    steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
+    flat = torch.tensor([token for row in ids for token in row], dtype=torch.long)
+    starts = torch.cumsum(lengths, dim=0) - lengths
+    order = torch.Generator().manual_seed(settings.seed)
     schedules = [
         torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(total, 1)))
         for optimizer in optimizers
@@ -227,12 +233,11 @@ def train_student(
     torch.set_num_threads(1)
     bar = progress_bar(total=total, desc="distill", unit="step")
     try:
-        for epoch in range(settings.epochs):
-            batches.set_epoch(epoch)
+        for _ in range(settings.epochs):
             running, done = 0.0, 0
-            for batch in batches:
-                input_ids, mask = pad_ids([ids[i] for i in batch])
-                logits = student(input_ids=input_ids, attention_mask=mask).logits
+            for batch in torch.randperm(len(ids), generator=order).split(settings.batch_size):
+                tokens = flat[_token_positions(starts[batch], lengths[batch])]
+                logits = student.packed_logits(tokens, lengths[batch])
                 if settings.loss == "mse":
                     loss = logit_loss(logits, targets[batch], multi_label)
                 else:
@@ -257,3 +262,10 @@ def train_student(
             student.context.sparse = False
     student.eval()
     return losses
+
+
+def _token_positions(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Positions in the flat token list of the texts starting at `starts` with `lengths`, one text after another."""
+    text_start = torch.cumsum(lengths, dim=0) - lengths
+    offsets = torch.arange(int(lengths.sum())) - torch.repeat_interleave(text_start, lengths)
+    return torch.repeat_interleave(starts, lengths) + offsets

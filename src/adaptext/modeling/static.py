@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +117,6 @@ class StaticConfig:
         )
 
 
-def pad_ids(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id lists as a (texts, longest) id tensor and its float mask, padded on the right; the pad id does not
-    matter since the mask weighs it 0. At least one column, so texts without tokens pool to zeros."""
-    width = max([1, *(len(row) for row in rows)])
-    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.float32)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1.0
-    return input_ids, mask
-
-
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in `folder`, read without its `config.json` (a model2vec config transformers does not
     know, and would warn about)."""
@@ -196,25 +183,42 @@ class StaticClassifier(nn.Module):
         return self.embeddings.weight.device
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The pooled embedding of each text: (batch, tokens) -> (batch, features)."""
-        mask = torch.ones_like(input_ids, dtype=torch.float32) if attention_mask is None else attention_mask.float()
-        weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+        """The pooled embedding of each text: (batch, tokens) -> (batch, features). Padding (left or right) counts
+        for nothing: the texts' own tokens go to `pooled_packed`."""
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask > 0
+        return self.pooled_packed(input_ids[mask], mask.sum(dim=1))
+
+    def pooled_packed(self, flat_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding of texts laid end to end: `flat_ids` (tokens,) holds each text's ids after the
+        previous text's, `lengths` (batch,) how many belong to each. -> (batch, features).
+
+        Nothing is padded, so a batch costs its tokens whatever their lengths: training draws random batches at the
+        cost of batches grouped by length, where a padded batch of phrases and long sentences was mostly padding.
+        A text without tokens pools to zeros.
+        """
+        lengths = lengths.to(device=flat_ids.device, dtype=torch.long)
+        starts = torch.cumsum(lengths, dim=0) - lengths
         if self.plain_bag:
-            return self.embeddings(input_ids, per_sample_weights=weights)
-        vectors = F.embedding(input_ids, self.embeddings.weight, sparse=self.embeddings.sparse)
+            # mode="sum" with per-token weights 1/length: the mean in one fused kernel
+            weights = (1.0 / lengths.clamp_min(1)).to(self.embeddings.weight.dtype).repeat_interleave(lengths)
+            return self.embeddings(flat_ids, starts, per_sample_weights=weights)
+        text = torch.repeat_interleave(torch.arange(len(lengths), device=flat_ids.device), lengths)
+        vectors = F.embedding(flat_ids, self.embeddings.weight, sparse=self.embeddings.sparse)
         if self.context is not None:
-            # padding (left or right) adds nothing to its neighbours' scale
-            rows = self.context(input_ids) * mask[..., None]
+            rows = self.context(flat_ids)
+            position = torch.arange(len(flat_ids), device=flat_ids.device) - starts[text]
             scale = torch.ones_like(vectors)
-            for k in range(1, min(self.config.context_window, input_ids.shape[1] - 1) + 1):
-                scale[:, k:] += rows[:, :-k]
+            for k in range(1, min(self.config.context_window, len(flat_ids) - 1) + 1):
+                # the row k tokens back, where that token is in the same text
+                scale[k:] += rows[:-k] * (position[k:] >= k).unsqueeze(-1).to(rows.dtype)
             vectors = vectors * scale
-        mean = torch.einsum("btd,bt->bd", vectors, weights)
+        batch = (len(lengths), vectors.shape[1])
+        mean = vectors.new_zeros(batch).index_add(0, text, vectors) / lengths.clamp_min(1).unsqueeze(-1)
         if self.config.pooling == "mean":
             return mean
-        # the maximum over a text's tokens; a text without tokens pools to zeros, as its mean does
-        highest = vectors.masked_fill(mask[..., None] == 0, float("-inf")).amax(dim=1)
-        highest = torch.where(mask.sum(dim=1, keepdim=True) > 0, highest, torch.zeros_like(highest))
+        # the elementwise maximum over each text's tokens; rows of texts without tokens stay 0
+        index = text.unsqueeze(-1).expand_as(vectors)
+        highest = vectors.new_zeros(batch).scatter_reduce(0, index, vectors, "amax", include_self=False)
         return torch.cat([mean, highest], dim=-1)
 
     def forward(
@@ -229,26 +233,27 @@ class StaticClassifier(nn.Module):
 
     def bag_logits(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """Logits (batch, num_labels) of unpadded token-id lists: `forward`'s on their padded batch (in eval mode),
-        without building the padding and its mask; what `Predictor` calls.
+        without building the padding and its mask (`packed_logits`); what `Predictor` calls.
 
         A batch of at most `NUMPY_MAX_TEXTS` texts on the CPU, without gradients, hooks or autocast, runs the same
         arithmetic in numpy (`_numpy_logits`): each torch call on a one-text batch costs tens of microseconds of
         dispatch, as long as its arithmetic. Larger batches stay in torch, whose kernels are faster on them.
         """
-        # With the context table or the maximum, torch's path is a padded batch, and numpy (one text at a time) was
-        # faster at every batch size measured: 1.62x and 1.28x at 64 texts, 2.31x and 2.25x at 1 (SST-2's and
-        # BANKING77's students, bench/results/predict_paths-*-context.json).
+        # With the context table or the maximum, numpy (one text at a time) was faster than torch at every batch size
+        # measured, first against a padded batch (1.62x and 1.28x at 64 texts, 2.31x and 2.25x at 1, SST-2's and
+        # BANKING77's students, bench/results/predict_paths-*-context.json), then against the texts laid end to end
+        # (`packed_logits`: 1.94x and 1.21x at 64, 2.59x and 2.92x at 1, predict_paths-*-packed.json).
         numpy_share = NUMPY_MAX_TEXTS if self.plain_bag else len(ids)
         if len(ids) <= numpy_share and self._plain_cpu_inference():
             return torch.from_numpy(self._numpy_logits(ids))
-        if not self.plain_bag:  # a token's vector depends on its neighbours, or a maximum: the padded forward
-            input_ids, mask = pad_ids(ids)
-            pooled = self.pooled(input_ids.to(self.device), mask.to(self.device))
-            return self.head(self.dropout(pooled))
         flat = torch.tensor([token for row in ids for token in row], dtype=torch.long, device=self.device)
-        starts = torch.tensor([0, *accumulate(len(row) for row in ids)][:-1], dtype=torch.long, device=self.device)
-        # mode="mean" divides each text's sum by its own length: the masked mean of `pooled`
-        return self.head(self.dropout(F.embedding_bag(flat, self.embeddings.weight, starts, mode="mean")))
+        lengths = torch.tensor([len(row) for row in ids], dtype=torch.long, device=self.device)
+        return self.packed_logits(flat, lengths)
+
+    def packed_logits(self, flat_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, num_labels) of texts laid end to end (`pooled_packed`'s arguments): `forward` without the
+        padding, and what the student trains on."""
+        return self.head(self.dropout(self.pooled_packed(flat_ids, lengths)))
 
     def _plain_cpu_inference(self) -> bool:
         # What _numpy_logits reproduces: eval mode (no dropout), float32 on the CPU, no autograd or autocast, and no
