@@ -3,6 +3,7 @@
     python bench/distill.py                               # trains both teachers (cached in --work), distils, measures
     python bench/distill.py --datasets sst2 --dim 128     # one data set, another width
     python bench/distill.py --init embeddings --output bench/results/distill-embeddings.json
+    python bench/distill.py --seeds 0 1 2                 # three students per data set, scored; the first timed
 
 The teachers are what a user gets from `adaptext train` with the bundled model, as in bench/explain.py: SST-2
 fine-tuned on 8,000 training sentences (seed 0) for one epoch, validated on the dev set; BANKING77 on a stratified
@@ -25,6 +26,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +133,24 @@ def measure(
         if serve_requests > 0:
             result[who]["serve_16_clients"] = serve_speed(folder, texts, serve_requests, 16)
     result["agreement"] = float((decided["teacher"] == decided["student"]).mean())
+    result["teacher_decisions"] = decided["teacher"].tolist()
     result["accuracy_lost_points"] = 100 * (result["teacher"]["accuracy"] - result["student"]["accuracy"])
     result["speedup"] = {key: result["student"][key] / result["teacher"][key] for key in ("batched", "one_at_a_time")}
     return result
+
+
+def scored(folder: Path, heldout: Path, teacher: dict[str, Any]) -> dict[str, float]:
+    """Accuracy of the model in `folder` on `heldout`, and its agreement with the teacher's decisions there."""
+    import numpy as np
+    import pandas as pd
+
+    from adaptext.inference.predictor import Predictor
+
+    frame = pd.read_csv(heldout, keep_default_na=False)
+    predictor = Predictor.from_dir(folder)
+    decided = predictor.predict_proba(frame.text.tolist()).argmax(1)
+    truth = np.array([predictor.labels.index(label) for label in frame.label])
+    return {"accuracy": float((decided == truth).mean()), "agreement": float((decided == teacher["decided"]).mean())}
 
 
 def serve_speed(folder: Path, texts: list[str], requests: int, clients: int) -> dict[str, Any]:
@@ -191,11 +208,19 @@ def main() -> None:
     parser.add_argument(
         "--serve-requests", type=int, default=1000, help="requests to `adaptext serve` at 16 clients (0: skip)"
     )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="student seeds: the first student is timed and served, every one is distilled and scored",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     import logging
 
+    import numpy as np
     import torch
 
     from adaptext.distill import StudentSettings, distill_model
@@ -216,13 +241,27 @@ def main() -> None:
     for dataset in args.datasets:
         run, heldout = prepare(dataset, args.data_root, args.work)
         unlabelled = unlabelled_for(dataset, args.data_root, args.work, args.sst2_unlabelled)
-        student_dir = args.work / dataset / "student"
-        started = time.perf_counter()
-        summary = distill_model(run, student_dir, unlabelled=unlabelled, settings=settings, overwrite=True)
-        seconds = time.perf_counter() - started
-        result = measure(dataset, run, heldout, student_dir, args.single, args.serve_requests)
-        results.append(result | {"distill_seconds": seconds, "distill": summary})
+        result: dict[str, Any] = {}
+        for seed in args.seeds:
+            student_dir = args.work / dataset / ("student" if seed == args.seeds[0] else f"student-seed{seed}")
+            started = time.perf_counter()
+            chosen = replace(settings, seed=seed)
+            summary = distill_model(run, student_dir, unlabelled=unlabelled, settings=chosen, overwrite=True)
+            seconds = time.perf_counter() - started
+            if seed == args.seeds[0]:
+                result = measure(dataset, run, heldout, student_dir, args.single, args.serve_requests)
+                result |= {"distill_seconds": seconds, "distill": summary, "seeds": []}
+                score = {"accuracy": result["student"]["accuracy"], "agreement": result["agreement"]}
+            else:
+                score = scored(student_dir, heldout, {"decided": np.array(result["teacher_decisions"])})
+            result["seeds"].append({"seed": seed, "distill_seconds": seconds} | score)
+        del result["teacher_decisions"]
+        accuracies = [row["accuracy"] for row in result["seeds"]]
+        result["student_mean_accuracy"] = sum(accuracies) / len(accuracies)
+        result["mean_accuracy_lost_points"] = 100 * (result["teacher"]["accuracy"] - result["student_mean_accuracy"])
+        results.append(result)
         print(table(results[-1:]), flush=True)
+        print(seed_lines(result), flush=True)
     record = {
         "command": "python bench/distill.py " + " ".join(sys.argv[1:]),
         "torch_threads": torch.get_num_threads(),
@@ -232,7 +271,21 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     print(table(results))
+    for result in results:
+        print(seed_lines(result))
     print(f"written: {args.output}")
+
+
+def seed_lines(result: dict[str, Any]) -> str:
+    """The students of every seed on one data set: accuracy, agreement, distillation time, and the mean's loss."""
+    each = ", ".join(
+        f"seed {row['seed']} {row['accuracy']:.4f} (agreement {row['agreement']:.4f}, {row['distill_seconds']:.0f} s)"
+        for row in result["seeds"]
+    )
+    return (
+        f"{result['dataset']} students: {each}; mean {result['student_mean_accuracy']:.4f}, "
+        f"{result['mean_accuracy_lost_points']:.2f} points below the teacher's {result['teacher']['accuracy']:.4f}"
+    )
 
 
 if __name__ == "__main__":

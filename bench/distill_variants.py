@@ -36,7 +36,7 @@ def teacher_labels(dataset: str, data_root: Path, work: Path, unlabelled_rows: i
     from adaptext.data.batching import tokenize
     from adaptext.data.io import read_texts
     from adaptext.data.splits import load_splits
-    from adaptext.distill.distiller import _distillation_texts
+    from adaptext.distill.distiller import _distillation_texts, training_labels
     from adaptext.distill.student import StudentSettings
     from adaptext.inference.predictor import Predictor
 
@@ -54,6 +54,7 @@ def teacher_labels(dataset: str, data_root: Path, work: Path, unlabelled_rows: i
         np.save(cache, logits)
     held = splits.validation
     return {
+        "labels": training_labels(splits, texts, teacher.labels),
         "teacher": teacher,
         "ids": tokenize(teacher.tokenizer, texts, None, teacher.max_length)["input_ids"],
         "logits": logits,
@@ -72,7 +73,8 @@ def score(data: dict[str, Any], settings: Any) -> dict[str, float]:
     table, _ = initial_table(teacher.model, teacher.tokenizer, settings)
     student = build_student(table, teacher.labels, teacher.task.problem_type, settings, extra={})
     clock = time.perf_counter()
-    train_student(student, data["ids"], data["logits"], settings, multi_label=teacher.multi_label)
+    multi_label = teacher.multi_label
+    train_student(student, data["ids"], data["logits"], settings, multi_label=multi_label, labels=data["labels"])
     seconds = time.perf_counter() - clock
     held = data["held"]
     ids = teacher.tokenizer(held.texts, truncation=True, max_length=teacher.max_length)["input_ids"]

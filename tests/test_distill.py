@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,18 @@ import torch
 from adaptext.core.config import load_config
 from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo
+from adaptext.data.examples import Splits, TextData
 from adaptext.data.io import read_texts
 from adaptext.distill import StudentSettings, distill_model
-from adaptext.distill.student import _token_positions, build_student, logit_loss, soft_loss, train_student
+from adaptext.distill.distiller import training_labels
+from adaptext.distill.student import (
+    _token_positions,
+    build_student,
+    label_loss,
+    logit_loss,
+    soft_loss,
+    train_student,
+)
 from adaptext.distill.texts import augment
 from adaptext.inference.loaders import StaticLoader, loader_for
 from adaptext.inference.predictor import Predictor
@@ -214,6 +224,12 @@ def test_a_model_folder_needs_texts(teacher_run: Path, tmp_path: Path) -> None:
         distill_model(alone, tmp_path / "out", settings=FAST)
 
 
+def test_a_negative_label_weight_is_refused_before_anything_is_written(teacher_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(AdaptextError, match="label weight must be at least 0"):
+        distill_model(teacher_run, tmp_path / "out", settings=replace(FAST, label_weight=-1.0))
+    assert not (tmp_path / "out").exists()
+
+
 def test_read_texts_reads_tables_and_lines(write_csv: Any, tmp_path: Path) -> None:
     path = write_csv("more.jsonl", [{"review": "good film"}, {"review": "bad film"}])
     assert read_texts(path, "review") == ["good film", "bad film"]
@@ -247,6 +263,54 @@ def test_each_loss_decreases_on_a_learnable_toy_task(loss: str) -> None:
     with torch.no_grad():
         logits = model(input_ids=torch.tensor(ids)).logits.numpy()
     assert (logits.argmax(1) == teacher.argmax(1)).mean() == 1.0
+
+
+def test_training_labels_steer_the_student_where_the_teacher_is_wrong() -> None:
+    # token 11 gives label b away, but the teacher leans to a for every text; the labels of half the texts say b
+    rng = np.random.default_rng(0)
+    ids = [[int(rng.integers(2, 10)), 10 + (i % 2), int(rng.integers(2, 10))] for i in range(64)]
+    teacher = np.tile(np.array([[0.3, -0.3]], dtype=np.float32), (64, 1))
+    labels = np.full((64, 2), np.nan, dtype=np.float32)
+    labels[:32] = [[1.0, 0.0] if i % 2 == 0 else [0.0, 1.0] for i in range(32)]
+    table = rng.normal(0, 1, size=(12, 8)).astype(np.float32)
+    decided = {}
+    for weight in (0.0, 20.0):
+        settings = StudentSettings(dim=8, epochs=40, batch_size=16, learning_rate=5e-2, label_weight=weight)
+        model = build_student(table, ["a", "b"], "single_label_classification", settings, extra={})
+        train_student(model, ids, teacher, settings, multi_label=False, labels=labels)
+        with torch.no_grad():
+            decided[weight] = model(input_ids=torch.tensor(ids[:32])).logits.argmax(1).numpy()  # the labelled texts
+    assert (decided[0.0] == 0).all()  # the teacher alone: always a
+    assert (decided[20.0] == np.arange(32) % 2).all()  # with their labels: b wherever token 11 is
+    with pytest.raises(ValueError, match="needs the texts' labels"):
+        train_student(model, ids, teacher, StudentSettings(label_weight=1.0), multi_label=False)
+
+
+def test_label_loss_counts_only_texts_with_a_label() -> None:
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, -5.0]], requires_grad=True)
+    nan = float("nan")
+    labels = torch.tensor([[1.0, 0.0], [nan, nan], [0.0, 1.0]])
+    expected = (np.log(2.0) + np.log1p(np.exp(10.0))) / 2  # the mean over the two labelled texts
+    loss = label_loss(logits, labels, multi_label=False)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert logits.grad is not None and not logits.grad[1].any()
+    # multi-label: each label's binary cross-entropy, summed over labels
+    multi = label_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), multi_label=True)
+    assert multi.item() == pytest.approx(2 * np.log(2.0))
+    assert label_loss(logits, torch.full((3, 2), nan), multi_label=False).item() == 0.0
+
+
+def test_training_labels_mark_the_training_texts_only() -> None:
+    train = TextData(texts=["a b", "c", "a b", "d"], source="t.csv", labels=[["x"], ["x", "y"], ["y"], []])
+    splits = Splits(train=train, validation=train, test=None, labels=["x", "y"])
+    labels = training_labels(splits, ["c", "a b", "new", "d"], ["x", "y"])
+    np.testing.assert_array_equal(labels[[0, 1, 3]], [[1, 1], [1, 0], [0, 0]])  # first label of a repeated text
+    assert np.isnan(labels[2]).all()
+    assert np.isnan(training_labels(None, ["c"], ["x", "y"])).all()
+    odd = TextData(texts=["c"], source="t.csv", labels=["z"])
+    with pytest.raises(AdaptextError, match="'z'"):
+        training_labels(Splits(train=odd, validation=odd, test=None, labels=["z"]), ["c"], ["x", "y"])
 
 
 def test_soft_loss_is_zero_gradient_at_the_teacher() -> None:

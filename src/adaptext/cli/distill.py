@@ -55,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature with --loss kl (default 2)")
     p.add_argument(
+        "--label-weight",
+        type=float,
+        default=0.0,
+        help="weight of the training labels' own loss on the run's training texts, added to the teacher's (default 0)",
+    )
+    p.add_argument(
         "--init",
         choices=["teacher", "embeddings", "random"],
         default="embeddings",
@@ -104,6 +110,7 @@ def settings_from(args: argparse.Namespace) -> StudentSettings:
         augment=args.augment,
         loss=args.loss,
         temperature=args.temperature,
+        label_weight=args.label_weight,
         init=args.init,
         seed=args.seed,
     )

@@ -74,6 +74,8 @@ def distill_model(
         raise AdaptextError(f"loss {settings.loss!r} is not one of {', '.join(LOSSES)}")
     if settings.dim < 1 or settings.epochs < 1 or settings.augment < 0 or settings.context < 0:
         raise AdaptextError("dim and epochs must be at least 1, augment and context at least 0")
+    if not settings.label_weight >= 0:
+        raise AdaptextError(f"label weight must be at least 0, not {settings.label_weight}")
     started = time.perf_counter()
     teacher_path = expand(teacher_path)
     unlabelled = expand(unlabelled) if unlabelled is not None else None
@@ -102,7 +104,8 @@ def distill_model(
     )
     ids = tokenize(teacher.tokenizer, texts, None, teacher.max_length)["input_ids"]
     clock = time.perf_counter()
-    losses = train_student(student, ids, soft, settings, multi_label=teacher.multi_label)
+    labels = training_labels(splits, texts, teacher.labels) if settings.label_weight > 0 else None
+    losses = train_student(student, ids, soft, settings, multi_label=teacher.multi_label, labels=labels)
     timings["train_s"] = time.perf_counter() - clock
     # Predictor takes any module that answers like a transformers classifier (see adaptext.inference.loaders).
     learner = Predictor(
@@ -173,6 +176,27 @@ def _distillation_texts(
     if not texts:
         raise AdaptextError(f"{teacher_path}: no texts left to distil on")
     return texts
+
+
+def training_labels(splits: Splits | None, texts: list[str], names: list[str]) -> np.ndarray:
+    """(texts, labels): each text's training label one-hot (several for multi-label data), NaN rows for texts that
+    are not training texts (augmented copies, unlabelled text) or when there is no run to read labels from. A text
+    given twice with different labels keeps its first."""
+    labels = np.full((len(texts), len(names)), np.nan, dtype=np.float32)
+    if splits is None or splits.train.labels is None:
+        return labels
+    column = {name: i for i, name in enumerate(names)}
+    known: dict[str, list[str]] = {}
+    for text, label in zip(splits.train.texts, splits.train.labels, strict=True):
+        known.setdefault(text, label if isinstance(label, list) else [str(label)])
+    for row, text in enumerate(texts):
+        if text in known:
+            labels[row] = 0.0
+            for name in known[text]:
+                if name not in column:
+                    raise AdaptextError(f"training label {name!r} of {text[:60]!r} is not one of the teacher's labels")
+                labels[row, column[name]] = 1.0
+    return labels
 
 
 def _student_info(teacher: Predictor) -> ModelInfo:
