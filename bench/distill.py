@@ -242,13 +242,15 @@ def main() -> None:
         run, heldout = prepare(dataset, args.data_root, args.work)
         unlabelled = unlabelled_for(dataset, args.data_root, args.work, args.sst2_unlabelled)
         result: dict[str, Any] = {}
-        for seed in args.seeds:
-            student_dir = args.work / dataset / ("student" if seed == args.seeds[0] else f"student-seed{seed}")
+        if len(set(args.seeds)) != len(args.seeds):
+            parser.error("--seeds: each seed once")
+        for position, seed in enumerate(args.seeds):
+            student_dir = args.work / dataset / ("student" if position == 0 else f"student-seed{seed}")
             started = time.perf_counter()
             chosen = replace(settings, seed=seed)
             summary = distill_model(run, student_dir, unlabelled=unlabelled, settings=chosen, overwrite=True)
             seconds = time.perf_counter() - started
-            if seed == args.seeds[0]:
+            if position == 0:
                 result = measure(dataset, run, heldout, student_dir, args.single, args.serve_requests)
                 result |= {"distill_seconds": seconds, "distill": summary, "seeds": []}
                 score = {"accuracy": result["student"]["accuracy"], "agreement": result["agreement"]}

@@ -224,9 +224,24 @@ def test_a_model_folder_needs_texts(teacher_run: Path, tmp_path: Path) -> None:
         distill_model(alone, tmp_path / "out", settings=FAST)
 
 
+def test_a_label_weight_without_a_run_says_it_has_no_labels(
+    teacher_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    alone = tmp_path / "alone"
+    shutil.copytree(teacher_run / "model", alone)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("refund my invoice\nwhere is my parcel\nlogin error\n", encoding="utf-8")
+    settings = replace(FAST, epochs=1, augment=0, label_weight=0.5)
+    distill_model(alone, tmp_path / "out", unlabelled=texts, settings=settings)
+    assert "no training labels to use" in caplog.text
+
+
 def test_a_negative_label_weight_is_refused_before_anything_is_written(teacher_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(AdaptextError, match="label weight must be at least 0"):
-        distill_model(teacher_run, tmp_path / "out", settings=replace(FAST, label_weight=-1.0))
+    for weight in (-1.0, float("inf")):
+        with pytest.raises(AdaptextError, match="label weight must be a number of at least 0"):
+            distill_model(teacher_run, tmp_path / "out", settings=replace(FAST, label_weight=weight))
     assert not (tmp_path / "out").exists()
 
 
@@ -461,6 +476,20 @@ def test_texts_laid_end_to_end_pool_as_each_text_alone(context: int, pooling: st
     grad = model.embeddings.weight.grad
     assert grad is not None
     assert grad.abs().sum(dim=1).nonzero().flatten().tolist() == sorted(set(flat.tolist()))
+
+
+def test_packed_and_padded_pooling_give_the_same_gradients_even_at_a_maximum_of_zero() -> None:
+    model = static_model(2, hidden=0, pooling="mean+max")
+    with torch.no_grad():
+        model.embeddings.weight[4] = 0.0  # a row at 0 (as model2vec leaves some) is the maximum where the rest is < 0
+        model.embeddings.weight[5] = -1.0
+    # the texts [4, 5] and [5, 4, 5], laid end to end, then padded
+    model.packed_logits(torch.tensor([4, 5, 5, 4, 5]), torch.tensor([2, 3])).sum().backward()
+    packed = model.embeddings.weight.grad.clone()  # type: ignore[union-attr]
+    model.zero_grad()
+    ids, mask = torch.tensor([[4, 5, 0], [5, 4, 5]]), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    model(input_ids=ids, attention_mask=mask).logits.sum().backward()
+    torch.testing.assert_close(packed, model.embeddings.weight.grad)
 
 
 def test_token_positions_pick_each_texts_tokens_in_the_batch_order() -> None:

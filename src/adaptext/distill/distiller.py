@@ -9,6 +9,7 @@ the teacher on the run's validation and test splits. The folder loads in `Predic
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -74,8 +75,8 @@ def distill_model(
         raise AdaptextError(f"loss {settings.loss!r} is not one of {', '.join(LOSSES)}")
     if settings.dim < 1 or settings.epochs < 1 or settings.augment < 0 or settings.context < 0:
         raise AdaptextError("dim and epochs must be at least 1, augment and context at least 0")
-    if not settings.label_weight >= 0:
-        raise AdaptextError(f"label weight must be at least 0, not {settings.label_weight}")
+    if not (math.isfinite(settings.label_weight) and settings.label_weight >= 0):
+        raise AdaptextError(f"label weight must be a number of at least 0, not {settings.label_weight}")
     started = time.perf_counter()
     teacher_path = expand(teacher_path)
     unlabelled = expand(unlabelled) if unlabelled is not None else None
@@ -105,6 +106,8 @@ def distill_model(
     ids = tokenize(teacher.tokenizer, texts, None, teacher.max_length)["input_ids"]
     clock = time.perf_counter()
     labels = training_labels(splits, texts, teacher.labels) if settings.label_weight > 0 else None
+    if labels is not None and np.isnan(labels).all():
+        logger.warning("distill: --label-weight has no training labels to use (not a run folder): the teacher alone")
     losses = train_student(student, ids, soft, settings, multi_label=teacher.multi_label, labels=labels)
     timings["train_s"] = time.perf_counter() - clock
     # Predictor takes any module that answers like a transformers classifier (see adaptext.inference.loaders).

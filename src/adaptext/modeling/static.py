@@ -183,10 +183,30 @@ class StaticClassifier(nn.Module):
         return self.embeddings.weight.device
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The pooled embedding of each text: (batch, tokens) -> (batch, features). Padding (left or right) counts
-        for nothing: the texts' own tokens go to `pooled_packed`."""
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask > 0
-        return self.pooled_packed(input_ids[mask], mask.sum(dim=1))
+        """The pooled embedding of each text: (batch, tokens) -> (batch, features).
+
+        The padded form of `pooled_packed`, with shapes that do not depend on the data, so `forward` traces for an
+        ONNX export; a test holds the two equal.
+        """
+        mask = torch.ones_like(input_ids, dtype=torch.float32) if attention_mask is None else attention_mask.float()
+        weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+        if self.plain_bag:
+            return self.embeddings(input_ids, per_sample_weights=weights)
+        vectors = F.embedding(input_ids, self.embeddings.weight, sparse=self.embeddings.sparse)
+        if self.context is not None:
+            # padding (left or right) adds nothing to its neighbours' scale
+            rows = self.context(input_ids) * mask[..., None]
+            scale = torch.ones_like(vectors)
+            for k in range(1, min(self.config.context_window, input_ids.shape[1] - 1) + 1):
+                scale[:, k:] += rows[:, :-k]
+            vectors = vectors * scale
+        mean = torch.einsum("btd,bt->bd", vectors, weights)
+        if self.config.pooling == "mean":
+            return mean
+        # the maximum over a text's tokens; a text without tokens pools to zeros, as its mean does
+        highest = vectors.masked_fill(mask[..., None] == 0, float("-inf")).amax(dim=1)
+        highest = torch.where(mask.sum(dim=1, keepdim=True) > 0, highest, torch.zeros_like(highest))
+        return torch.cat([mean, highest], dim=-1)
 
     def pooled_packed(self, flat_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The pooled embedding of texts laid end to end: `flat_ids` (tokens,) holds each text's ids after the
@@ -216,9 +236,11 @@ class StaticClassifier(nn.Module):
         mean = vectors.new_zeros(batch).index_add(0, text, vectors) / lengths.clamp_min(1).unsqueeze(-1)
         if self.config.pooling == "mean":
             return mean
-        # the elementwise maximum over each text's tokens; rows of texts without tokens stay 0
+        # the elementwise maximum over each text's tokens, from -inf (a start of 0 would tie with a maximum of 0 and
+        # take half its gradient); texts without tokens pool to zeros
         index = text.unsqueeze(-1).expand_as(vectors)
-        highest = vectors.new_zeros(batch).scatter_reduce(0, index, vectors, "amax", include_self=False)
+        highest = vectors.new_full(batch, float("-inf")).scatter_reduce(0, index, vectors, "amax")
+        highest = torch.where(lengths.unsqueeze(-1) > 0, highest, torch.zeros_like(highest))
         return torch.cat([mean, highest], dim=-1)
 
     def forward(
