@@ -178,6 +178,15 @@ def test_serve_answers_with_the_student(student: Path) -> None:
         assert {item["label"]: item["score"] for item in answer} == pytest.approx(expected.scores, abs=1e-5)
 
 
+def test_export_refuses_a_student_by_name_and_writes_nothing(student: Path, teacher_run: Path, tmp_path: Path) -> None:
+    from adaptext.deploy.export import export_onnx
+
+    data = load_config(teacher_run / "config.yaml").data.validation
+    with pytest.raises(AdaptextError, match="static-embedding student is not exported"):
+        export_onnx(student, tmp_path / "onnx", data=data)
+    assert not (tmp_path / "onnx").exists()
+
+
 def test_cli_distills_and_refuses_a_folder_it_did_not_write(teacher_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli-student"
     cli_args = ("--output", str(out), "--dim", "8", "--epochs", "2", "--augment", "0", "--loss", "mse")

@@ -23,7 +23,7 @@ from adaptext.core.errors import AdaptextError
 from adaptext.core.info import ModelInfo, find_model_dir, is_adapter_folder
 from adaptext.core.outputs import check_output_dir, expand, replace_folder
 from adaptext.deploy.parity import compare_logits, decisions, margin_change, match_rate, parity_examples
-from adaptext.inference.loaders import loader_for
+from adaptext.inference.loaders import StaticLoader, loader_for
 from adaptext.inference.onnx import ONNX_FILE, OnnxClassifier
 from adaptext.inference.ood import FEATURE_SCORES, OOD_FILE
 from adaptext.modeling.adapters import (
@@ -116,6 +116,11 @@ def export_onnx(
     if (model_dir / ONNX_FILE).is_file():
         raise AdaptextError(f"{model_dir} is already an ONNX export; export the run or model folder it came from")
     loader = loader_for(model_dir, info)
+    if isinstance(loader, StaticLoader):
+        raise AdaptextError(
+            f"{model_dir}: a static-embedding student is not exported to ONNX: it predicts by table look-ups in "
+            "numpy, already many times faster than its teacher; serve or predict with the folder itself"
+        )
     if not loader.plain_classifier:
         raise AdaptextError(
             f"{model_dir}: {'an' if loader.description[0] in 'aeiou' else 'a'} {loader.description} model "
