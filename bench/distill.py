@@ -77,18 +77,46 @@ def prepare(dataset: str, data_root: Path, work: Path) -> tuple[Path, Path]:
     return run, heldout
 
 
-def unlabelled_for(dataset: str, data_root: Path, work: Path, rows: int) -> Path | None:
-    """SST-2 training sentences the teacher was not trained on, without labels; None for BANKING77 or `rows` 0."""
+def unlabelled_for(dataset: str, data_root: Path, work: Path, rows: int, reviews: int = 0) -> Path | None:
+    """SST-2's unlabelled text: `rows` SST-2 training sentences the teacher was not trained on, without labels, and
+    `reviews` sentences of IMDB training reviews (`review_sentences`); None for other data sets or when both are 0."""
     import pandas as pd
 
-    if dataset != "sst2" or rows <= 0:
+    if dataset != "sst2" or (rows <= 0 and reviews <= 0):
         return None
-    frame = pd.read_csv(data_root / "sst2" / "train.csv", keep_default_na=False)
-    used = set(frame.sample(n=8000, random_state=0).index)
-    rest = frame.drop(index=list(used)).sample(n=min(rows, len(frame) - len(used)), random_state=1)
-    path = work / dataset / f"unlabelled-{rows}.txt"
-    path.write_text("\n".join(rest.text.str.replace("\n", " ")) + "\n", encoding="utf-8")
+    texts: list[str] = []
+    if rows > 0:
+        frame = pd.read_csv(data_root / "sst2" / "train.csv", keep_default_na=False)
+        used = set(frame.sample(n=8000, random_state=0).index)
+        rest = frame.drop(index=list(used)).sample(n=min(rows, len(frame) - len(used)), random_state=1)
+        texts += [text.replace("\n", " ") for text in rest.text]
+    texts += review_sentences(data_root, reviews)
+    path = work / dataset / f"unlabelled-{rows}-reviews-{reviews}.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
     return path
+
+
+def review_sentences(data_root: Path, count: int) -> list[str]:
+    """`count` sentences (5 to 60 words) drawn at random (seed 0) from the IMDB training reviews in `data_root`: movie
+    reviews like SST-2's, but whole sentences (19.3 words on average, SST-2 dev 19.5) where SST-2's training file is
+    mostly phrases (9.4 words)."""
+    import random
+    import re
+
+    import pandas as pd
+
+    if count <= 0:
+        return []
+    sentences = []
+    for review in pd.read_csv(data_root / "imdb" / "train.csv", keep_default_na=False).text:
+        for sentence in re.split(r"(?<=[.!?])\s+", re.sub(r"<br\s*/?>", " ", review)):
+            words = sentence.split()
+            if 5 <= len(words) <= 60:
+                sentences.append(" ".join(words))
+    random.Random(0).shuffle(sentences)
+    if count > len(sentences):
+        raise SystemExit(f"--sst2-reviews {count}: the IMDB training reviews have {len(sentences)} sentences")
+    return sentences[:count]
 
 
 def speed(predictor: Any, texts: list[str], single: int, seconds: float = 5.0) -> dict[str, float]:
@@ -189,6 +217,8 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    from adaptext.cli.distill import add_student_options, settings_from
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--datasets", nargs="+", default=["sst2", "banking77"], choices=["sst2", "banking77", *HELD_ASIDE]
@@ -196,14 +226,10 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work", type=Path, default=Path("/tmp/adaptext-bench-distill"), help="teacher cache")
     parser.add_argument("--sst2-unlabelled", type=int, default=20000, help="SST-2 sentences given as unlabelled")
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--context", type=int, default=3)
-    parser.add_argument("--pooling", default="mean+max")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--augment", type=int, default=2)
-    parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--init", default="embeddings", choices=["teacher", "embeddings", "random"])
+    parser.add_argument(
+        "--sst2-reviews", type=int, default=0, help="sentences of IMDB reviews also given to SST-2 as unlabelled"
+    )
+    add_student_options(parser)
     parser.add_argument("--single", type=int, default=300, help="texts predicted one at a time for the speed")
     parser.add_argument(
         "--serve-requests", type=int, default=1000, help="requests to `adaptext serve` at 16 clients (0: skip)"
@@ -223,24 +249,15 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from adaptext.distill import StudentSettings, distill_model
+    from adaptext.distill import distill_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request of the serve load test
-    settings = StudentSettings(
-        dim=args.dim,
-        hidden=args.hidden,
-        context=args.context,
-        pooling=args.pooling,
-        epochs=args.epochs,
-        augment=args.augment,
-        temperature=args.temperature,
-        init=args.init,
-    )
+    settings = settings_from(argparse.Namespace(**vars(args), seed=args.seeds[0]))
     results = []
     for dataset in args.datasets:
         run, heldout = prepare(dataset, args.data_root, args.work)
-        unlabelled = unlabelled_for(dataset, args.data_root, args.work, args.sst2_unlabelled)
+        unlabelled = unlabelled_for(dataset, args.data_root, args.work, args.sst2_unlabelled, args.sst2_reviews)
         result: dict[str, Any] = {}
         if len(set(args.seeds)) != len(args.seeds):
             parser.error("--seeds: each seed once")

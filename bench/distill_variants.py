@@ -13,6 +13,7 @@ training differs between rows; the teacher labels each text once.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def teacher_labels(dataset: str, data_root: Path, work: Path, unlabelled_rows: int) -> dict[str, Any]:
+def teacher_labels(dataset: str, data_root: Path, work: Path, unlabelled_rows: int, reviews: int) -> dict[str, Any]:
     """The teacher, its distillation texts' token ids and logits (cached), and the held-out split."""
     import numpy as np
     from distill import prepare, unlabelled_for
@@ -43,10 +44,11 @@ def teacher_labels(dataset: str, data_root: Path, work: Path, unlabelled_rows: i
     run, _ = prepare(dataset, data_root, work)
     teacher = Predictor.from_dir(run)
     splits = load_splits(load_config(run / "config.yaml"))
-    unlabelled = unlabelled_for(dataset, data_root, work, unlabelled_rows)
+    unlabelled = unlabelled_for(dataset, data_root, work, unlabelled_rows, reviews)
     extra = read_texts(unlabelled, teacher.info.text_column) if unlabelled is not None else []
     texts = _distillation_texts(splits, extra, StudentSettings(), run)
-    cache = work / dataset / f"teacher-logits-{len(texts)}.npy"
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+    cache = work / dataset / f"teacher-logits-{len(texts)}-{digest}.npy"
     if cache.is_file():
         logits = np.load(cache)
     else:
@@ -99,11 +101,12 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--work", type=Path, default=Path("/tmp/adaptext-bench-distill"))
     parser.add_argument("--sst2-unlabelled", type=int, default=20000)
+    parser.add_argument("--sst2-reviews", type=int, default=0, help="IMDB review sentences (bench/distill.py)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     for dataset in args.datasets:
-        data = teacher_labels(dataset, args.data_root, args.work, args.sst2_unlabelled)
+        data = teacher_labels(dataset, args.data_root, args.work, args.sst2_unlabelled, args.sst2_reviews)
         for variant in args.variants:
             for seed in args.seeds:
                 settings = replace(StudentSettings(), **json.loads(variant), seed=seed)

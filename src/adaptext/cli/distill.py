@@ -22,6 +22,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="more texts for the teacher to label: CSV/TSV/JSONL/Parquet with a text column, or .txt, one per line",
     )
     p.add_argument("--text-column", default=None, help="the --unlabelled file's text column (default: the teacher's)")
+    add_student_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation, the head and the batch order")
+    add_overwrite_option(p, "an earlier student in --output")
+    p.set_defaults(func=run)
+
+
+def add_student_options(p: argparse.ArgumentParser) -> None:
+    """The options of `StudentSettings` but its seed (bench/distill.py takes them too, with several seeds)."""
     p.add_argument("--dim", type=int, default=256, help="width of the token embeddings (default 256)")
     p.add_argument(
         "--hidden", type=int, default=512, help="width of the head's hidden layer, 0 for a linear head (default 512)"
@@ -53,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="kl: the KL divergence of the soft labels at --temperature (default); mse: the squared difference of the "
         "logits (docs/distill.md)",
     )
-    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature with --loss kl (default 2)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature with --loss kl (default 1)")
     p.add_argument(
         "--label-weight",
         type=float,
@@ -67,9 +75,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the first embedding table: embeddings (the teacher's input word embeddings, default), teacher "
         "(model2vec's, from the teacher's encoder: as accurate here, and a minute or two slower) or random",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation, the head and the batch order")
-    add_overwrite_option(p, "an earlier student in --output")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
