@@ -9,7 +9,8 @@ The teachers are what a user gets from `adaptext train` with the bundled model, 
 fine-tuned on 8,000 training sentences (seed 0) for one epoch, validated on the dev set; BANKING77 on a stratified
 80% of its training file (seed 0) for three epochs, validated on the other 20% (the official test split is not
 shipped here). The student is distilled from the run folder, so it learns on the teacher's training texts and their
-augmented copies; SST-2 adds `--sst2-unlabelled` further training sentences (labels dropped) as unlabelled text.
+augmented copies; SST-2 adds `--sst2-unlabelled` further training sentences (labels dropped) as unlabelled text,
+and `--sst2-reviews` sentences of IMDB training reviews (0 by default).
 BANKING77 has no unlabelled text of its own. `--datasets clinc150 financial_phrasebank` checks the student's
 defaults on two data sets they were not chosen on (`prepare`); neither gets unlabelled text.
 
@@ -243,6 +244,8 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds: each seed once")
 
     import logging
 
@@ -259,8 +262,6 @@ def main() -> None:
         run, heldout = prepare(dataset, args.data_root, args.work)
         unlabelled = unlabelled_for(dataset, args.data_root, args.work, args.sst2_unlabelled, args.sst2_reviews)
         result: dict[str, Any] = {}
-        if len(set(args.seeds)) != len(args.seeds):
-            parser.error("--seeds: each seed once")
         for position, seed in enumerate(args.seeds):
             student_dir = args.work / dataset / ("student" if position == 0 else f"student-seed{seed}")
             started = time.perf_counter()

@@ -47,7 +47,10 @@ def teacher_labels(dataset: str, data_root: Path, work: Path, unlabelled_rows: i
     unlabelled = unlabelled_for(dataset, data_root, work, unlabelled_rows, reviews)
     extra = read_texts(unlabelled, teacher.info.text_column) if unlabelled is not None else []
     texts = _distillation_texts(splits, extra, StudentSettings(), run)
-    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+    # keyed by the texts and the teacher's weights file, so a retrained teacher labels them again
+    weights = max((run / "model").glob("*.safetensors"), default=run / "model" / "config.json").stat()
+    key = "\n".join(texts) + f"\n{weights.st_size} {weights.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     cache = work / dataset / f"teacher-logits-{len(texts)}-{digest}.npy"
     if cache.is_file():
         logits = np.load(cache)
