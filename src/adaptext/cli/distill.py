@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def add_student_options(p: argparse.ArgumentParser) -> None:
-    """The options of `StudentSettings` but its seed (bench/distill.py takes them too, with several seeds)."""
+    """The command-line options of `StudentSettings` (all but its seed, batch size and learning rate);
+    bench/distill.py takes them too."""
     p.add_argument("--dim", type=int, default=256, help="width of the token embeddings (default 256)")
     p.add_argument(
         "--hidden", type=int, default=512, help="width of the head's hidden layer, 0 for a linear head (default 512)"
