@@ -220,7 +220,9 @@ def table(results: list[dict[str, Any]]) -> str:
 def main() -> None:
     from adaptext.cli.distill import add_student_options, settings_from
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument(
         "--datasets", nargs="+", default=["sst2", "banking77"], choices=["sst2", "banking77", *HELD_ASIDE]
     )
