@@ -185,8 +185,9 @@ class StaticClassifier(nn.Module):
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The pooled embedding of each text: (batch, tokens) -> (batch, features).
 
-        The padded form of `pooled_packed`, with shapes that do not depend on the data, so `forward` traces for an
-        ONNX export; a test holds the two equal.
+        The padded form of `pooled_packed`, for `forward`: the transformers-style call with padded ids and their
+        mask, which code written for any classifier makes (the audit reads the head's input through it; `Predictor`
+        calls `bag_logits`). A test holds the two equal. `adaptext export` refuses a student, so nothing traces it.
         """
         mask = torch.ones_like(input_ids, dtype=torch.float32) if attention_mask is None else attention_mask.float()
         weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
