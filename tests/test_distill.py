@@ -247,10 +247,15 @@ def test_a_label_weight_without_a_run_says_it_has_no_labels(
     assert "no training labels to use" in caplog.text
 
 
-def test_a_negative_label_weight_is_refused_before_anything_is_written(teacher_run: Path, tmp_path: Path) -> None:
+def test_a_negative_label_weight_or_temperature_is_refused_before_anything_is_written(
+    teacher_run: Path, tmp_path: Path
+) -> None:
     for weight in (-1.0, float("inf")):
         with pytest.raises(AdaptextError, match="label weight must be a number of at least 0"):
             distill_model(teacher_run, tmp_path / "out", settings=replace(FAST, label_weight=weight))
+    for temperature in (0.0, -1.0, float("nan")):
+        with pytest.raises(AdaptextError, match="temperature must be a number above 0"):
+            distill_model(teacher_run, tmp_path / "out", settings=replace(FAST, temperature=temperature))
     assert not (tmp_path / "out").exists()
 
 

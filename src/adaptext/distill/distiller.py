@@ -77,6 +77,8 @@ def distill_model(
         raise AdaptextError("dim and epochs must be at least 1, augment and context at least 0")
     if not (math.isfinite(settings.label_weight) and settings.label_weight >= 0):
         raise AdaptextError(f"label weight must be a number of at least 0, not {settings.label_weight}")
+    if not (math.isfinite(settings.temperature) and settings.temperature > 0):
+        raise AdaptextError(f"temperature must be a number above 0, not {settings.temperature}")
     started = time.perf_counter()
     teacher_path = expand(teacher_path)
     unlabelled = expand(unlabelled) if unlabelled is not None else None
