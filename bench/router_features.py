@@ -37,7 +37,6 @@ from adaptext.core.config import DataConfig
 from adaptext.data.io import load_examples, read_table
 from adaptext.data.splits import stratified_split
 from adaptext.inference.predictor import Predictor
-from adaptext.inference.routed import EARLIER_TASKS
 from adaptext.modeling.hub import resolve_model_name
 from adaptext.modeling.lda import (
     SHRINKAGES as CV_CANDIDATES,
@@ -142,12 +141,6 @@ def by_size(
     return rows
 
 
-def own_outputs(labels: list[str]) -> list[int]:
-    """An expert's outputs that are labels: all but the "an earlier task" output of `adapters+replay`, whose share the
-    product rule drops (`RoutedClassifier`)."""
-    return [i for i, name in enumerate(labels) if name != EARLIER_TASKS]
-
-
 def combinations(
     run: Path, x_train: np.ndarray, y_train: list[str], x_test: np.ndarray, test: pd.DataFrame
 ) -> list[dict[str, Any]]:
@@ -157,10 +150,9 @@ def combinations(
     labels, task_of, log_expert = [], [], []
     for t, expert in enumerate(experts):
         predictor = Predictor.from_dir(run / "model" / expert["path"])
-        keep = own_outputs(predictor.labels)
-        labels += [predictor.labels[i] for i in keep]
-        task_of += [t] * len(keep)
-        log_expert.append(np.log(np.clip(predictor.predict_proba(test["text"].tolist()), 1e-12, 1.0))[:, keep])
+        labels += predictor.labels
+        task_of += [t] * len(predictor.labels)
+        log_expert.append(np.log(np.clip(predictor.predict_proba(test["text"].tolist()), 1e-12, 1.0)))
         print(f"\r  expert {t + 1}/{len(experts)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     index = {name: i for i, name in enumerate(labels)}
@@ -211,16 +203,14 @@ def incremental(
     test_texts = [text for _, test in tasks for text in test["text"]]
     for t, expert in enumerate(info["routed"]["experts"]):
         predictor = Predictor.from_dir(run / "model" / expert["path"])
-        keep = own_outputs(predictor.labels)
-        labels += [predictor.labels[i] for i in keep]
+        labels += predictor.labels
         saved = cache_dir / f"{run.name}-expert{t}.npy" if cache_dir is not None else None
         if saved is not None and saved.is_file():
-            scored = np.load(saved)
+            log_experts.append(np.load(saved))
         else:
-            scored = np.log(np.clip(predictor.predict_proba(test_texts), 1e-12, 1.0))
+            log_experts.append(np.log(np.clip(predictor.predict_proba(test_texts), 1e-12, 1.0)))
             if saved is not None:
-                np.save(saved, scored)
-        log_experts.append(scored[:, keep])
+                np.save(saved, log_experts[-1])
         print(f"\r  {run.name}: expert {t + 1}/{len(tasks)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     index = {name: i for i, name in enumerate(labels)}

@@ -617,77 +617,6 @@ def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft, loading plainly
-def test_adapters_with_replay_teach_each_new_adapter_the_earlier_tasks(
-    tiny_model_dir: Path, task_files: dict[str, Path], tmp_path: Path, write_csv: Callable[..., Path]
-) -> None:
-    from adaptext.inference.routed import EARLIER_TASKS
-
-    def plan(name: str, tasks: list[dict[str, str]]) -> Path:
-        body = {
-            "output_dir": str(tmp_path / name),
-            "seed": 3,
-            "base": {
-                "model": {"name": str(tiny_model_dir)},
-                "data": {"max_length": 32},
-                "train": {"epochs": 3, "batch_size": 8, "learning_rate": 5e-3, "precision": "fp32", "report_errors": 0},
-                "calibrate": False,
-            },
-            "continual": {"method": "replay+adapters", "memory_per_class": 2, "adapter_top_k": 0},
-            "tasks": tasks,
-        }
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(body))
-        return tmp_path / f"{name}.yaml"
-
-    t1 = {"name": "t1", "train": str(task_files["t1_train"]), "test": str(task_files["t1_test"])}
-    t2 = {"name": "t2", "train": str(task_files["t2_train"]), "test": str(task_files["t2_test"])}
-    assert main(["continual", str(plan("cl", [t1, t2]))]) == 0
-    out = tmp_path / "cl"
-    assert json.loads((out / "continual_metrics.json").read_text())["method"] == "adapters+replay"
-    memory, tasks = read_memory(out / "continual" / "memory.jsonl", load_config(None, []).data)
-    assert sorted(memory.labels or []) == ["billing"] * 2 + ["shipping"] * 2 + ["technical"] * 2
-    assert tasks == ["t1"] * 4 + ["t2"] * 2
-    # the first adapter has only its labels; the second also "an earlier task", learnt from t1's 4 remembered texts
-    experts = [Predictor.from_dir(out / "model" / "members" / str(i)) for i in range(2)]
-    assert experts[0].labels == OLD and experts[1].labels == ["technical", EARLIER_TASKS]
-    routed = Predictor.from_dir(out)
-    assert routed.labels == [*OLD, "technical"]  # the extra output is not a label
-    texts = (
-        pd.read_csv(task_files["t1_test"])["text"].tolist()[:5]
-        + pd.read_csv(task_files["t2_test"])["text"][:3].tolist()
-    )
-    probs = routed.predict_proba(texts)
-    # the product rule by hand: the router's route probabilities times each expert's, where the second expert's
-    # "earlier task" share is taken from its label and dropped
-    model = routed.model
-    batch = routed.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
-    with torch.no_grad():
-        routes = model.route_log_probs(dict(batch)).exp().numpy()
-    expected = np.zeros_like(probs)
-    expected[:, [0, 1]] = routes[:, [0, 1]] * experts[0].predict_proba(texts)
-    expected[:, 2] = routes[:, 2] * experts[1].predict_proba(texts)[:, 0]
-    assert (experts[1].predict_proba(texts)[:, 1] > 0.01).all()  # the extra output does take a share
-    expected /= expected.sum(1, keepdims=True)
-    np.testing.assert_allclose(probs, expected, atol=1e-4)
-    # a plain adapters run kept no memory: adapters+replay cannot continue it; and the reserved name is no label
-    plain = tmp_path / "plain"
-    body = yaml.safe_load(plan("plain", [t1]).read_text())
-    body["continual"]["method"] = "adapters"
-    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(body))
-    assert main(["continual", str(tmp_path / "plain.yaml")]) == 0
-    overrides = {
-        "output_dir": str(tmp_path / "x"),
-        "continual": {"method": "adapters+replay"},
-        "data": {"train": str(task_files["t2_train"])},
-    }
-    with pytest.raises(ConfigError, match="made without one"):
-        extend(plain, extend_config(previous_run(plain), overrides))
-    assert not (tmp_path / "x").exists()
-    named = write_csv("named.csv", [{"text": f"text {i}", "label": EARLIER_TASKS if i % 2 else "a"} for i in range(40)])
-    with pytest.raises(DataError, match="rename it"):
-        run_plan(load_plan(plan("named", [{"name": "n", "train": str(named)}])))
-
-
 def test_adapters_refuse_a_plain_model_and_multi_label(first_run: Path) -> None:
     from adaptext.continual import Continue
 
@@ -700,7 +629,6 @@ def test_adapters_refuse_a_plain_model_and_multi_label(first_run: Path) -> None:
         )
     with pytest.raises(ConfigError, match="only replay"):
         load_config(None, ["continual.method=adapters+lwf"])
-    assert load_config(None, ["continual.method=replay+adapters"]).continual.method == "adapters+replay"
 
 
 def test_router_reads_every_hidden_state_or_the_last_that_fit() -> None:

@@ -57,7 +57,6 @@ from adaptext.data.splits import load_splits
 from adaptext.evaluation.metrics import evaluate_data
 from adaptext.inference.predictor import Predictor
 from adaptext.inference.routed import (
-    EARLIER_TASKS,
     ROUTER_FILE,
     ROUTER_STATS_FILE,
     Router,
@@ -245,14 +244,6 @@ class Continue(Finetune):
                 f"({STATE_DIR}/{ROUTER_STATS_FILE} beside model/), which are not there; extend the run folder it "
                 "was saved in"
             )
-        run_dir = self.previous.run_dir if self.previous is not None else None
-        replay = "replay" in config.continual.parts(multi_label)
-        if replay and run_dir is not None and not memory_path(run_dir).is_file():
-            raise ConfigError(
-                f"{run_dir}: continual.method=adapters+replay needs the run's replay memory "
-                f"({STATE_DIR}/memory.jsonl), and this run was made without one (continual.method=adapters); "
-                "continue it with continual.method=adapters"
-            )
 
     def router_stats_path(self) -> Path:
         assert self.previous is not None
@@ -264,11 +255,6 @@ class Continue(Finetune):
         precision = resolve_precision(cfg.precision)
         splits = load_splits(config, known=self.known_labels)
         check_spellings(self.known_labels, splits)
-        if "adapters" in parts and EARLIER_TASKS in splits.labels:
-            raise DataError(
-                f"{splits.train.source}: the label {EARLIER_TASKS!r} is the name continual.method=adapters gives an "
-                "adapter's answer 'none of my labels'; rename it"
-            )
         prepared = ContinuePrepared(splits=splits, precision=precision, old_labels=list(self.known_labels))
         if self.joint:
             prepared.memory, prepared.memory_tasks = self.earlier, self.earlier_tasks
@@ -491,27 +477,19 @@ class Continue(Finetune):
             base = self.previous.base_model
         present = set(splits.train.labels or [])
         labels = [name for name in splits.labels if name in present]  # this task's labels, in the model's order
-        earlier_examples = self.earlier_examples(prepared, labels)
-        expert_labels = labels + ([EARLIER_TASKS] if earlier_examples is not None else [])
-        expert_data = splits.train
-        if earlier_examples is not None:
-            expert_data = concat([splits.train, earlier_examples], splits.train.source)
         expert_config = config.model_copy(
             update={
                 "model": config.model.model_copy(update={"name": base}),
                 "peft": config.peft.model_copy(update={"method": "lora"}),
             }
         )
-        train_set = encode(tokenizer, expert_data, expert_labels, config.data.max_length, task)
+        train_set = encode(tokenizer, splits.train, labels, config.data.max_length, task)
         batches = LengthGroupedBatches(train_set.lengths, cfg.batch_size, seed=config.seed)
         steps = planned_steps(cfg, len(batches))
-        model = classifier(expert_config, expert_labels, steps)
+        model = classifier(expert_config, labels, steps)
         if layers is None:
             layers = router_layers(model.config.num_hidden_layers, model.config.hidden_size)
-        new_set = train_set
-        if expert_data is not splits.train:  # the router learns this task's own examples only
-            new_set = encode(tokenizer, splits.train, labels, config.data.max_length, task)
-        embeddings = route_embeddings(model, new_set, layers, pad_token_id=tokenizer.pad_token_id or 0)
+        embeddings = route_embeddings(model, train_set, layers, pad_token_id=tokenizer.pad_token_id or 0)
         targets = label_targets(splits.train, splits.labels, task)
         router = (router or Router.empty(embeddings.shape[1])).update(embeddings, len(earlier), targets)
         settings = config.continual
@@ -522,12 +500,11 @@ class Continue(Finetune):
         name = self.task_name or Path(str(config.data.train)).stem
         self.seconds["prepare_s"] = time.perf_counter() - started
         logger.info(
-            "continual adapters: task %d (%s), a LoRA adapter for %d labels on %d examples%s, %d optimizer steps",
+            "continual adapters: task %d (%s), a LoRA adapter for %d labels on %d examples, %d optimizer steps",
             len(earlier) + 1,
             name,
             len(labels),
             len(splits.train),
-            f" + {len(earlier_examples)} remembered of earlier tasks" if earlier_examples is not None else "",
             steps,
         )
         own = splits.validation
@@ -549,9 +526,7 @@ class Continue(Finetune):
             dataset=train_set,
             batches=batches,
             collate=Collator(tokenizer.pad_token_id or 0, task),
-            objective=CrossEntropy(
-                task, class_weights(cfg, Splits(expert_data, expert_data, None, expert_labels), task)
-            ),
+            objective=CrossEntropy(task, class_weights(cfg, Splits(splits.train, splits.train, None, labels), task)),
             steps=steps,
             learning_rate=resolve_learning_rate(cfg, model, "lora"),
             warmup_ratio=cfg.warmup_ratio,
@@ -565,27 +540,8 @@ class Continue(Finetune):
             folder = run.paths.root / STATE_DIR
             folder.mkdir(exist_ok=True)
             router.save(folder / ROUTER_STATS_FILE)
-            if "replay" in settings.parts(task.multi_label):
-                remembered = time.perf_counter()
-                self.remember(model, tokenizer, config, run.paths, prepared, None, embeddings)
-                self.seconds["remember_s"] = time.perf_counter() - remembered
-            else:
-                self.record(config, folder, prepared)
+            self.record(config, folder, prepared)
         return state
-
-    def earlier_examples(self, prepared: ContinuePrepared, labels: list[str]) -> TextData | None:
-        """`adapters+replay`: the memory's examples of labels this task does not have, labelled `EARLIER_TASKS` for
-        the new expert to learn; None when there are none (the first task, or a domain-incremental one)."""
-        memory = prepared.memory
-        if memory is None or memory.labels is None:
-            return None
-        own = set(labels)
-        rows = [i for i, label in enumerate(memory.labels) if str(label) not in own]
-        if not rows:
-            return None
-        chosen = memory.subset(rows)
-        chosen.labels = [EARLIER_TASKS] * len(rows)
-        return chosen
 
     def run_job(self, job: TrainingJob, run: Run) -> TrainingState:
         """Run `job` on the engine, its time kept as `train_s`."""

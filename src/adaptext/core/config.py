@@ -369,9 +369,8 @@ class ContinualSection(_Section):
         "model's scores on the new texts), `slda` (no training: the encoder stays as it is and the head is linear "
         "discriminant analysis on running class statistics, exact over all data seen), `adapters` (one LoRA adapter "
         "and head per task on the frozen base model, earlier adapters unchanged; a router, LDA on the base model's "
-        "embedding, weighs the `adapter_top_k` most probable tasks' adapters), `adapters+replay` (the same, and each "
-        "new adapter also learns to answer 'an earlier task' for the memory's examples of earlier tasks' labels), or "
-        "a combination of replay, ewc and lwf joined by `+` (`replay+lwf`).",
+        "embedding, weighs the `adapter_top_k` most probable tasks' adapters), or a combination of replay, ewc and "
+        "lwf joined by `+` (`replay+lwf`).",
     )
     memory_per_class: Int = Field(
         2, ge=0, description="Examples of each class kept in the replay memory (and used for EWC's Fisher)."
@@ -417,13 +416,8 @@ class ContinualSection(_Section):
                 f"unknown continual method {value!r}; use one of {', '.join(CONTINUAL_METHODS)}, or several of "
                 "replay, ewc and lwf joined by +"
             )
-        if set(parts) == {"adapters", "replay"}:
-            return "adapters+replay"
         if len(parts) > 1 and {"auto", "naive", "joint", "slda", "adapters"} & set(parts):
-            raise ValueError(
-                f"continual.method {value!r}: only replay, ewc and lwf combine with each other, and adapters with "
-                "replay"
-            )
+            raise ValueError(f"continual.method {value!r}: only replay, ewc and lwf combine with each other")
         return "+".join(parts)
 
     def resolved(self, multi_label: bool) -> str:

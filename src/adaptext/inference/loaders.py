@@ -37,7 +37,7 @@ from adaptext.core.info import ModelInfo, is_adapter_folder
 from adaptext.core.registry import Registry
 from adaptext.inference.ensemble import EnsembleClassifier, member_temperature
 from adaptext.inference.onnx import ONNX_FILE, OnnxClassifier
-from adaptext.inference.routed import EARLIER_TASKS, ROUTER_FILE, RoutedClassifier, RouterHead
+from adaptext.inference.routed import ROUTER_FILE, RoutedClassifier, RouterHead
 from adaptext.modeling.adapters import (
     base_model_name,
     build_base,
@@ -183,7 +183,7 @@ class RoutedLoader(FolderLoader):
         for path, expert_info in zip(folders, infos, strict=True):
             if not is_adapter_folder(path) or not expert_info.labels:
                 raise ValueError(f"{path}: not an adapter folder saved by adaptext")
-        index = {name: i for i, name in enumerate(info.labels)} | {EARLIER_TASKS: -1}
+        index = {name: i for i, name in enumerate(info.labels)}
         unknown = [name for expert_info in infos for name in expert_info.labels or [] if name not in index]
         if unknown:
             raise ValueError(f"{info.source}: experts have labels the record does not list: {unknown[:3]}")

@@ -15,10 +15,6 @@ loses the router's own view of the label). A label no chosen expert has gets pro
 of these probabilities, so `softmax` gives them back and everything that reads `model(**inputs).logits`
 (`Predictor`, `evaluate`, `serve`) needs nothing else. Class-incremental tasks (each its own labels) and
 domain-incremental ones (the same labels on new data) are both of this form.
-
-With `continual.method: adapters+replay` an expert trained after the first task has one more output, `EARLIER_TASKS`,
-learnt from the replay memory's examples of earlier tasks' labels: its probability is the expert's belief that the
-text is none of its labels, and it takes that share from them in the product (the column itself is dropped).
 """
 
 from __future__ import annotations
@@ -43,7 +39,6 @@ ROUTER_FILE = "router.safetensors"  # in the model folder: the router's head
 ROUTER_STATS_FILE = "router_stats.safetensors"  # in the run's `continual/`: the statistics the next task adds to
 ROUTER_FEATURES = 4096  # the most features the router reads: its statistics hold features^2 float64 numbers
 LOG_ZERO = -1e4  # the logit of a label no chosen expert has: exp(-1e4) is 0 in every float type, and never NaN
-EARLIER_TASKS = "(an earlier task)"  # an expert's extra label (`adapters+replay`): the text is none of its labels
 
 
 def router_layers(hidden_layers: int, hidden_size: int, limit: int = ROUTER_FEATURES) -> list[int]:
@@ -170,8 +165,7 @@ class RoutedClassifier(nn.Module):
 
     Args:
         experts: One peft classifier per task, in task order, answering `expert(**inputs).logits` over its labels.
-        expert_labels: For each expert, the index in `labels` of each of its outputs; -1 for its `EARLIER_TASKS`
-            output, which takes its share of the expert's probability from the labels and is not a label itself.
+        expert_labels: For each expert, the index in `labels` of each of its outputs.
         router: The router's head; its routes' labels index `labels`.
         layers: The base model's hidden states the router reads.
         labels: The label names in output order.
@@ -207,7 +201,7 @@ class RoutedClassifier(nn.Module):
             len(router.route_task)
         )
         for t, ids in enumerate(expert_labels):
-            if list(ids).count(-1) > 1 or (route_of[t, [i for i in ids if i >= 0]] < 0).any():
+            if (route_of[t, list(ids)] < 0).any():
                 raise ValueError(f"expert {t} has labels the router has no route for")
         self.experts = nn.ModuleList(experts)
         self.expert_labels = [list(ids) for ids in expert_labels]
@@ -245,12 +239,10 @@ class RoutedClassifier(nn.Module):
             if not len(rows):
                 continue
             logits = expert(**{k: v[rows] for k, v in inputs.items()}).logits.float() / self.temperatures[t]
-            outputs = torch.tensor(self.expert_labels[t], device=routes.device)
-            kept = (outputs >= 0).nonzero(as_tuple=True)[0]  # every output but EARLIER_TASKS
-            ids = outputs[kept]
+            ids = torch.tensor(self.expert_labels[t], device=routes.device)
             own_routes = routes[rows][:, self.route_of[t, ids]]
-            scores[rows.unsqueeze(1), slots.unsqueeze(1), ids.unsqueeze(0)] = (
-                own_routes + functional.log_softmax(logits, dim=-1)[:, kept]
+            scores[rows.unsqueeze(1), slots.unsqueeze(1), ids.unsqueeze(0)] = own_routes + functional.log_softmax(
+                logits, dim=-1
             )
         combined = functional.log_softmax(torch.logsumexp(scores, dim=1), dim=-1)
         return SequenceClassifierOutput(logits=combined.clamp_min(LOG_ZERO))
