@@ -517,12 +517,9 @@ def test_continual_runs_refuse_the_robust_training_options(tiny_config: Callable
 def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
     tiny_model_dir: Path, task_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    from dataclasses import replace
-
     from peft import PeftModel
     from safetensors.torch import load_file
-    from scipy.special import logsumexp
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from adaptext.deploy.export import export_onnx
     from adaptext.inference.routed import ROUTER_FILE, ROUTER_STATS_FILE, Router, RouterHead, layer_embedding
@@ -573,22 +570,14 @@ def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
     experts = [Predictor.from_dir(model_dir / "members" / str(i)) for i in range(2)]
     batch = routed.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
     stats = Router.load(out / "continual" / ROUTER_STATS_FILE)
-    layers, max_layers = info["routed"]["layers"], info["routed"]["max_layers"]
+    layers = info["routed"]["layers"]
     assert layers == list(range(tiny.num_hidden_layers + 1))  # every hidden state: the tiny model's fit the limit
-    assert max_layers == [tiny.num_hidden_layers]  # and the last one's max over the tokens
     # `auto`: the shrinkage with the most held-out examples right over both tasks, recorded in the folder
     assert stats.stats.held_out is not None and info["routed"]["shrinkage"] == stats.stats.auto_shrinkage()
     weights, bias = stats.stats.head(info["routed"]["shrinkage"])
     with torch.no_grad():
-        x = layer_embedding(routed.model.experts[0], dict(batch), layers, max_layers).double().numpy()
-        states = AutoModel.from_pretrained(tiny_model_dir)(**batch, output_hidden_states=True).hidden_states
-    assert x.shape[1] == (len(layers) + 1) * tiny.hidden_size
-    # the features by hand from the plain base model: each layer's mean over the real tokens, then the last's max
-    for i, (states_i, mask_i) in enumerate(zip(states[-1], batch["attention_mask"], strict=True)):
-        real = mask_i.bool()
-        np.testing.assert_allclose(x[i, -tiny.hidden_size :], states_i[real].max(0).values.numpy(), atol=1e-5)
-        first = states[layers[0]][i][real].mean(0).numpy()
-        np.testing.assert_allclose(x[i, : tiny.hidden_size], first, atol=1e-5)
+        x = layer_embedding(routed.model.experts[0], dict(batch), layers).double().numpy()
+    assert x.shape[1] == len(layers) * tiny.hidden_size
     scores = x @ weights.T + bias
     routes = np.exp(scores - scores.max(1, keepdims=True))
     routes /= routes.sum(1, keepdims=True)
@@ -600,24 +589,6 @@ def test_adapters_plan_keeps_each_task_adapter_and_mixes_them_by_the_router(
     np.testing.assert_allclose(probs, expected, atol=1e-4)
     with pytest.raises(AdaptextError, match="routed adapters model runs one adapter per task"):
         export_onnx(out, tmp_path / "onnx")
-    # a folder saved before the max pooling (no `max_layers`, a head over the means) loads and routes on the means
-    old = tmp_path / "old"
-    shutil.copytree(model_dir, old)
-    record = json.loads((old / "adaptext.json").read_text())
-    del record["routed"]["max_layers"]
-    (old / "adaptext.json").write_text(json.dumps(record))
-    features = (len(layers) + 1) * tiny.hidden_size
-    with pytest.raises(AdaptextError, match=f"the router's head reads {features} features, but {len(layers)} mean-"):
-        Predictor.from_dir(old)
-    means = len(layers) * tiny.hidden_size
-    head = RouterHead.load(model_dir / ROUTER_FILE)
-    replace(head, weight=head.weight[:, :means]).save(old / ROUTER_FILE)
-    earlier = Predictor.from_dir(old)
-    assert earlier.model.max_layers == []
-    scores = x[:, :means] @ head.weight[:, :means].T.astype(np.float64) + head.bias
-    with torch.no_grad():
-        routes_old = earlier.model.route_log_probs(dict(batch)).exp().numpy()
-    np.testing.assert_allclose(routes_old, np.exp(scores - logsumexp(scores, axis=1, keepdims=True)), atol=1e-4)
     assert not (tmp_path / "onnx").exists()
     # domain-incremental: the same labels again as a third task, a third expert and a route per (task, label)
     more = tmp_path / "more"
@@ -663,7 +634,6 @@ def test_adapters_refuse_a_plain_model_and_multi_label(first_run: Path) -> None:
 def test_router_reads_every_hidden_state_or_the_last_that_fit() -> None:
     from adaptext.inference.routed import router_layers
 
-    # (mean-pooled, max-pooled)
-    assert router_layers(6, 384) == (list(range(7)), [6])  # MiniLM: 8 x 384 = 3,072 features
-    assert router_layers(12, 768) == ([9, 10, 11, 12], [12])  # BERT-base: 5 x 768 = 3,840 of at most 4,096
-    assert router_layers(24, 1024, limit=512) == ([24], [24])  # at least the last one
+    assert router_layers(6, 384) == list(range(7))  # MiniLM: 7 x 384 = 2,688 features
+    assert router_layers(12, 768) == [8, 9, 10, 11, 12]  # BERT-base: 5 x 768 = 3,840 of at most 4,096
+    assert router_layers(24, 1024, limit=512) == [24]  # at least the last one

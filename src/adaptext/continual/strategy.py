@@ -467,13 +467,13 @@ class Continue(Finetune):
         started = time.perf_counter()
         earlier: list[tuple[str, Path]] = []  # each earlier task's name and adapter folder
         router: Router | None = None
-        layers: tuple[list[int], list[int]] | None = None  # the router's mean-pooled and max-pooled hidden states
+        layers: list[int] | None = None
         base = config.model.name
         if self.previous is not None:
             routing = self.previous.info.routed
             assert routing is not None
             earlier = [(expert.task, self.previous.model_dir / expert.path) for expert in routing.experts]
-            router, layers = Router.load(self.router_stats_path()), (routing.layers, routing.max_layers)
+            router, layers = Router.load(self.router_stats_path()), routing.layers
             base = self.previous.base_model
         present = set(splits.train.labels or [])
         labels = [name for name in splits.labels if name in present]  # this task's labels, in the model's order
@@ -489,7 +489,7 @@ class Continue(Finetune):
         model = classifier(expert_config, labels, steps)
         if layers is None:
             layers = router_layers(model.config.num_hidden_layers, model.config.hidden_size)
-        embeddings = route_embeddings(model, train_set, *layers, pad_token_id=tokenizer.pad_token_id or 0)
+        embeddings = route_embeddings(model, train_set, layers, pad_token_id=tokenizer.pad_token_id or 0)
         targets = label_targets(splits.train, splits.labels, task)
         router = (router or Router.empty(embeddings.shape[1])).update(embeddings, len(earlier), targets)
         settings = config.continual
@@ -512,9 +512,7 @@ class Continue(Finetune):
             own = own.subset([i for i, label in enumerate(own.labels or []) if label in present])
         scored = own if own is not None and len(own) else splits.train
 
-        routing = Routing(
-            experts=[], top_k=settings.adapter_top_k, layers=layers[0], max_layers=layers[1], shrinkage=shrinkage
-        )
+        routing = Routing(experts=[], top_k=settings.adapter_top_k, layers=layers, shrinkage=shrinkage)
 
         def save(trained: nn.Module, target: Path) -> None:
             head = router.head(routing.shrinkage)

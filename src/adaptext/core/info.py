@@ -99,11 +99,7 @@ class Routing(BaseModel):
 
     experts: list[RoutedExpert] = Field(description="One adapter per task, in task order.")
     top_k: int = Field(ge=0, description="Experts run per text: the router's most probable tasks (0: all).")
-    layers: list[int] = Field(description="The base model's hidden states the router mean-pools (0: the embeddings).")
-    max_layers: list[int] = Field(
-        default_factory=list,
-        description="The hidden states the router max-pools, after the means (none in older folders).",
-    )
+    layers: list[int] = Field(description="The base model's hidden states the router reads (0: the embeddings).")
     shrinkage: float = Field(ge=0, le=1, description="The router's LDA covariance shrinkage.")
 
 

@@ -196,7 +196,6 @@ class RoutedLoader(FolderLoader):
             info.task,
             top_k=routing.top_k,
             temperatures=[member_temperature(expert_info) for expert_info in infos],
-            max_layers=routing.max_layers,
         )
 
 

@@ -3,10 +3,8 @@
 `continual.method: adapters` trains, for each task, a LoRA adapter with a head for that task's labels on the frozen
 base model, and keeps every earlier task's adapter unchanged (so nothing they knew is lost). The router is linear
 discriminant analysis (`adaptext.modeling.lda`) over *routes*, a route being one (task, label) pair seen in training,
-on the frozen base model's embedding: the mean-pooled hidden states of its layers, concatenated, then the last hidden
-state's max over the tokens (`router_layers`; the layers together separate intents much better than the last alone,
-and the max pooling keeps old intents apart from new ones better than the means alone: docs/benchmarks.md; folders
-saved before it was added read the means only). For a text `x`, the router's
+on the frozen base model's embedding: the mean-pooled hidden states of its layers, concatenated (`router_layers`; the
+layers together separate intents much better than the last alone: docs/benchmarks.md). For a text `x`, the router's
 probability of a task is the sum of its routes'; the experts of the `top_k` most probable tasks run, and
 
     score(label) = log p_router(route (t, label) | x) + log p(label | x, expert t)
@@ -43,12 +41,12 @@ ROUTER_FEATURES = 4096  # the most features the router reads: its statistics hol
 LOG_ZERO = -1e4  # the logit of a label no chosen expert has: exp(-1e4) is 0 in every float type, and never NaN
 
 
-def router_layers(hidden_layers: int, hidden_size: int, limit: int = ROUTER_FEATURES) -> tuple[list[int], list[int]]:
-    """The hidden states the router reads (0 is the embedding layer's output): those it mean-pools (all of them, or
-    the last ones that fit in `limit` features beside the max pooling) and those it max-pools (the last)."""
+def router_layers(hidden_layers: int, hidden_size: int, limit: int = ROUTER_FEATURES) -> list[int]:
+    """The hidden states the router reads (0 is the embedding layer's output): all of them, or the last ones that
+    fit in `limit` features."""
     states = hidden_layers + 1
-    keep = max(1, min(states, limit // hidden_size - 1))
-    return list(range(states - keep, states)), [hidden_layers]
+    keep = max(1, min(states, limit // hidden_size))
+    return list(range(states - keep, states))
 
 
 @dataclass
@@ -132,33 +130,20 @@ class Router:
         return cls(ClassStatistics.of(arrays), *routes)
 
 
-def layer_embedding(
-    expert: Any, inputs: dict[str, torch.Tensor], layers: Sequence[int], max_layers: Sequence[int] = ()
-) -> torch.Tensor:
-    """The router's features of a batch, with `expert`'s (a peft model's) adapter off: the mean over the unpadded
-    tokens of each of the base model's hidden states `layers`, then the max over them of each of `max_layers`, all
-    concatenated."""
+def layer_embedding(expert: Any, inputs: dict[str, torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
+    """The router's features of a batch: the mean over the unpadded tokens of each of the base model's hidden states
+    `layers`, concatenated, with `expert`'s (a peft model's) adapter off."""
     encoder = expert.get_base_model().base_model
     with expert.disable_adapter():
         states = encoder(**inputs, output_hidden_states=True).hidden_states
     mask = inputs["attention_mask"].unsqueeze(-1).float()
     count = mask.sum(1).clamp_min(1.0)
-    means = [(states[layer].float() * mask).sum(1) / count for layer in layers]
-    padding = mask == 0
-    lowest = torch.finfo(torch.float32).min
-    maxima = [states[layer].float().masked_fill(padding, lowest).max(1).values for layer in max_layers]
-    return torch.cat([*means, *maxima], dim=-1)
+    return torch.cat([(states[layer].float() * mask).sum(1) / count for layer in layers], dim=-1)
 
 
 @torch.inference_mode()
 def route_embeddings(
-    expert: Any,
-    encoded: Encoded,
-    layers: Sequence[int],
-    max_layers: Sequence[int] = (),
-    *,
-    pad_token_id: int,
-    batch_size: int = 64,
+    expert: Any, encoded: Encoded, layers: Sequence[int], *, pad_token_id: int, batch_size: int = 64
 ) -> np.ndarray:
     """`layer_embedding` of every example of `encoded`, in example order, as float32 (eval mode)."""
     was_training = expert.training
@@ -166,7 +151,7 @@ def route_embeddings(
     try:
         return map_batches(
             encoded,
-            lambda batch: layer_embedding(expert, batch, layers, max_layers),
+            lambda batch: layer_embedding(expert, batch, layers),
             pad_token_id=pad_token_id,
             device=next(expert.parameters()).device,
             batch_size=batch_size,
@@ -182,12 +167,11 @@ class RoutedClassifier(nn.Module):
         experts: One peft classifier per task, in task order, answering `expert(**inputs).logits` over its labels.
         expert_labels: For each expert, the index in `labels` of each of its outputs.
         router: The router's head; its routes' labels index `labels`.
-        layers: The base model's hidden states the router mean-pools.
+        layers: The base model's hidden states the router reads.
         labels: The label names in output order.
         task: Single-label only (the experts' probabilities are softmaxes).
         top_k: Experts run per text (the router's most probable tasks); 0 runs every expert.
         temperatures: Each expert's logits are divided by its temperature first.
-        max_layers: The base model's hidden states the router max-pools, after the means.
     """
 
     route_weight: torch.Tensor  # (routes, features)
@@ -206,20 +190,12 @@ class RoutedClassifier(nn.Module):
         *,
         top_k: int,
         temperatures: Sequence[float] | None = None,
-        max_layers: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if task.multi_label:
             raise ValueError("a routed classifier is single-label")
         if len(experts) != len(expert_labels) or len(experts) != router.tasks:
             raise ValueError(f"{len(experts)} experts, {len(expert_labels)} label lists, {router.tasks} routed tasks")
-        hidden = getattr(getattr(experts[0], "config", None), "hidden_size", None)
-        features = (len(layers) + len(max_layers)) * hidden if hidden is not None else router.weight.shape[1]
-        if router.weight.shape[1] != features:
-            raise ValueError(
-                f"the router's head reads {router.weight.shape[1]} features, but {len(layers)} mean-pooled and "
-                f"{len(max_layers)} max-pooled hidden states of {hidden} give {features}"
-            )
         route_of = torch.full((len(experts), len(labels)), -1, dtype=torch.long)
         route_of[torch.from_numpy(router.route_task), torch.from_numpy(router.route_label)] = torch.arange(
             len(router.route_task)
@@ -230,7 +206,6 @@ class RoutedClassifier(nn.Module):
         self.experts = nn.ModuleList(experts)
         self.expert_labels = [list(ids) for ids in expert_labels]
         self.layers = list(layers)
-        self.max_layers = list(max_layers)
         self.temperatures = list(temperatures) if temperatures is not None else [1.0] * len(experts)
         self.top_k = len(experts) if top_k <= 0 else min(top_k, len(experts))
         self.register_buffer("route_weight", torch.from_numpy(router.weight).float(), persistent=False)
@@ -248,7 +223,7 @@ class RoutedClassifier(nn.Module):
 
     def route_log_probs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """log p_router(route | x), (batch, routes)."""
-        embedding = layer_embedding(self.experts[0], inputs, self.layers, self.max_layers)
+        embedding = layer_embedding(self.experts[0], inputs, self.layers)
         with torch.autocast(device_type=embedding.device.type, enabled=False):  # LDA scores are large: keep fp32
             return functional.log_softmax(embedding @ self.route_weight.T + self.route_bias, dim=-1)
 
