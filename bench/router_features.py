@@ -33,9 +33,9 @@ from scipy.special import log_softmax, logsumexp
 from transformers import AutoModel, AutoTokenizer
 
 from adaptext.continual.metrics import summarise
-from adaptext.core.config import DataConfig
+from adaptext.core.config import DataConfig, load_config
 from adaptext.data.io import load_examples, read_table
-from adaptext.data.splits import stratified_split
+from adaptext.data.splits import load_splits, stratified_split
 from adaptext.inference.predictor import Predictor
 from adaptext.modeling.hub import resolve_model_name
 from adaptext.modeling.lda import (
@@ -176,6 +176,16 @@ def combinations(
     return rows
 
 
+def trained_on(run: Path, index: int, task: dict[str, Any]) -> pd.DataFrame:
+    """The texts and labels task `index` of the plan run `run` trained on: its training file less the validation
+    split the run carved from it when the task has no validation file (as the run's saved config makes it)."""
+    folders = sorted(path for path in (run / "tasks").glob(f"{index + 1:02d}-*") if path.is_dir())
+    if len(folders) != 1 or not (folders[0] / "config.yaml").is_file():
+        raise SystemExit(f"{run}: no task folder {index + 1:02d}-* with its config.yaml (task {task['name']})")
+    train = load_splits(load_config(folders[0] / "config.yaml")).train
+    return pd.DataFrame({"text": train.texts, "label": train.labels})
+
+
 def incremental(
     run: Path,
     top_ks: tuple[int, ...],
@@ -185,12 +195,12 @@ def incremental(
 ) -> list[dict[str, Any]]:
     """The accuracy matrix of a finished `adapters` plan, recomputed for other router settings.
 
-    The plan's own experts score every task's test texts once; then, task by task, the router's statistics grow by the
-    task's training texts and the router + expert product (`RoutedClassifier`'s rule) is scored on every task seen,
-    for each shrinkage and `top_k`. Row `shrinkage 0.01, top 2` is what the run itself did: its backward transfer is
-    printed beside the run's own for the check."""
+    The plan's own experts score every task's test texts once; then, task by task, the router's statistics grow by
+    the task's training texts (those the run trained on, `trained_on`) and the router + expert product
+    (`RoutedClassifier`'s rule) is scored on every task seen, for each shrinkage and `top_k`. Row `shrinkage 0.01,
+    top 2` is what the run itself did: its backward transfer is printed beside the run's own for the check."""
     plan = yaml.safe_load(run.with_suffix(".yaml").read_text(encoding="utf-8"))
-    tasks = [(read_table(Path(t["train"])), read_table(Path(t["test"]))) for t in plan["tasks"]]
+    tasks = [(trained_on(run, i, t), read_table(Path(t["test"]))) for i, t in enumerate(plan["tasks"])]
     info = json.loads((run / "model" / "adaptext.json").read_text(encoding="utf-8"))
     missing = sorted({text for train, test in tasks for text in [*train["text"], *test["text"]]} - cache.keys())
     if missing:
