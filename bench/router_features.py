@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from scipy.special import log_softmax, logsumexp
 from transformers import AutoModel, AutoTokenizer
 
+from adaptext.continual import ContinualPlan, load_plan
 from adaptext.continual.metrics import summarise
-from adaptext.core.config import DataConfig, load_config
+from adaptext.core.config import DataConfig
 from adaptext.data.io import load_examples, read_table
 from adaptext.data.splits import load_splits, stratified_split
 from adaptext.inference.predictor import Predictor
@@ -176,13 +176,10 @@ def combinations(
     return rows
 
 
-def trained_on(run: Path, index: int, task: dict[str, Any]) -> pd.DataFrame:
-    """The texts and labels task `index` of the plan run `run` trained on: its training file less the validation
-    split the run carved from it when the task has no validation file (as the run's saved config makes it)."""
-    folders = sorted(path for path in (run / "tasks").glob(f"{index + 1:02d}-*") if path.is_dir())
-    if len(folders) != 1 or not (folders[0] / "config.yaml").is_file():
-        raise SystemExit(f"{run}: no task folder {index + 1:02d}-* with its config.yaml (task {task['name']})")
-    train = load_splits(load_config(folders[0] / "config.yaml")).train
+def trained_on(plan: ContinualPlan, index: int) -> pd.DataFrame:
+    """The texts and labels task `index` of `plan` trained on: its training file less the validation split a run
+    carves from it when the task has no validation file (the task's config, as `run_plan` builds it)."""
+    train = load_splits(plan.task_config(index, plan.output_dir)).train
     return pd.DataFrame({"text": train.texts, "label": train.labels})
 
 
@@ -199,8 +196,11 @@ def incremental(
     the task's training texts (those the run trained on, `trained_on`) and the router + expert product
     (`RoutedClassifier`'s rule) is scored on every task seen, for each shrinkage and `top_k`. Row `shrinkage 0.01,
     top 2` is what the run itself did: its backward transfer is printed beside the run's own for the check."""
-    plan = yaml.safe_load(run.with_suffix(".yaml").read_text(encoding="utf-8"))
-    tasks = [(trained_on(run, i, t), read_table(Path(t["test"]))) for i, t in enumerate(plan["tasks"])]
+    plan = load_plan(run.with_suffix(".yaml"))
+    untested = [task.name for task in plan.tasks if task.test is None]
+    if untested:
+        raise SystemExit(f"{run.with_suffix('.yaml')}: tasks without a test file: {', '.join(untested)}")
+    tasks = [(trained_on(plan, i), read_table(Path(str(task.test)))) for i, task in enumerate(plan.tasks)]
     info = json.loads((run / "model" / "adaptext.json").read_text(encoding="utf-8"))
     missing = sorted({text for train, test in tasks for text in [*train["text"], *test["text"]]} - cache.keys())
     if missing:
