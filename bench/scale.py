@@ -32,11 +32,13 @@ Sections (`--only train,predict,memory,tune,tracking`):
             Target: peak RSS flat in the file size.
   tune      `adaptext tune` on SST-2 (`--tune-train-size`, default 4,000 examples; dev as validation;
             max_length 64; metric accuracy), `--trials` (default 20) with each of `--pruners` (default
-            `median`; `hyperband` too) and as many with `tune.pruner=none`, same seed and space: the default
-            space with `train.epochs` limited to 1..3 (`--tune-max-epochs`) to fit a small machine. Reports
-            best dev accuracy, examples trained (each trial's optimizer steps times its batch size: the
-            compute; batch sizes differ between trials), optimizer steps (tune.json), wall time, and for each
-            pruner pruned / unpruned compute and the difference of the bests. A study is resumable: with `--work-dir`
+            `median`; `successive_halving`, `hyperband` too) and as many with `tune.pruner=none`, same seed and
+            space: the default space with `train.epochs` limited to 1..3 (`--tune-max-epochs`) to fit a small
+            machine. Reports best dev accuracy, examples trained (each trial's optimizer steps times its batch
+            size: the training compute; batch sizes differ between trials), validation passes (each scores all
+            of dev), optimizer steps (tune.json), wall time and CPU seconds of the whole process tree (training,
+            evaluation, start-up: all the compute), and for each pruner pruned / unpruned examples trained and CPU
+            seconds, and the difference of the bests. A study is resumable: with `--work-dir`
             and `--tune-resume`, the same command continues the studies already in it (up to `--trials`; the
             wall time is then this invocation's only).
   tracking  the same short fine-tune (`--tracking-train-size`, default 1,000 examples, 1 epoch) with
@@ -514,6 +516,7 @@ def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], 
             "best_params": summary["best_params"],
             "steps_trained": summary["steps_trained"],
             "examples_trained": examples_trained(output / "trials.csv"),
+            "evaluations": evaluations(output / "trials.csv"),
             "trials": summary["trials"],
         }
         rows.append(result)
@@ -523,33 +526,51 @@ def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], 
     for pruned in rows[:-1]:
         compute = pruned["examples_trained"] / full["examples_trained"] if full["examples_trained"] else None
         steps = pruned["steps_trained"] / full["steps_trained"] if full["steps_trained"] else None
+        cpu = pruned["tree_cpu_s"] / full["tree_cpu_s"] if full["tree_cpu_s"] else None
         gap = (
             100 * (pruned["best_value"] - full["best_value"])
             if pruned["best_value"] is not None and full["best_value"] is not None
             else None
         )
-        against[pruned["contender"]] = {"compute_ratio": compute, "steps_ratio": steps, "best_gap_points": gap}
+        against[pruned["contender"]] = {
+            "compute_ratio": compute,
+            "steps_ratio": steps,
+            "cpu_ratio": cpu,
+            "best_gap_points": gap,
+        }
     text = (
         f"### tune: {args.trials} trials per pruner on {args.tune_train_size} SST-2 examples, dev "
         f"{args.dev_size or 'all'}, max_length {args.max_length}, seed {args.seed}; default space with "
         f"train.epochs limited to 1..{args.tune_max_epochs} (to fit the machine)\n\n"
         + table(
-            ["pruner", "best dev accuracy", "examples trained", "steps trained", "wall s", "trials"],
+            [
+                "pruner",
+                "best dev accuracy",
+                "examples trained",
+                "steps trained",
+                "validation passes",
+                "wall s",
+                "CPU s",
+                "trials",
+            ],
             [
                 [
                     r["contender"],
                     fmt(r["best_value"], ".4f"),
                     str(r["examples_trained"]),
                     str(r["steps_trained"]),
+                    fmt(r["evaluations"], "d"),
                     fmt(r["wall_s"]),
+                    fmt(r["tree_cpu_s"], ".0f"),
                     ", ".join(f"{n} {s}" for s, n in sorted(r["trials"].items())),
                 ]
                 for r in rows
             ],
         )
         + "".join(
-            f"\n\n{name}: pruned / unpruned compute (examples trained) {fmt(v['compute_ratio'], '.2f')}, optimizer "
-            f"steps {fmt(v['steps_ratio'], '.2f')}; best (pruned - unpruned) {fmt(v['best_gap_points'], '+.2f')} points"
+            f"\n\n{name}: pruned / unpruned compute (examples trained) {fmt(v['compute_ratio'], '.2f')}, CPU seconds "
+            f"{fmt(v['cpu_ratio'], '.2f')}, optimizer steps {fmt(v['steps_ratio'], '.2f')}; best (pruned - unpruned) "
+            f"{fmt(v['best_gap_points'], '+.2f')} points"
             for name, v in against.items()
         )
         + "\n\nThe studies are resumable: rerun with the same --work-dir and --tune-resume to continue them."
@@ -564,6 +585,13 @@ def examples_trained(trials_csv: Path) -> int:
     """
     with trials_csv.open(encoding="utf-8") as handle:
         return sum(int(row["steps"] or 0) * int(row["train.batch_size"]) for row in csv.DictReader(handle))
+
+
+def evaluations(trials_csv: Path) -> int | None:
+    """Validation passes over every trial of a study (None for a study recorded before they were counted)."""
+    with trials_csv.open(encoding="utf-8") as handle:
+        counts = [row.get("evaluations") or "" for row in csv.DictReader(handle)]
+    return sum(int(c) for c in counts) if all(counts) else None
 
 
 def section_tracking(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], str]:
@@ -630,7 +658,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--pruners",
         nargs="+",
-        choices=["median", "hyperband"],
+        choices=["median", "successive_halving", "hyperband"],
         default=["median"],
         help="pruned studies of the tune section, each compared with one study without pruning",
     )

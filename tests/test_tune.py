@@ -21,7 +21,7 @@ from adaptext.core.config import Config, load_config
 from adaptext.core.errors import AdaptextError, ConfigError
 from adaptext.training.state import TrainingState
 from adaptext.tuning import tune
-from adaptext.tuning.pruning import REPORTS, TrialPruning
+from adaptext.tuning.pruning import FINAL, TrialPruning
 from adaptext.tuning.space import build_space, suggest
 
 FAST = ("train.max_steps=4", "tune.pruner=none")
@@ -96,16 +96,28 @@ class FakeTrial:
         return self.prune
 
 
-def test_the_pruning_callback_reports_each_share_of_training_and_raises_when_told() -> None:
+def test_the_pruning_callback_reports_at_its_rungs_and_raises_when_told() -> None:
     kept = TrialPruning(FakeTrial(prune=False), "macro_f1")
-    kept.on_train_begin(TrainingState(total_steps=8), model=None)
-    for step in range(1, 9):  # an evaluation every step: one report per quarter of the 8 steps
-        kept.on_evaluate({"step": step, "eval_macro_f1": step / 10, "eval_accuracy": 0.0})
-    assert kept.trial.reports == [(0.2, 1), (0.4, 2), (0.6, 3), (0.8, 4)]
+    kept.on_train_begin(TrainingState(total_steps=27), model=None)
+    # It asks for evaluations after a ninth, a third and all of the 27 steps, and for none between.
+    assert [s for s in range(1, 28) if kept.wants_evaluation(TrainingState(global_step=s, total_steps=27))] == [
+        3,
+        9,
+        27,
+    ]
+    for step in range(1, 28):  # an evaluation every step: one report per rung, numbered by the training it stands for
+        kept.on_evaluate({"step": step, "eval_macro_f1": step / 100, "eval_accuracy": 0.0})
+    assert kept.trial.reports == [(0.03, 1), (0.09, 3), (0.27, FINAL)] and FINAL == 9
+    assert kept.evaluations == 27
+
+    short = TrialPruning(FakeTrial(prune=False), "macro_f1")
+    short.on_train_begin(TrainingState(total_steps=8), model=None)  # rungs at the first step past 8/9 and 8/3
+    assert short.rung_steps() == [1, 3, 8]
 
     pruned = TrialPruning(FakeTrial(prune=True), "macro_f1")
-    pruned.on_train_begin(TrainingState(total_steps=8), model=None)
-    pruned.on_evaluate({"step": 1, "eval_macro_f1": 0.1})  # before the first quarter: nothing to report
+    pruned.on_train_begin(TrainingState(total_steps=18), model=None)
+    pruned.on_evaluate({"step": 1, "eval_macro_f1": 0.1})  # before the first rung: nothing to report
+    assert pruned.trial.reports == []
     with pytest.raises(optuna.TrialPruned):
         pruned.on_evaluate({"step": 2, "eval_macro_f1": 0.3})
     assert pruned.steps == 2 and pruned.last_value == 0.3
@@ -113,7 +125,7 @@ def test_the_pruning_callback_reports_each_share_of_training_and_raises_when_tol
     last = TrialPruning(FakeTrial(prune=True), "macro_f1")
     last.on_train_begin(TrainingState(total_steps=8), model=None)
     last.on_evaluate({"step": 8, "eval_macro_f1": 0.5})  # the end of training: the trial is complete, not pruned
-    assert last.trial.reports == [(0.5, REPORTS)]
+    assert last.trial.reports == [(0.5, FINAL)]
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
@@ -126,11 +138,12 @@ def test_a_pruned_trial_stops_early_and_keeps_its_folder(
 ) -> None:
     monkeypatch.setattr("adaptext.tuning.study.build_pruner", lambda config: AlwaysPrune())
     root = tmp_path / "tune"
-    result = tune(tiny_config("train.max_steps=8", f"output_dir={root}"), trials=1)
+    # No train.eval_steps: the trial's callback asks the engine to evaluate at its first rung, 18 / 9 = 2 steps.
+    result = tune(tiny_config("train.max_steps=18", f"output_dir={root}"), trials=1)
     [row] = read_trials(root)
-    assert row["state"] == "pruned" and row["steps"] == "2" and row["value"]  # pruned at its first quarter
+    assert row["state"] == "pruned" and row["steps"] == "2" and row["evaluations"] == "1" and row["value"]
     record = json.loads((root / "trials" / "trial_0000" / "trial.json").read_text(encoding="utf-8"))
-    assert record["state"] == "pruned" and record["steps"] == 2
+    assert record["state"] == "pruned" and record["steps"] == 2 and record["evaluations"] == 1
     assert result.trials == {"pruned": 1} and result.best_config is None
     assert not (root / "best_config.yaml").exists()
 

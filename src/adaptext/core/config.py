@@ -346,8 +346,10 @@ class TuneSection(_Section):
         "with `type: fixed` and `value` pin a key.",
     )
     metric: str | None = Field(None, description="Validation metric to maximise (default: train.metric_for_best).")
-    pruner: Literal["median", "hyperband", "none"] = Field(
-        "median", description="Stop unpromising trials at their evaluations: optuna's median or Hyperband pruner."
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = Field(
+        "median",
+        description="Stop unpromising trials at their rungs (1/9, 1/3 of training): optuna's median, successive "
+        "halving or Hyperband pruner.",
     )
     sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler: TPE (default) or random.")
 

@@ -1,10 +1,10 @@
 """Callbacks: observers of a training run (logging, progress, checkpoints seen from outside, interruption).
 
 A callback never changes the model or the batch behind the loop's back; it sees the state after each step, each
-log record, each evaluation and each saved model. `CALLBACKS` names the ones a caller can ask for by name; each is
-built as `cls(paths)` with the run's folders. The run lifecycle runs `progress` and the `tracking.backend`
-(`tensorboard` by default, `mlflow`) on the main process of every run; callbacks passed to `train` run on every
-process.
+log record, each evaluation and each saved model, and may ask for an evaluation after a step (`wants_evaluation`).
+`CALLBACKS` names the ones a caller can ask for by name; each is built as `cls(paths)` with the run's folders. The
+run lifecycle runs `progress` and the `tracking.backend` (`tensorboard` by default, `mlflow`) on the main process of
+every run; callbacks passed to `train` run on every process.
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ class Callback:
 
     def on_train_begin(self, state: TrainingState, model: Any) -> None:
         """Before the first step (or the first step after a resume), with the model about to be trained."""
+
+    def wants_evaluation(self, state: TrainingState) -> bool:
+        """True to evaluate after this step besides the schedule (a tuning trial's rungs); asked every step.
+
+        The answer must depend on `state` alone, so that every process of a run evaluates at the same steps.
+        """
+        return False
 
     def on_step_end(self, state: TrainingState) -> None:
         """After every optimizer step, once `state.global_step` counts it."""
@@ -59,6 +66,9 @@ class CallbackList(Callback):
     def on_train_begin(self, state: TrainingState, model: Any) -> None:
         for callback in self.callbacks:
             callback.on_train_begin(state, model)
+
+    def wants_evaluation(self, state: TrainingState) -> bool:
+        return any(callback.wants_evaluation(state) for callback in self.callbacks)
 
     def on_step_end(self, state: TrainingState) -> None:
         for callback in self.callbacks:

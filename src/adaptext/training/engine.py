@@ -5,7 +5,7 @@ and how to evaluate the model) and `run_training` does the rest the same way for
 
     seed -> optimizer and schedule -> accelerate -> (resume) -> epochs x batches:
         forward and loss (the objective), backward, clip, step (every `train.grad_accum_steps` batches)
-        -> log every LOG_EVERY steps -> evaluate every `train.eval_steps` steps and at epoch ends
+        -> log every LOG_EVERY steps -> evaluate every `train.eval_steps` steps, at epoch ends and when a callback asks
         -> best model saved, early stopping -> checkpoint
     -> final checkpoint -> (SWA: the averaged weights evaluated and saved) -> the final `TrainingState`
 
@@ -288,7 +288,10 @@ class Loop:
         if end_of_epoch:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         if self.job.evaluate is not None and (
-            end_of_epoch or last or (cfg.eval_steps is not None and state.global_step % cfg.eval_steps == 0)
+            end_of_epoch
+            or last
+            or (cfg.eval_steps is not None and state.global_step % cfg.eval_steps == 0)
+            or self.callbacks.wants_evaluation(state)
         ):
             self.evaluate()
             state.done = state.done or last

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from adaptext.core.config import Config, build_config
 from adaptext.evaluation.metrics import LOWER_IS_BETTER
-from adaptext.training.optim import planned_steps
-from adaptext.tuning.pruning import REPORTS
 from adaptext.tuning.space import Space, set_dotted
 
 TRIALS_DIR = "trials"
@@ -29,8 +26,6 @@ class TuningPlan:
     n_trials: int  # finished trials (complete or pruned) the study ends at, counting earlier ones
     deadline: float | None = None  # time.time() after which no new trial starts
     jobs: int = 1
-    # Training examples, when the study sets `train.eval_steps` itself (the base config has none).
-    n_train: int | None = None
     parent_run_id: str | None = None  # the study's MLflow run, when tracking.backend is mlflow
 
     @property
@@ -44,18 +39,11 @@ class TuningPlan:
 def trial_config(plan: TuningPlan, params: dict[str, Any], output_dir: Path) -> Config:
     """The base config with the pinned and drawn `params`, the study's metric and `output_dir`.
 
-    When the base config sets no `train.eval_steps` (and the strategy reads it), a trial evaluates `REPORTS` times
-    over its planned steps, so the pruner sees it several times.
+    A trial needs no `train.eval_steps` for its pruner: its pruning callback asks for the evaluations it reports.
     """
     tree = plan.config.model_dump(mode="json")
     for key, value in (plan.space.fixed | params).items():
         tree = set_dotted(tree, key, value)
     tree = set_dotted(tree, "train.metric_for_best", plan.metric)
     tree = set_dotted(tree, "output_dir", str(output_dir))
-    config = build_config(tree, f"tuning trial in {output_dir}")
-    if plan.n_train is None:
-        return config
-    batches = math.ceil(plan.n_train / config.train.batch_size)
-    steps = planned_steps(config.train, batches)
-    tree = set_dotted(tree, "train.eval_steps", max(1, math.ceil(steps / REPORTS)))
     return build_config(tree, f"tuning trial in {output_dir}")

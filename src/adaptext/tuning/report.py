@@ -59,11 +59,11 @@ def write_reports(study: optuna.Study, plan: TuningPlan) -> dict[str, Any]:
 
 
 def write_trials_csv(trials: list[FrozenTrial], path: Path) -> None:
-    """One row per trial: number, state, value, seconds, steps trained, then one column per parameter."""
+    """One row per trial: number, state, value, seconds, steps trained, validation passes, then its parameters."""
     keys = sorted({key for t in trials for key in t.params})
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["number", "state", "value", "duration_s", "steps", *keys])
+        writer.writerow(["number", "state", "value", "duration_s", "steps", "evaluations", *keys])
         for t in trials:
             seconds = t.duration.total_seconds() if t.duration is not None else None
             writer.writerow(
@@ -73,6 +73,7 @@ def write_trials_csv(trials: list[FrozenTrial], path: Path) -> None:
                     "" if t.value is None else t.value,
                     "" if seconds is None else round(seconds, 2),
                     t.user_attrs.get("steps", ""),
+                    t.user_attrs.get("evaluations", ""),
                     *(t.params.get(key, "") for key in keys),
                 ]
             )

@@ -37,7 +37,7 @@ from adaptext.evaluation.metrics import check_metric_name
 from adaptext.strategies import train
 from adaptext.training.strategy import STRATEGIES
 from adaptext.tuning.plan import TRIALS_DIR, TuningPlan, trial_config
-from adaptext.tuning.pruning import REPORTS, TrialPruning
+from adaptext.tuning.pruning import FINAL, REDUCTION, TrialPruning
 from adaptext.tuning.report import BEST_CONFIG_FILE, PLOTS_DIR, SUMMARY_FILE, TRIALS_FILE, write_reports
 from adaptext.tuning.space import build_space, set_dotted, suggest
 
@@ -157,10 +157,7 @@ def plan_study(config: Config, *, trials: int, timeout: float | None, storage: s
             f"tuning scores every trial on held-out validation data, and strategy {config.strategy} holds none out "
             "by default (every example trains): set data.validation=FILE, or data.validation_fraction=0.2"
         )
-    needs_eval_steps = "train.eval_steps" not in strategy.ignores and config.train.eval_steps is None
-    n_train = None
-    if needs_eval_steps and "train.eval_steps" not in space.searched | space.fixed:
-        n_train = len(load_splits(config).train)  # a data problem fails here, before trial 0
+    load_splits(config)  # a data problem fails here, before anything is written
     root = check_output_dir(config.output_dir, "tune", overwrite=True, inputs=run_inputs(config))
     url = storage or f"sqlite:///{(root / STUDY_DB).resolve()}"
     return TuningPlan(
@@ -173,7 +170,6 @@ def plan_study(config: Config, *, trials: int, timeout: float | None, storage: s
         n_trials=trials,
         deadline=None if timeout is None else time.time() + timeout,
         jobs=jobs,
-        n_train=n_train,
     )
 
 
@@ -299,12 +295,15 @@ def build_sampler(config: Config, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def build_pruner(config: Config) -> optuna.pruners.BasePruner:
-    """The pruner of `tune.pruner`, on a trial's `REPORTS` reports (see `adaptext.tuning.pruning`)."""
+    """The pruner of `tune.pruner`, on a trial's reports at its rungs (see `adaptext.tuning.pruning`)."""
     if config.tune.pruner == "median":
         # Three trials give a median worth comparing to; from the first report on, a trial below it stops.
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if config.tune.pruner == "successive_halving":
+        # At each rung, a trial goes on when it is in the best third of the trials that reached that rung so far.
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION)
     if config.tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=REPORTS, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=FINAL, reduction_factor=REDUCTION)
     return optuna.pruners.NopPruner()
 
 
@@ -326,12 +325,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, plan: TuningPlan) -> Non
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         trial.set_user_attr("steps", pruning.steps)
+        trial.set_user_attr("evaluations", pruning.evaluations)
         trial.set_user_attr("folder", str(folder))
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         if folder.is_dir():
             shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # a trial is never resumed: save the disk
             record = {"number": trial.number, "state": state.name.lower(), "value": value, "params": trial.params}
-            write_json(folder / "trial.json", record | {"steps": pruning.steps})
+            write_json(folder / "trial.json", record | {"steps": pruning.steps, "evaluations": pruning.evaluations})
         log_trial(study, trial.number, state, value, plan.metric)
 
 
