@@ -21,8 +21,9 @@ from adaptext.core.config import Config, load_config
 from adaptext.core.errors import AdaptextError, ConfigError
 from adaptext.training.state import TrainingState
 from adaptext.tuning import tune
-from adaptext.tuning.pruning import FINAL, TrialPruning
+from adaptext.tuning.pruning import FINAL, REDUCTION, TrialPruning
 from adaptext.tuning.space import build_space, suggest
+from adaptext.tuning.study import build_pruner
 
 FAST = ("train.max_steps=4", "tune.pruner=none")
 
@@ -126,6 +127,27 @@ def test_the_pruning_callback_reports_at_its_rungs_and_raises_when_told() -> Non
     last.on_train_begin(TrainingState(total_steps=8), model=None)
     last.on_evaluate({"step": 8, "eval_macro_f1": 0.5})  # the end of training: the trial is complete, not pruned
     assert last.trial.reports == [(0.5, FINAL)]
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving"])  # hyperband: brackets by a hash of the name
+def test_each_pruner_acts_at_the_first_rung(tiny_config: Callable[..., Config], pruner: str) -> None:
+    # Trials that score well at every rung complete; then one far behind at the first rung (a ninth) is stopped there.
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(tiny_config(f"tune.pruner={pruner}")))
+    for _ in range(4):
+        trial = study.ask()
+        for number in (1, REDUCTION):  # asked at each rung, as TrialPruning does (successive halving notes it)
+            trial.report(0.9, number)
+            assert not trial.should_prune()
+        trial.report(0.9, FINAL)
+        study.tell(trial, 0.9)
+    late = study.ask()
+    late.report(0.1, 1)
+    assert late.should_prune()
+    study.tell(late, state=optuna.trial.TrialState.PRUNED)
+    none = optuna.create_study(direction="maximize", pruner=build_pruner(tiny_config("tune.pruner=none")))
+    trial = none.ask()
+    trial.report(0.1, 1)
+    assert not trial.should_prune()
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
