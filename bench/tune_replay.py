@@ -26,13 +26,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from adaptext.tuning.pruning import FINAL, REDUCTION, RUNGS, TrialPruning
-from adaptext.tuning.study import STUDY_DB
+from adaptext.tuning.pruning import FINAL, REDUCTION, RUNGS, rung_steps
+from adaptext.tuning.study import STUDY_DB, build_pruner
 
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
-    # adaptext's `median` and `successive_halving` (adaptext.tuning.study.build_pruner)
-    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-    "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION),
+    "median": lambda: build_pruner("median"),  # adaptext's own
+    "successive_halving": lambda: build_pruner("successive_halving"),
     # the median pruner acting only from the second rung (a third of training) on
     "median from 1/3": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=REDUCTION),
     # median with more complete trials before it acts
@@ -64,9 +63,7 @@ def replay(trials: list[dict[str, Any]], pruner: optuna.pruners.BasePruner) -> d
     examples, best, kept, stopped_at = 0, None, 0, []
     for t in trials:
         trial = study.ask()
-        rungs = TrialPruning(None, "accuracy")
-        rungs.total_steps = t["steps"]
-        for k, at in enumerate(rungs.rung_steps()):
+        for k, at in enumerate(rung_steps(t["steps"])):
             number = REDUCTION**k
             trial.report(t["scores"][number], number)
             if number < FINAL and trial.should_prune():

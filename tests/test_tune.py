@@ -21,7 +21,7 @@ from adaptext.core.config import Config, load_config
 from adaptext.core.errors import AdaptextError, ConfigError
 from adaptext.training.state import TrainingState
 from adaptext.tuning import tune
-from adaptext.tuning.pruning import FINAL, REDUCTION, TrialPruning
+from adaptext.tuning.pruning import FINAL, REDUCTION, TrialPruning, rung_steps
 from adaptext.tuning.space import build_space, suggest
 from adaptext.tuning.study import build_pruner
 
@@ -113,7 +113,7 @@ def test_the_pruning_callback_reports_at_its_rungs_and_raises_when_told() -> Non
 
     short = TrialPruning(FakeTrial(prune=False), "macro_f1")
     short.on_train_begin(TrainingState(total_steps=8), model=None)  # rungs at the first step past 8/9 and 8/3
-    assert short.rung_steps() == [1, 3, 8]
+    assert rung_steps(8) == [1, 3, 8]
 
     pruned = TrialPruning(FakeTrial(prune=True), "macro_f1")
     pruned.on_train_begin(TrainingState(total_steps=18), model=None)
@@ -132,7 +132,9 @@ def test_the_pruning_callback_reports_at_its_rungs_and_raises_when_told() -> Non
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])  # hyperband: brackets by a hash of the name
 def test_each_pruner_acts_at_the_first_rung(tiny_config: Callable[..., Config], pruner: str) -> None:
     # Trials that score well at every rung complete; then one far behind at the first rung (a ninth) is stopped there.
-    study = optuna.create_study(direction="maximize", pruner=build_pruner(tiny_config(f"tune.pruner={pruner}")))
+    study = optuna.create_study(
+        direction="maximize", pruner=build_pruner(tiny_config(f"tune.pruner={pruner}").tune.pruner)
+    )
     for _ in range(4):
         trial = study.ask()
         for number in (1, REDUCTION):  # asked at each rung, as TrialPruning does (successive halving notes it)
@@ -144,7 +146,7 @@ def test_each_pruner_acts_at_the_first_rung(tiny_config: Callable[..., Config], 
     late.report(0.1, 1)
     assert late.should_prune()
     study.tell(late, state=optuna.trial.TrialState.PRUNED)
-    none = optuna.create_study(direction="maximize", pruner=build_pruner(tiny_config("tune.pruner=none")))
+    none = optuna.create_study(direction="maximize", pruner=build_pruner(tiny_config("tune.pruner=none").tune.pruner))
     trial = none.ask()
     trial.report(0.1, 1)
     assert not trial.should_prune()
@@ -158,7 +160,7 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 def test_a_pruned_trial_stops_early_and_keeps_its_folder(
     tiny_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("adaptext.tuning.study.build_pruner", lambda config: AlwaysPrune())
+    monkeypatch.setattr("adaptext.tuning.study.build_pruner", lambda name: AlwaysPrune())
     root = tmp_path / "tune"
     # No train.eval_steps: the trial's callback asks the engine to evaluate at its first rung, 18 / 9 = 2 steps.
     result = tune(tiny_config("train.max_steps=18", f"output_dir={root}"), trials=1)

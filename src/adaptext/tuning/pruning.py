@@ -24,6 +24,11 @@ RUNGS = 3
 FINAL = REDUCTION ** (RUNGS - 1)  # the last report's number: the whole of a trial's training
 
 
+def rung_steps(total_steps: int) -> list[int]:
+    """The first step at or past each rung of `total_steps` planned steps (the last one is the end of training)."""
+    return [math.ceil(total_steps * REDUCTION**k / FINAL) for k in range(RUNGS)]
+
+
 class TrialPruning(Callback):
     """Reports `eval_<metric>` to `trial` at its rungs and raises `optuna.TrialPruned` when its pruner says so.
 
@@ -44,7 +49,7 @@ class TrialPruning(Callback):
         self.steps = state.global_step
 
     def wants_evaluation(self, state: TrainingState) -> bool:
-        return state.global_step in self.rung_steps()
+        return state.global_step in rung_steps(self.total_steps)
 
     def on_step_end(self, state: TrainingState) -> None:
         self.steps = state.global_step
@@ -63,13 +68,9 @@ class TrialPruning(Callback):
         if number < FINAL and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {record['step']}: {self.metric}={value:.4f}")
 
-    def rung_steps(self) -> list[int]:
-        """The first step at or past each rung of the planned steps (the last one is the end of training)."""
-        return [math.ceil(self.total_steps * REDUCTION**k / FINAL) for k in range(RUNGS)]
-
     def rung(self, step: int) -> int:
         """The number of the furthest rung `step` has reached (1, 3, 9; 0: not the first one yet)."""
         if self.total_steps <= 0:
             return FINAL
-        reached = [k for k, at in enumerate(self.rung_steps()) if step >= at]
+        reached = [k for k, at in enumerate(rung_steps(self.total_steps)) if step >= at]
         return REDUCTION ** reached[-1] if reached else 0
