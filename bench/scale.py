@@ -177,13 +177,19 @@ def write_yaml(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def sst2(args: argparse.Namespace, folder: Path, train_size: int, dev_size: int | None = None) -> dict[str, str]:
-    """A training subset (seeded) and the dev set (all of it, or its first `dev_size` rows) as CSV files."""
+def sst2(
+    args: argparse.Namespace, folder: Path, train_size: int, dev_size: int | None = None, source: str | None = None
+) -> dict[str, str]:
+    """A training subset (seeded) and the dev set (all of it, or its first `dev_size` rows) as CSV files.
+
+    `source` (default `--data-dir`, SST-2) holds `train.csv` and `dev.csv` (or `test.csv` where it has no dev split).
+    """
     import pandas as pd
 
     folder.mkdir(parents=True, exist_ok=True)
-    train = pd.read_csv(Path(args.data_dir) / "train.csv", keep_default_na=False)
-    dev = pd.read_csv(Path(args.data_dir) / "dev.csv", keep_default_na=False)
+    root = Path(source or args.data_dir)
+    train = pd.read_csv(root / "train.csv", keep_default_na=False)
+    dev = pd.read_csv(next(p for p in (root / "dev.csv", root / "test.csv") if p.is_file()), keep_default_na=False)
     train = train.sample(n=min(train_size, len(train)), random_state=args.seed)
     if dev_size is not None:
         dev = dev.head(dev_size)
@@ -495,7 +501,7 @@ def section_memory(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any]
 
 def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], str]:
     folder = work / "tune"
-    data = sst2(args, folder / "data", args.tune_train_size, args.dev_size)
+    data = sst2(args, folder / "data", args.tune_train_size, args.dev_size, args.tune_data_dir)
     space = {"train.epochs": {"type": "int", "low": 1, "high": args.tune_max_epochs}}
     rows = []
     for pruner in [*args.pruners, "none"]:
@@ -539,7 +545,8 @@ def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], 
             "best_gap_points": gap,
         }
     text = (
-        f"### tune: {args.trials} trials per pruner on {args.tune_train_size} SST-2 examples, dev "
+        f"### tune: {args.trials} trials per pruner on {args.tune_train_size} "
+        f"{Path(args.tune_data_dir or args.data_dir).name} examples, dev "
         f"{args.dev_size or 'all'}, max_length {args.max_length}, seed {args.seed}; default space with "
         f"train.epochs limited to 1..{args.tune_max_epochs} (to fit the machine)\n\n"
         + table(
@@ -658,9 +665,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--pruners",
         nargs="+",
-        choices=["median", "successive_halving", "hyperband"],
+        choices=["median", "percentile", "successive_halving", "hyperband"],
         default=["median"],
         help="pruned studies of the tune section, each compared with one study without pruning",
+    )
+    parser.add_argument(
+        "--tune-data-dir",
+        help="the tune section's data: a folder with train.csv and dev.csv or test.csv (default: --data-dir, SST-2)",
     )
     parser.add_argument("--tune-resume", action="store_true", help="continue the studies in --work-dir")
     parser.add_argument("--tracking-train-size", type=int, default=1000)

@@ -37,7 +37,7 @@ PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     # median with more complete trials before it acts
     "median, 5 startup": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     # stop only trials in the bottom quarter of the complete ones at the same rung
-    "percentile 75": lambda: optuna.pruners.PercentilePruner(75.0, n_startup_trials=3, n_warmup_steps=1),
+    "percentile 75": lambda: build_pruner("percentile", 75.0),  # adaptext's own (tune.percentile=75)
 }
 
 

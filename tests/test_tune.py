@@ -129,12 +129,11 @@ def test_the_pruning_callback_reports_at_its_rungs_and_raises_when_told() -> Non
     assert last.trial.reports == [(0.5, FINAL)]
 
 
-@pytest.mark.parametrize("pruner", ["median", "successive_halving"])  # hyperband: brackets by a hash of the name
+@pytest.mark.parametrize("pruner", ["median", "percentile", "successive_halving"])  # hyperband: hashed brackets
 def test_each_pruner_acts_at_the_first_rung(tiny_config: Callable[..., Config], pruner: str) -> None:
     # Trials that score well at every rung complete; then one far behind at the first rung (a ninth) is stopped there.
-    study = optuna.create_study(
-        direction="maximize", pruner=build_pruner(tiny_config(f"tune.pruner={pruner}").tune.pruner)
-    )
+    tune_section = tiny_config(f"tune.pruner={pruner}").tune
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(tune_section.pruner, tune_section.percentile))
     for _ in range(4):
         trial = study.ask()
         for number in (1, REDUCTION):  # asked at each rung, as TrialPruning does (successive halving notes it)
@@ -152,6 +151,29 @@ def test_each_pruner_acts_at_the_first_rung(tiny_config: Callable[..., Config], 
     assert not trial.should_prune()
 
 
+@pytest.mark.parametrize(("percentile", "stops"), [(75.0, False), (50.0, True)])
+def test_the_percentile_pruner_stops_only_below_its_share(
+    tiny_config: Callable[..., Config], percentile: float, stops: bool
+) -> None:
+    # Complete trials scored 0.6, 0.7, 0.8, 0.9 at the first rung: 0.72 is below their median (0.75) but above their
+    # bottom quarter (0.675), so it goes on when three quarters go on and stops when half of them do.
+    tune_section = tiny_config("tune.pruner=percentile", f"tune.percentile={percentile}").tune
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(tune_section.pruner, tune_section.percentile))
+    for score in (0.6, 0.7, 0.8, 0.9):
+        trial = study.ask()
+        for number in (1, REDUCTION, FINAL):
+            trial.report(score, number)
+        study.tell(trial, score)
+    late = study.ask()
+    late.report(0.72, 1)
+    assert bool(late.should_prune()) is stops
+
+
+def test_a_percentile_out_of_range_is_refused(tiny_config: Callable[..., Config]) -> None:
+    with pytest.raises(ConfigError, match=r"tune\.percentile"):
+        tiny_config("tune.pruner=percentile", "tune.percentile=0")
+
+
 class AlwaysPrune(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         return True
@@ -160,7 +182,7 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 def test_a_pruned_trial_stops_early_and_keeps_its_folder(
     tiny_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("adaptext.tuning.study.build_pruner", lambda name: AlwaysPrune())
+    monkeypatch.setattr("adaptext.tuning.study.build_pruner", lambda *_: AlwaysPrune())
     root = tmp_path / "tune"
     # No train.eval_steps: the trial's callback asks the engine to evaluate at its first rung, 18 / 9 = 2 steps.
     result = tune(tiny_config("train.max_steps=18", f"output_dir={root}"), trials=1)

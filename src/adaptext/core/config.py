@@ -346,10 +346,17 @@ class TuneSection(_Section):
         "with `type: fixed` and `value` pin a key.",
     )
     metric: str | None = Field(None, description="Validation metric to maximise (default: train.metric_for_best).")
-    pruner: Literal["median", "successive_halving", "hyperband", "none"] = Field(
+    pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = Field(
         "median",
-        description="Stop unpromising trials at their rungs (1/9, 1/3 of training): optuna's median, successive "
-        "halving or Hyperband pruner.",
+        description="Stop unpromising trials at their rungs (1/9, 1/3 of training): optuna's median, percentile, "
+        "successive halving or Hyperband pruner.",
+    )
+    percentile: Float = Field(
+        75.0,
+        gt=0,
+        le=100,
+        description="`pruner: percentile`: the share of trials, in percent, that go on at each rung (75: a trial in "
+        "the bottom quarter of the complete trials' scores there stops).",
     )
     sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler: TPE (default) or random.")
 

@@ -261,7 +261,7 @@ def run_trials(plan: TuningPlan, worker: int) -> None:
     # Seeded per worker and by the trials so far: a continued study does not draw its first trials again.
     seed = plan.config.seed + 7919 * worker + len(study.get_trials(deepcopy=False))
     study.sampler = build_sampler(plan.config, seed)
-    study.pruner = build_pruner(plan.config.tune.pruner)
+    study.pruner = build_pruner(plan.config.tune.pruner, plan.config.tune.percentile)
     while plan.deadline is None or time.time() < plan.deadline:
         with _claim(plan):
             counted = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
@@ -294,11 +294,17 @@ def build_sampler(config: Config, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def build_pruner(name: str) -> optuna.pruners.BasePruner:
-    """The pruner `tune.pruner` names, on a trial's reports at its rungs (see `adaptext.tuning.pruning`)."""
+def build_pruner(name: str, percentile: float = 75.0) -> optuna.pruners.BasePruner:
+    """The pruner `tune.pruner` names, on a trial's reports at its rungs (see `adaptext.tuning.pruning`).
+
+    `percentile` is `tune.percentile`, the share of trials (in percent) the `percentile` pruner lets go on.
+    """
     if name == "median":
         # Three trials give a median worth comparing to; from the first report on, a trial below it stops.
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "percentile":
+        # As the median pruner, with the bar at the complete trials' (100 - percentile)th percentile instead.
+        return optuna.pruners.PercentilePruner(percentile, n_startup_trials=3, n_warmup_steps=1)
     if name == "successive_halving":
         # At each rung, a trial goes on when it is in the best third of the trials that reached that rung so far.
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION)
