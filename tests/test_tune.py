@@ -151,6 +151,31 @@ def test_each_pruner_acts_at_the_first_rung(tiny_config: Callable[..., Config], 
     assert not trial.should_prune()
 
 
+def test_hyperband_brackets_stop_at_a_ninth_a_third_or_never(tiny_config: Callable[..., Config]) -> None:
+    # Trials go to brackets by a hash of the study's name and their number (fixed here); each bracket's successive
+    # halving has its own first rung. Trials far behind the complete ones show all three on the reports.
+    study = optuna.create_study(
+        direction="maximize", pruner=build_pruner(tiny_config("tune.pruner=hyperband").tune.pruner), study_name="hb"
+    )
+    for score in [0.9] * 12 + [0.1] * 12:
+        trial, stopped = study.ask(), None
+        for number in (1, REDUCTION):
+            trial.report(score, number)
+            if trial.should_prune():
+                stopped = number
+                break
+        if stopped is None:
+            trial.report(score, FINAL)
+            study.tell(trial, score)
+        else:
+            assert score == 0.1  # a good trial is never stopped
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            assert trial.number >= 12
+    stops = [t.intermediate_values for t in study.trials[12:] if t.state == optuna.trial.TrialState.PRUNED]
+    assert {max(values) for values in stops} == {1, REDUCTION}  # stopped at a ninth and at a third
+    assert len(stops) < 12  # and one bracket never stops a trial
+
+
 @pytest.mark.parametrize(("percentile", "stops"), [(75.0, False), (50.0, True)])
 def test_the_percentile_pruner_stops_only_below_its_share(
     tiny_config: Callable[..., Config], percentile: float, stops: bool
