@@ -17,6 +17,7 @@ from adaptext.core.errors import ConfigError
 from adaptext.core.task import SINGLE_LABEL
 from adaptext.modeling.build import build_model
 from adaptext.modeling.embedding import prepare_encoder
+from adaptext.strategies import finetune as finetune_module
 from adaptext.strategies import train
 from adaptext.strategies.fewshot import Fewshot
 from adaptext.strategies.finetune import Finetune
@@ -265,3 +266,44 @@ def test_training_memory_is_released_before_the_final_evaluation(
     train(tiny_config("train.max_steps=2"))
     # Once after training, once after the post-hoc steps' model copies (inside the final evaluation).
     assert calls == ["release", "finish", "release"]
+
+
+class AskEveryStep(Callback):
+    """Asks for an evaluation after every step and keeps the steps it was given one at."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def wants_evaluation(self, state: Any) -> bool:
+        return True
+
+    def on_evaluate(self, record: dict[str, Any]) -> None:
+        self.seen.append(int(record["step"]))
+
+
+def test_an_evaluation_a_callback_asks_for_neither_chooses_the_model_nor_stops_training(
+    tiny_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Validation scores fall step by step; only the end of training (step 4) is one of the config's own evaluations.
+    # With patience 1, the asked ones would stop the run at step 2 and keep step 1's model if they counted.
+    scores = iter([0.9, 0.8, 0.7, 0.5])
+    real = finetune_module.validation
+
+    def scripted(tokenizer: Any, config: Config, data: Any) -> Callable[[Any], Any]:
+        evaluate = real(tokenizer, config, data)
+
+        def score(model: Any) -> Any:
+            report = evaluate(model)
+            report.metrics[config.train.metric_for_best] = next(scores)
+            return report
+
+        return score
+
+    monkeypatch.setattr(finetune_module, "validation", scripted)
+    asks = AskEveryStep()
+    config = tiny_config("train.max_steps=4", "train.early_stopping_patience=1")
+    assert config.train.eval_steps is None
+    result = train(config, callbacks=[asks])
+    assert asks.seen == [1, 2, 3, 4]
+    assert result.global_step == 4 and not result.stopped_early
+    assert (result.best_step, result.best_metric) == (4, 0.5)

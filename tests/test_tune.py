@@ -19,6 +19,7 @@ import yaml
 from adaptext.cli import EXIT_USER_ERROR, main
 from adaptext.core.config import Config, load_config
 from adaptext.core.errors import AdaptextError, ConfigError
+from adaptext.core.run import read_train_log
 from adaptext.training.state import TrainingState
 from adaptext.tuning import tune
 from adaptext.tuning.pruning import FINAL, REDUCTION, TrialPruning, rung_steps
@@ -333,9 +334,14 @@ def test_the_command_runs_a_study_and_its_best_config_trains(
     rows = read_trials(root)
     assert len(rows) == 2 and {k for k in rows[0] if "." in k} == {"train.learning_rate"}
 
-    # The best config is a ready-to-run training config.
+    # The best config is a ready-to-run training config, and trained alone it gives the best trial's value again (its
+    # rung evaluations did not choose its model).
     assert main(["-q", "train", str(root / "best_config.yaml")]) == 0
     assert (root / "best" / "model").is_dir()
+    best_value = json.loads((root / "tune.json").read_text(encoding="utf-8"))["best_value"]
+    metric = tiny_config().train.metric_for_best
+    scores = [r[f"eval_{metric}"] for r in read_train_log(root / "best" / "train_log.jsonl") if f"eval_{metric}" in r]
+    assert max(scores) == best_value
 
     # Another config in the same folder is refused; --overwrite starts the study over.
     args = ["-q", "tune", str(path), "--trials", "1", f"output_dir={root}", space]

@@ -28,7 +28,9 @@ class Callback:
     def wants_evaluation(self, state: TrainingState) -> bool:
         """True to evaluate after this step besides the schedule (a tuning trial's rungs); asked every step.
 
-        The answer must depend on `state` alone, so that every process of a run evaluates at the same steps.
+        The answer must depend on `state` alone, so that every process of a run evaluates at the same steps. Such an
+        evaluation is logged and given to `on_evaluate`, but it neither chooses the run's model nor counts toward
+        early stopping: those follow the config's own evaluations, whatever the callbacks watch.
         """
         return False
 

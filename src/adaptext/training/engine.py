@@ -287,20 +287,19 @@ class Loop:
         end_of_epoch = state.batch_in_epoch >= self.batches_per_epoch
         if end_of_epoch:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if self.job.evaluate is not None and (
-            end_of_epoch
-            or last
-            or (cfg.eval_steps is not None and state.global_step % cfg.eval_steps == 0)
-            or self.callbacks.wants_evaluation(state)
-        ):
+        scheduled = end_of_epoch or last or (cfg.eval_steps is not None and state.global_step % cfg.eval_steps == 0)
+        if self.job.evaluate is not None and scheduled:
             self.evaluate()
             state.done = state.done or last
             self.save_checkpoint()
-        elif last:
-            state.done = True
-            self.save_checkpoint()
-        elif state.global_step % cfg.checkpoint_steps == 0:
-            self.save_checkpoint()
+        else:
+            if self.job.evaluate is not None and self.callbacks.wants_evaluation(state):
+                self.evaluate(choose=False)
+            if last:
+                state.done = True
+                self.save_checkpoint()
+            elif state.global_step % cfg.checkpoint_steps == 0:
+                self.save_checkpoint()
         self.callbacks.on_step_end(state)
 
     def progress(self) -> float:
@@ -328,8 +327,14 @@ class Loop:
         self.callbacks.on_log(record)
         state.window_loss, state.window_examples, self.window_start = 0.0, 0, time.perf_counter()
 
-    def evaluate(self) -> None:
-        """Score the model on validation data, keep it if it is the best so far, and decide on early stopping."""
+    def evaluate(self, *, choose: bool = True) -> None:
+        """Score the model on validation data, keep it if it is the best so far, and decide on early stopping.
+
+        `choose=False`: an evaluation a callback asked for (a tune trial's rung), logged and given to the callbacks
+        only. The best model and early stopping are decided by the config's own evaluations alone, so a run trains,
+        stops and keeps the same model with or without the callbacks that watch it (a trial's value is what its
+        config gives when trained alone).
+        """
         assert self.job.evaluate is not None
         state, cfg = self.state, self.cfg
         # Every process evaluates, so that all of them take the same best-model and early-stopping decisions.
@@ -337,6 +342,11 @@ class Loop:
             report = self.job.evaluate(self.unwrapped)
         self.job.objective.train_mode(self.unwrapped)
         value = self.record_evaluation(report)
+        if not choose:
+            logger.info(
+                "step %d: validation %s=%.4f (asked by a callback)", state.global_step, cfg.metric_for_best, value
+            )
+            return
         if is_improvement(cfg.metric_for_best, value, state.best_metric):
             state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
             self.save_model()
