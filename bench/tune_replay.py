@@ -84,6 +84,24 @@ def replay(trials: list[dict[str, Any]], pruner: optuna.pruners.BasePruner) -> d
     }
 
 
+def rung_chosen(folder: Path, trials: list[dict[str, Any]]) -> list[int]:
+    """The complete trials whose value is not their best end-of-epoch score: a rung evaluation chose their model.
+
+    Since c9b07c5 an evaluation a callback asks for (a rung) neither chooses the model nor counts toward early
+    stopping. A study run before that could have taken a trial's value from a rung; where no complete trial's did,
+    the study's results are what the code now gives (the rung reports, and so the pruning, are the same).
+    """
+    metric = "eval_" + json.loads((folder / "tune.json").read_text(encoding="utf-8"))["metric"]
+    chosen = []
+    for t in trials:
+        log = folder / "trials" / f"trial_{t['number']:04d}" / "train_log.jsonl"
+        records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+        ends = [r[metric] for r in records if metric in r and float(r["epoch"]).is_integer()]
+        if not ends or abs(max(ends) - t["value"]) > 1e-12:
+            chosen.append(t["number"])
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", type=Path, help="the tune folder of a finished study with tune.pruner=none")
@@ -94,7 +112,9 @@ def main() -> None:
     full = sum(t["steps"] * t["batch"] for t in trials)
     top = max(t["value"] for t in trials)
     rows = []
-    print(f"{len(trials)} complete trials, {full} examples trained, best {top:.4f}\n")
+    chosen = rung_chosen(args.study, trials)
+    print(f"{len(trials)} complete trials, {full} examples trained, best {top:.4f}")
+    print(f"complete trials whose value a rung evaluation chose: {chosen or 'none'}\n")
     print("| pruner | trials kept | stopped at 1/9, 1/3 | examples trained | vs none | best | best vs none (points) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, build in PRUNERS.items():
@@ -106,7 +126,14 @@ def main() -> None:
             f"{result['best']:.4f} | {100 * (result['best'] - top):+.2f} |"
         )
     if args.json:
-        record = {"command": " ".join(sys.argv), "trials": len(trials), "examples": full, "best": top, "rows": rows}
+        record = {
+            "command": " ".join(sys.argv),
+            "trials": len(trials),
+            "examples": full,
+            "best": top,
+            "rung_chosen": chosen,
+            "rows": rows,
+        }
         args.json.write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
