@@ -545,7 +545,7 @@ def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], 
             "best_gap_points": gap,
         }
     text = (
-        f"### tune: {args.trials} trials per pruner on {args.tune_train_size} "
+        f"### tune: {args.trials} trials per pruner on {Path(data['train']).stem.split('_')[-1]} "
         f"{Path(args.tune_data_dir or args.data_dir).name} examples, dev "
         f"{args.dev_size or 'all'}, max_length {args.max_length}, seed {args.seed}; default space with "
         f"train.epochs limited to 1..{args.tune_max_epochs} (to fit the machine)\n\n"
