@@ -544,8 +544,11 @@ def section_tune(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], 
             "cpu_ratio": cpu,
             "best_gap_points": gap,
         }
+    import pandas as pd
+
+    train_rows = len(pd.read_csv(data["train"], keep_default_na=False))  # fewer than asked where the source is small
     text = (
-        f"### tune: {args.trials} trials per pruner on {Path(data['train']).stem.split('_')[-1]} "
+        f"### tune: {args.trials} trials per pruner on {train_rows} "
         f"{Path(args.tune_data_dir or args.data_dir).name} examples, dev "
         f"{args.dev_size or 'all'}, max_length {args.max_length}, seed {args.seed}; default space with "
         f"train.epochs limited to 1..{args.tune_max_epochs} (to fit the machine)\n\n"
